@@ -1,0 +1,205 @@
+"""Run configuration: TOML files with one table per stage, checked strictly.
+
+A config file has the tables ``[data]``, ``[model]``, ``[train]``, ``[federation]``, ``[privacy]`` and
+``[secagg]``; each maps to a dataclass below. Unknown tables or keys are refused with the list of valid
+ones, so a typo never silently falls back to a default. Presets live in the repository's ``configs/``
+folder and can be named without the path (``privmed train smoke``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from privmed.errors import ConfigError
+
+#: Where presets live: ``<repo>/configs`` for a source checkout.
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, and how it is split across clients."""
+
+    name: str = "phantom"
+    size: int = 28
+    #: loader options, e.g. ``{root = "...", download = true}`` or ``{classes = 4, channels = 3}``
+    options: dict[str, Any] = field(default_factory=dict)
+    partitioner: str = "iid"
+    #: partitioner options, e.g. ``{alpha = 0.5}`` for ``dirichlet``
+    partition_options: dict[str, Any] = field(default_factory=dict)
+    num_clients: int = 10
+    min_examples: int = 1
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Which network. ``width`` is DPResNet's base width (64: ResNet-9 64-128-256-512, 32: slim)."""
+
+    name: str = "cnn"
+    width: int = 32
+
+
+@dataclass
+class TrainConfig:
+    """Local (or centralised) optimisation; plain torch."""
+
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    seed: int = 0
+    #: random flips / shifts on training images (no torchvision needed)
+    augment: bool = False
+
+
+@dataclass
+class FederationConfig:
+    """Flower FedAvg / FedProx settings and the simulation resources."""
+
+    rounds: int = 5
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.0
+    fraction_fit: float = 1.0
+    min_fit_clients: int = 2
+    fraction_evaluate: float = 0.0
+    min_evaluate_clients: int = 0
+    local_epochs: int = 1
+    #: simulation engine resources: CPUs per simulated client and CPUs given to Ray
+    client_num_cpus: float = 1.0
+    num_cpus: int = 2
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy. ``mode`` is ``"none"``, ``"sample"`` (DP-SGD per client) or ``"client"``."""
+
+    mode: str = "none"
+    epsilon: float = 6.0
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+    #: set to override calibration; otherwise sigma is calibrated to (epsilon, delta) for the whole run
+    noise_multiplier: float | None = None
+    accountant: str = "rdp"
+
+
+@dataclass
+class SecAggConfig:
+    """Flower's SecAgg+ (legacy API)."""
+
+    enabled: bool = False
+    num_shares: int = 3
+    reconstruction_threshold: int = 2
+    clipping_range: float = 8.0
+    quantization_range: int = 2**22
+    max_weight: float = 10000.0
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    #: where this config came from, for results files
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "federation": FederationConfig,
+    "privacy": PrivacyConfig,
+    "secagg": SecAggConfig,
+}
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    """Check a value against the type of its default; ints are accepted where floats are expected."""
+    if default is None or isinstance(default, dict):
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"[{section}] {key} = {value!r} has the wrong type; expected {type(default).__name__}")
+    return value
+
+
+def from_dict(raw: dict[str, Any], *, source: str = "") -> Config:
+    """Build a :class:`Config` from nested dicts, refusing unknown tables and keys."""
+    cfg = Config(source=source)
+    for section, values in raw.items():
+        if section not in _SECTION_TYPES:
+            raise ConfigError(
+                f"unknown config table [{section}] in {source or 'config'}; valid tables: {', '.join(_SECTION_TYPES)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table, got {values!r}")
+        obj = getattr(cfg, section)
+        valid = {f.name for f in dataclasses.fields(obj)}
+        for key, value in values.items():
+            if key not in valid:
+                raise ConfigError(
+                    f"unknown key {key!r} in [{section}] of {source or 'config'}; valid keys: "
+                    f"{', '.join(sorted(valid))}"
+                )
+            setattr(obj, key, _coerce(section, key, value, getattr(obj, key)))
+    return cfg
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A config path, or the name of a preset in ``configs/`` (``smoke`` -> ``configs/smoke.toml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{path.stem}.toml"
+    if path.suffix in ("", ".toml") and preset.is_file():
+        return preset
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.toml")) if PRESET_DIR.is_dir() else []
+    raise ConfigError(
+        f"config {str(name_or_path)!r} not found; give a TOML file path or a preset name "
+        f"({', '.join(presets) or 'none installed'})"
+    )
+
+
+def load_config(name_or_path: str | Path, *, overrides: list[str] | None = None) -> Config:
+    """Load a TOML config (or preset) and apply ``section.key=value`` overrides (TOML values)."""
+    path = resolve_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the line it names") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()  # a bare word is taken as a string
+        raw.setdefault(section, {})[name] = parsed
+    return from_dict(raw, source=str(path))
