@@ -38,10 +38,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which network. ``width`` is DPResNet's base width (64: ResNet-9 64-128-256-512, 32: slim)."""
+    """Which network. ``width`` is the base width (DPResNet: 64 is ResNet-9 64-128-256-512, 32 the slim
+    32-64-128-256); ``None`` takes the model's default."""
 
     name: str = "cnn"
-    width: int = 32
+    width: int | None = None
 
 
 @dataclass

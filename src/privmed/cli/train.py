@@ -1,0 +1,7 @@
+"""`privmed train` (being written)."""
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("train", help="(not yet available)")
