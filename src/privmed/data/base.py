@@ -129,7 +129,8 @@ def to_torch(split: Split, info: DatasetInfo) -> TensorDataset:
     ``Normalize(mean=.5, std=.5)``). Labels become ``int64`` class indices of shape ``(N,)`` for
     single-label tasks and ``float32`` targets of shape ``(N, L)`` for the multi-label task.
     """
-    x = torch.from_numpy(np.ascontiguousarray(split.images)).float().div_(127.5).sub_(1.0)
+    # astype makes a writable float32 copy, so read-only (cached, shared) arrays convert without a warning
+    x = torch.from_numpy(split.images.astype(np.float32)).div_(127.5).sub_(1.0)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
     if info.multilabel:
         y = torch.from_numpy(split.labels.astype(np.float32))
