@@ -1,0 +1,54 @@
+"""Image models, by name: a registry and one builder.
+
+Every model takes ``in_channels`` and ``num_classes`` (and an optional base ``width``), uses GroupNorm
+instead of BatchNorm and strided convolutions instead of max-pooling, so Opacus can compute per-example
+gradients without any fix-up.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from privmed.errors import ConfigError
+from privmed.models.cnn import SmallCNN
+from privmed.models.dpresnet import DPResNet
+
+#: Model name -> class. A new model is one file and one entry here.
+MODELS: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "dpresnet": DPResNet}
+
+
+def build_model(name: str, *, in_channels: int, num_classes: int, width: int | None = None) -> nn.Module:
+    """Build a model by name.
+
+    Parameters
+    ----------
+    name
+        A key of :data:`MODELS` (case-insensitive).
+    in_channels
+        1 for grey, 3 for RGB images.
+    num_classes
+        Number of outputs.
+    width
+        Base width; ``None`` takes the model's default (``SmallCNN``: 32, ``DPResNet``: 64).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name or a non-positive width.
+    """
+    key = name.lower()
+    if key not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    if width is not None and width < 1:
+        raise ConfigError(f"model width must be a positive integer, got {width}")
+    cls = MODELS[key]
+    kwargs = {} if width is None else {"width": width}
+    return cls(in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["MODELS", "DPResNet", "SmallCNN", "build_model", "count_parameters"]

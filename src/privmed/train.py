@@ -1,0 +1,234 @@
+"""Plain-torch training and evaluation: no Flower, no DP inside.
+
+Centralised training, the federated clients and the DP wrappers all call these functions. Differential
+privacy is added from outside by wrapping the model, optimizer and loader with Opacus
+(``GradSampleModule``, ``DPOptimizer``, ``DPDataLoader``); nothing here assumes a fixed batch size, and the
+empty batches Poisson sampling can draw are skipped. FedProx adds its proximal term through the
+``regularizer`` argument of :func:`train_epoch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from privmed.config import TrainConfig
+from privmed.data.base import DatasetInfo, Split, to_torch
+from privmed.errors import ConfigError
+from privmed.metrics.classification import classification_metrics
+
+log = logging.getLogger(__name__)
+
+#: Task type -> loss. MedMNIST trains binary, multi-class and ordinal tasks with cross-entropy on one
+#: output per class, and the multi-label task with a sigmoid + binary cross-entropy per label.
+LOSSES: dict[str, Callable[[], nn.Module]] = {
+    "binary-class": nn.CrossEntropyLoss,
+    "multi-class": nn.CrossEntropyLoss,
+    "ordinal-regression": nn.CrossEntropyLoss,
+    "multi-label, binary-class": nn.BCEWithLogitsLoss,
+}
+
+
+def _sgd(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _adam(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _adamw(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+#: Optimizer name -> factory ``(params, TrainConfig) -> Optimizer``. ``momentum`` is used by SGD only.
+OPTIMIZERS: dict[str, Callable[[Sequence[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "adam": _adam,
+    "adamw": _adamw,
+}
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loss(info: DatasetInfo) -> nn.Module:
+    """The training loss for the dataset's task (mean over the batch, as Opacus expects)."""
+    return LOSSES[info.task]()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Build ``cfg.optimizer`` (a key of :data:`OPTIMIZERS`) over the model's trainable parameters.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown optimizer name or a non-positive learning rate.
+    """
+    key = cfg.optimizer.lower()
+    if key not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(sorted(OPTIMIZERS))}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"[train] lr must be positive, got {cfg.lr}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    return OPTIMIZERS[key](params, cfg)
+
+
+def make_loader(split: Split, info: DatasetInfo, *, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A :class:`~torch.utils.data.DataLoader` over a split (see :func:`privmed.data.base.to_torch`).
+
+    Shuffling uses its own generator seeded with ``seed``, so the batch order does not depend on, nor
+    disturb, the global random state.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(to_torch(split, info), batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def augment_batch(x: Tensor, *, max_shift: int = 2, generator: torch.Generator | None = None) -> Tensor:
+    """Random horizontal flips and random shifts of up to ``max_shift`` pixels, per example, in pure torch.
+
+    Shifts pad with the image's border values (replicate), like a small random crop of a padded image.
+    """
+    n, _, h, w = x.shape
+    if n == 0:
+        return x
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+    if max_shift <= 0:
+        return x
+    padded = nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
+    out = padded[torch.arange(n)[:, None, None], :, rows, cols]  # (n, h, w, c)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    *,
+    augment: bool = False,
+    regularizer: Callable[[nn.Module], Tensor] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``.
+
+    Parameters
+    ----------
+    model, optimizer, loader
+        Plain torch objects or their Opacus wrappers; batches may have any size, empty ones are skipped.
+    loss_fn
+        From :func:`make_loss`.
+    augment
+        Apply :func:`augment_batch` (random flips and shifts) to every training batch.
+    regularizer
+        Optional ``model -> scalar`` added to each batch loss (FedProx's proximal term).
+    on_batch
+        Called with the batch size after every optimizer step (progress bars).
+
+    Returns
+    -------
+    dict
+        ``loss`` (example-weighted mean of the data loss, without the regularizer), ``examples`` and
+        ``seconds``.
+    """
+    model.train()
+    start = time.perf_counter()
+    total_loss, examples = 0.0, 0
+    for x, y in loader:
+        n = int(x.shape[0])
+        if n == 0:
+            continue
+        if augment:
+            x = augment_batch(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        objective = loss + regularizer(model) if regularizer is not None else loss
+        objective.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * n
+        examples += n
+        if on_batch is not None:
+            on_batch(n)
+    seconds = time.perf_counter() - start
+    return {
+        "loss": total_loss / examples if examples else float("nan"),
+        "examples": float(examples),
+        "seconds": seconds,
+    }
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader) -> tuple[Tensor, Tensor]:
+    """Concatenated logits and targets over ``loader`` (model in eval mode)."""
+    model.eval()
+    outputs, targets = [], []
+    for x, y in loader:
+        if x.shape[0] == 0:
+            continue
+        outputs.append(model(x).detach())
+        targets.append(y)
+    if not outputs:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(outputs), torch.cat(targets)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, info: DatasetInfo) -> dict[str, float]:
+    """Loss and MedMNIST-style metrics of ``model`` on ``loader``.
+
+    Returns
+    -------
+    dict
+        ``loss``, ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``auc`` and ``examples``
+        (see :func:`privmed.metrics.classification.classification_metrics`).
+    """
+    logits, targets = predict(model, loader)
+    n = int(logits.shape[0])
+    if n == 0:
+        nan = float("nan")
+        return {"loss": nan, "accuracy": nan, "balanced_accuracy": nan, "macro_f1": nan, "auc": nan, "examples": 0.0}
+    loss = float(make_loss(info)(logits, targets))
+    metrics = classification_metrics(logits, targets, info, from_logits=True)
+    return {"loss": loss, **metrics, "examples": float(n)}
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    """The model's state (parameters and buffers) as NumPy arrays, in ``state_dict`` order."""
+    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
+    """Load arrays from :func:`get_weights` (same architecture) into ``model``, in ``state_dict`` order.
+
+    Raises
+    ------
+    ValueError
+        When the number or shapes of the arrays do not match the model.
+    """
+    state = model.state_dict()
+    if len(weights) != len(state):
+        raise ValueError(f"got {len(weights)} arrays for a model with {len(state)} state entries")
+    new_state = {}
+    for (key, current), array in zip(state.items(), weights, strict=True):
+        tensor = torch.as_tensor(np.asarray(array))
+        if tuple(tensor.shape) != tuple(current.shape):
+            raise ValueError(f"{key}: array of shape {tuple(tensor.shape)} for a tensor of {tuple(current.shape)}")
+        new_state[key] = tensor.to(dtype=current.dtype)
+    model.load_state_dict(new_state, strict=True)
