@@ -16,7 +16,8 @@ from typing import Any
 
 from privmed.data.base import SPLITS, TASKS, Dataset, DatasetInfo, Split, to_torch
 from privmed.data.folder import load_folder
-from privmed.data.medmnist import INFO, load_medmnist
+from privmed.data.medmnist import INFO, load_medmnist, verify_medmnist
+from privmed.data.partition import PARTITIONERS, label_histogram, partition, partition_dataset
 from privmed.data.phantom import make_phantom
 from privmed.errors import ConfigError, DataError
 
@@ -56,4 +57,22 @@ def load_dataset(name: str, *, size: int = 28, **options: Any) -> Dataset:
     return loader(size=size, **options)
 
 
-__all__ = ["LOADERS", "SPLITS", "TASKS", "Dataset", "DatasetInfo", "Split", "load_dataset", "to_torch"]
+__all__ = [
+    "INFO",
+    "LOADERS",
+    "PARTITIONERS",
+    "SPLITS",
+    "TASKS",
+    "Dataset",
+    "DatasetInfo",
+    "Split",
+    "label_histogram",
+    "load_dataset",
+    "load_folder",
+    "load_medmnist",
+    "make_phantom",
+    "partition",
+    "partition_dataset",
+    "to_torch",
+    "verify_medmnist",
+]

@@ -36,7 +36,10 @@ Partitioner = Callable[..., list[np.ndarray]]
 
 def _positive(name: str, value: Any, method: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"partitioner {method!r}: {name} must be a number > 0, got {value!r}")
+        raise ConfigError(
+            f"partitioner {method!r}: {name} must be a number > 0, got {value!r}; "
+            f"set partition_options.{name} in [data] to e.g. 0.5 (smaller = more skew)"
+        )
     return float(value)
 
 
