@@ -1,0 +1,318 @@
+"""Privacy accounting for the Poisson-subsampled Gaussian mechanism (DP-SGD and client-level DP).
+
+Accountants are chosen by name from :data:`ACCOUNTANTS`:
+
+``"rdp"``
+    Rényi DP (Mironov 2017, "Rényi Differential Privacy"; subsampled Gaussian bound of Mironov, Talwar
+    & Zhang 2019), converted to (ε, δ) with the tighter conversion of Balle et al. 2020. Opacus'
+    :class:`~opacus.accountants.RDPAccountant`.
+``"prv"``
+    Privacy loss random variables composed numerically by FFT (Gopi, Lee & Wutschitz 2021, "Numerical
+    Composition of Differential Privacy"). Opacus' :class:`~opacus.accountants.PRVAccountant`; it
+    returns an *upper* bound on ε, tighter than RDP.
+
+Everything here is a pure function of the mechanism's history: a list of ``(σ, q, steps)`` triples
+(noise multiplier, Poisson sampling rate, number of steps). :class:`AccountantState` keeps that list per
+client in a JSON-friendly form so that a client re-created every round (Flower simulation clients are
+stateless) can store its budget in ``context.state`` or on disk and never resets it when it receives a
+new global model. ε is always recomputed from the whole history, never summed per round.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
+
+from privmed.errors import PrivacyError
+from privmed.privacy.validation import (
+    check_count,
+    check_delta,
+    check_epsilon,
+    check_noise_multiplier,
+    check_sample_rate,
+)
+
+logger = logging.getLogger(__name__)
+
+#: One segment of a mechanism's history: (noise multiplier σ, sampling rate q, number of steps).
+HistoryEntry = tuple[float, float, int]
+
+#: Accountants by name. Values build a fresh, empty Opacus accountant.
+ACCOUNTANTS: Mapping[str, Callable[[], IAccountant]] = MappingProxyType(
+    {
+        "rdp": RDPAccountant,
+        "prv": PRVAccountant,
+    }
+)
+
+#: Largest noise multiplier :func:`calibrate_noise` will return by default; beyond it training is noise.
+DEFAULT_MAX_NOISE_MULTIPLIER = 50.0
+
+#: Version of the :meth:`AccountantState.to_dict` layout.
+STATE_VERSION = 1
+
+
+def check_accountant_name(name: str) -> str:
+    """Return ``name`` if it names an accountant in :data:`ACCOUNTANTS`, else raise PrivacyError."""
+    if name not in ACCOUNTANTS:
+        raise PrivacyError(
+            f"unknown accountant {name!r}; choose one of {', '.join(sorted(ACCOUNTANTS))} (privacy.accountant)"
+        )
+    return name
+
+
+def get_accountant(name: str) -> IAccountant:
+    """A fresh, empty Opacus accountant of the given kind (``"rdp"`` or ``"prv"``)."""
+    return ACCOUNTANTS[check_accountant_name(name)]()
+
+
+def _check_history(history: Iterable[Any]) -> list[HistoryEntry]:
+    out: list[HistoryEntry] = []
+    for i, entry in enumerate(history):
+        try:
+            sigma, q, steps = entry
+        except (TypeError, ValueError):
+            raise PrivacyError(
+                f"accountant history entry {i} is {entry!r}; expected [noise_multiplier, sample_rate, steps]"
+            ) from None
+        out.append(
+            (
+                check_noise_multiplier(sigma, name=f"history[{i}].noise_multiplier"),
+                check_sample_rate(q, name=f"history[{i}].sample_rate"),
+                check_count(f"history[{i}].steps", steps),
+            )
+        )
+    return out
+
+
+def epsilon_from_history(history: Iterable[HistoryEntry], *, delta: float, accountant: str = "rdp") -> float:
+    """ε spent by a sequence of Poisson-subsampled Gaussian mechanisms, at the given δ.
+
+    Parameters
+    ----------
+    history
+        ``(σ, q, steps)`` triples, composed in order (the order does not change ε).
+    delta
+        Target δ, in (0, 1).
+    accountant
+        Name in :data:`ACCOUNTANTS`.
+
+    Returns
+    -------
+    float
+        ε (0.0 for an empty history, ``inf`` when any step ran with σ = 0).
+    """
+    delta = check_delta(delta)
+    check_accountant_name(accountant)
+    entries = [e for e in _check_history(history) if e[2] > 0]
+    if not entries:
+        return 0.0
+    if any(sigma == 0 for sigma, _, _ in entries):
+        return math.inf
+    acc = get_accountant(accountant)
+    acc.history = [(float(s), float(q), int(t)) for s, q, t in entries]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def epsilon_for(
+    *, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+) -> float:
+    """ε after ``steps`` Poisson-subsampled Gaussian steps (Abadi et al. 2016, DP-SGD).
+
+    Parameters
+    ----------
+    noise_multiplier
+        σ: noise std divided by the clipping norm C.
+    sample_rate
+        q: probability that one record joins a step (expected batch / dataset size).
+    steps
+        Number of steps over the whole run (rounds × local steps).
+    delta
+        Target δ.
+    accountant
+        ``"rdp"`` (Mironov 2017) or ``"prv"`` (Gopi et al. 2021).
+    """
+    sigma = check_noise_multiplier(noise_multiplier)
+    q = check_sample_rate(sample_rate)
+    steps = check_count("steps", steps)
+    return epsilon_from_history([(sigma, q, steps)], delta=delta, accountant=accountant)
+
+
+def calibrate_noise(
+    *,
+    target_epsilon: float,
+    target_delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+    epsilon_tolerance: float = 0.01,
+    max_noise_multiplier: float = DEFAULT_MAX_NOISE_MULTIPLIER,
+) -> float:
+    """The smallest σ (to within ``epsilon_tolerance`` in ε) whose whole run meets (ε, δ).
+
+    Bisection on σ, as in Opacus' ``get_noise_multiplier``, but with errors a user can act on. The
+    returned σ satisfies ``target_epsilon - epsilon_tolerance <= epsilon_for(σ) <= target_epsilon``.
+
+    Parameters
+    ----------
+    target_epsilon, target_delta
+        The budget for the whole run.
+    sample_rate
+        q of every step.
+    steps
+        Total number of steps of the whole run (e.g. :func:`steps_per_run`).
+    accountant
+        Name in :data:`ACCOUNTANTS`.
+    epsilon_tolerance
+        How far below the target the achieved ε may be.
+    max_noise_multiplier
+        Give up above this σ: the budget is unreachable with a useful amount of noise.
+
+    Raises
+    ------
+    PrivacyError
+        Bad parameters, ``steps == 0``, or a target that needs σ > ``max_noise_multiplier``.
+    """
+    eps = check_epsilon(target_epsilon, name="target_epsilon")
+    delta = check_delta(target_delta, name="target_delta")
+    q = check_sample_rate(sample_rate)
+    steps = check_count("steps", steps)
+    check_accountant_name(accountant)
+    tol = check_epsilon(epsilon_tolerance, name="epsilon_tolerance")
+    sigma_max = check_noise_multiplier(max_noise_multiplier, name="max_noise_multiplier")
+    if steps == 0:
+        raise PrivacyError(
+            "steps = 0: the run takes no training steps, so there is no noise to calibrate; "
+            "give at least one round, one local epoch and a non-empty client dataset"
+        )
+
+    def eps_at(sigma: float) -> float:
+        # Opacus warns when the best RDP order is the largest one; that happens for the very large σ the
+        # search probes first and only makes those ε conservative, which cannot make the result unsafe.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return epsilon_for(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=accountant)
+
+    eps_at_max = eps_at(sigma_max)
+    if eps_at_max > eps:
+        raise PrivacyError(
+            f"target epsilon = {eps:g} (delta = {delta:g}) cannot be reached with noise_multiplier <= {sigma_max:g} "
+            f"over {steps} steps at sample rate {q:.4g} (epsilon at sigma = {sigma_max:g} is {eps_at_max:.3g}); "
+            "raise epsilon, or lower the sample rate (smaller batches) or the number of steps (fewer rounds or "
+            "local epochs)"
+        )
+    low, high, eps_high = 0.0, sigma_max, eps_at_max
+    # Find a small bracket quickly: halve from the top while the budget still holds.
+    while high > 1e-3:
+        trial = high / 2
+        eps_trial = eps_at(trial)
+        if eps_trial > eps:
+            low = trial
+            break
+        high, eps_high = trial, eps_trial
+    for _ in range(100):
+        if eps - eps_high <= tol or high - low < 1e-6:
+            break
+        mid = (low + high) / 2
+        eps_mid = eps_at(mid)
+        if eps_mid > eps:
+            low = mid
+        else:
+            high, eps_high = mid, eps_mid
+    logger.debug(
+        "calibrated sigma=%.4f: epsilon=%.4f (target %.4f) over %d steps, q=%.4g", high, eps_high, eps, steps, q
+    )
+    return float(high)
+
+
+def steps_per_epoch(*, sample_rate: float) -> int:
+    """Steps in one epoch of Poisson sampling at rate q: ``int(1/q)``, exactly as Opacus' sampler counts."""
+    return int(1 / check_sample_rate(sample_rate))
+
+
+def steps_per_run(*, rounds: int, local_epochs: int, sample_rate: float) -> int:
+    """Steps one client takes over a whole federated run: rounds × local epochs × steps per epoch.
+
+    A client that is not sampled in some rounds takes fewer steps; this is the worst case, which is what
+    calibration needs.
+    """
+    rounds = check_count("rounds", rounds)
+    local_epochs = check_count("local_epochs", local_epochs)
+    return rounds * local_epochs * steps_per_epoch(sample_rate=sample_rate)
+
+
+@dataclass
+class AccountantState:
+    """A client's privacy ledger: which accountant, and every (σ, q, steps) it has run.
+
+    Serialisable (:meth:`to_dict` / :meth:`from_dict`, plain JSON types) so that it survives the client
+    object; rebuilding a model or optimizer never touches it. Consecutive steps with the same (σ, q) are
+    merged into one entry, so the history stays short.
+
+    Examples
+    --------
+    >>> state = AccountantState.from_dict(context_state.get("dp", {"accountant": "rdp", "history": []}))
+    >>> state.step(noise_multiplier=1.1, sample_rate=0.01, steps=100)
+    >>> context_state["dp"] = state.to_dict()
+    >>> state.epsilon(delta=1e-5)
+    """
+
+    accountant: str = "rdp"
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_accountant_name(self.accountant)
+        self.history = _check_history(self.history)
+
+    @property
+    def total_steps(self) -> int:
+        """Number of steps recorded so far."""
+        return sum(steps for _, _, steps in self.history)
+
+    def step(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
+        """Record ``steps`` steps of the Poisson-subsampled Gaussian mechanism with (σ, q)."""
+        sigma = check_noise_multiplier(noise_multiplier)
+        q = check_sample_rate(sample_rate)
+        steps = check_count("steps", steps)
+        if steps == 0:
+            return
+        if self.history and self.history[-1][0] == sigma and self.history[-1][1] == q:
+            last_sigma, last_q, last_steps = self.history[-1]
+            self.history[-1] = (last_sigma, last_q, last_steps + steps)
+        else:
+            self.history.append((sigma, q, steps))
+
+    def epsilon(self, *, delta: float) -> float:
+        """ε spent so far at the given δ (0.0 before the first step)."""
+        return epsilon_from_history(self.history, delta=delta, accountant=self.accountant)
+
+    def copy(self) -> AccountantState:
+        return AccountantState(accountant=self.accountant, history=list(self.history))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form: ``{"version", "accountant", "history": [[σ, q, steps], ...]}``."""
+        return {
+            "version": STATE_VERSION,
+            "accountant": self.accountant,
+            "history": [[float(s), float(q), int(t)] for s, q, t in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AccountantState:
+        """Inverse of :meth:`to_dict`; refuses unknown versions and malformed histories."""
+        if not isinstance(data, Mapping) or "accountant" not in data or "history" not in data:
+            raise PrivacyError(
+                f"accountant state {data!r} is malformed; expected a mapping with 'accountant' and 'history' "
+                "(as written by AccountantState.to_dict)"
+            )
+        version = data.get("version", STATE_VERSION)
+        if version != STATE_VERSION:
+            raise PrivacyError(f"accountant state version {version!r} is not supported (expected {STATE_VERSION})")
+        return cls(accountant=str(data["accountant"]), history=list(data["history"]))

@@ -1,0 +1,359 @@
+"""Sample-level DP per client: DP-SGD (Abadi et al. 2016) with Opacus.
+
+One entry point, :func:`make_private`, turns a model, optimizer and data loader into their DP-SGD
+counterparts: per-sample gradients (Opacus grad-sample module), per-sample clipping to norm C, Gaussian
+noise of std σ·C on the summed clipped gradient, and Poisson sampling of batches (the sampling the
+accountant assumes). It deliberately keeps **no accountant of its own**: pass an
+:class:`~privmed.privacy.accounting.AccountantState` and every optimizer step is recorded there, so the
+client's ledger is whatever the caller persists (Flower ``context.state``, a file), never reset by a
+new model.
+
+:func:`plan_dpsgd` calibrates σ for the whole federated run of one client: rounds × local epochs × steps
+per epoch at the Poisson rate q the loader will use.
+
+Per-sample gradients come in three Opacus flavours, chosen by name in :data:`GRAD_SAMPLE_MODES`:
+``"hooks"`` (module hooks, Opacus' default), ``"ew"`` (PyTorch expanded weights) and ``"functorch"``
+(``torch.func.vmap`` over every layer). ``bench/dpsgd_cost.py`` measures which is fastest here.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from opacus import GradSampleModule
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample import AbstractGradSampleModule
+from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+from opacus.validators.errors import IllegalModuleConfigurationError
+from torch import nn
+from torch.utils.data import DataLoader
+
+from privmed.config import PrivacyConfig
+from privmed.errors import PrivacyError
+from privmed.privacy.accounting import (
+    AccountantState,
+    calibrate_noise,
+    check_accountant_name,
+    epsilon_for,
+    steps_per_run,
+)
+from privmed.privacy.validation import (
+    check_clipping_norm,
+    check_count,
+    check_delta,
+    check_epsilon,
+    check_noise_multiplier,
+)
+
+logger = logging.getLogger(__name__)
+
+GradSampleFactory = Callable[[nn.Module, str], AbstractGradSampleModule]
+
+#: Per-sample gradient implementations by name: ``factory(model, loss_reduction)``.
+GRAD_SAMPLE_MODES: Mapping[str, GradSampleFactory] = MappingProxyType(
+    {
+        "hooks": lambda model, reduction: GradSampleModule(model, batch_first=True, loss_reduction=reduction),
+        "functorch": lambda model, reduction: GradSampleModule(
+            model, batch_first=True, loss_reduction=reduction, force_functorch=True
+        ),
+        "ew": lambda model, reduction: GradSampleModuleExpandedWeights(
+            model, batch_first=True, loss_reduction=reduction
+        ),
+    }
+)
+
+_BATCHNORM_WHY = (
+    "BatchNorm mixes samples in a batch (each example is normalised with its batch-mates' statistics, and the "
+    "running statistics are updated from the data without noise), so per-sample clipping cannot bound one "
+    "example's influence and the DP guarantee would not hold"
+)
+_BATCHNORM_FIX = (
+    "use GroupNorm instead (privmed's DPResNet already does: build_model('dpresnet')), or convert an existing "
+    "model with opacus.validators.ModuleValidator.fix(model), which swaps BatchNorm for GroupNorm"
+)
+
+#: Modules refused under DP regardless of Opacus' opinion, with (why, fix).
+INCOMPATIBLE_MODULES: Mapping[type[nn.Module], tuple[str, str]] = MappingProxyType(
+    {nn.modules.batchnorm._BatchNorm: (_BATCHNORM_WHY, _BATCHNORM_FIX)}
+)
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse a model that DP-SGD cannot make private, saying why and how to fix it.
+
+    BatchNorm is refused even without trainable parameters (Opacus only inspects trainable modules, but
+    normalising with batch statistics leaks across examples either way). Everything else Opacus' own
+    validators object to (e.g. ``nn.LSTM``, InstanceNorm with running statistics) is refused too.
+
+    Raises
+    ------
+    PrivacyError
+        Listing every offending sub-module by name.
+    """
+    problems: list[str] = []
+    for kind, (why, fix) in INCOMPATIBLE_MODULES.items():
+        names = [name or "<model>" for name, module in model.named_modules() if isinstance(module, kind)]
+        if names:
+            problems.append(
+                f"{kind.__name__.lstrip('_')} layers ({', '.join(names)}) cannot be trained with DP: {why}; fix: {fix}"
+            )
+    if not problems:
+        errors = [
+            e
+            for e in ModuleValidator.validate(model, strict=False)
+            if not isinstance(e, IllegalModuleConfigurationError)
+        ]
+        problems.extend(f"Opacus refuses this model: {e}" for e in errors)
+    if problems:
+        raise PrivacyError("; ".join(problems))
+
+
+def make_private(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    poisson_sampling: bool = True,
+    grad_sample_mode: str = "hooks",
+    accountant_state: AccountantState | None = None,
+    noise_generator: torch.Generator | None = None,
+    loss_reduction: str = "mean",
+) -> tuple[AbstractGradSampleModule, DPOptimizer, DataLoader]:
+    """Wrap model, optimizer and loader for DP-SGD (Abadi et al. 2016) with Opacus.
+
+    Parameters
+    ----------
+    model
+        A DP-compatible module (see :func:`check_model`); it is put in training mode.
+    optimizer
+        An optimizer over ``model``'s parameters (plain torch).
+    loader
+        The client's training loader. With Poisson sampling each example joins a batch with probability
+        q = 1 / len(loader), so the expected batch size is the loader's batch size.
+    noise_multiplier
+        σ; the noise added to the sum of clipped per-sample gradients has std σ·C.
+    max_grad_norm
+        C, the per-sample L2 clipping norm (over all parameters together).
+    poisson_sampling
+        Replace the loader by Opacus' Poisson-sampling loader. ``False`` keeps the loader's fixed-size
+        shuffled batches, which the accountant only approximates (a warning says so).
+    grad_sample_mode
+        Per-sample gradient implementation, a key of :data:`GRAD_SAMPLE_MODES`.
+    accountant_state
+        Where every step is recorded as ``(σ, q·accumulated_iterations, 1)``; the single source of truth
+        for ε. ``None`` records nothing (then nothing can report ε: only for benchmarks).
+    noise_generator
+        Seeded generator for the noise (tests and reproducible runs). Not a cryptographically secure RNG.
+    loss_reduction
+        ``"mean"`` (the gradient is divided by the expected batch size) or ``"sum"``.
+
+    Returns
+    -------
+    tuple
+        ``(grad_sample_model, dp_optimizer, loader)``; train with them exactly as with the originals.
+    """
+    sigma = check_noise_multiplier(noise_multiplier)
+    clip = check_clipping_norm(max_grad_norm)
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise PrivacyError(
+            f"unknown grad_sample_mode {grad_sample_mode!r}; choose one of {', '.join(GRAD_SAMPLE_MODES)}"
+        )
+    if loss_reduction not in ("mean", "sum"):
+        raise PrivacyError(f"loss_reduction = {loss_reduction!r} must be 'mean' or 'sum'")
+    if isinstance(model, AbstractGradSampleModule):
+        raise PrivacyError("model is already wrapped for DP; pass the plain nn.Module (e.g. a freshly built model)")
+    check_model(model)
+    model_params = {id(p) for p in model.parameters()}
+    if any(id(p) not in model_params for group in optimizer.param_groups for p in group["params"]):
+        raise PrivacyError("the optimizer holds parameters that are not the model's; build it from model.parameters()")
+    if len(loader) == 0:
+        raise PrivacyError("the training loader is empty; the client has no examples to train on")
+
+    model.train()
+    gs_model = GRAD_SAMPLE_MODES[grad_sample_mode](model, loss_reduction)
+    if poisson_sampling:
+        gs_model.forbid_grad_accumulation()
+        dp_loader: DataLoader = DPDataLoader.from_data_loader(loader, generator=loader.generator)
+    else:
+        msg = (
+            "poisson_sampling=False: fixed-size shuffled batches are accounted as if Poisson-sampled, which is "
+            "an approximation, not a proof; keep poisson_sampling=True for a guarantee"
+        )
+        logger.warning(msg)
+        warnings.warn(msg, stacklevel=2)
+        dp_loader = loader
+    sample_rate = 1 / len(dp_loader)
+    expected_batch_size = max(1, int(len(loader.dataset) * sample_rate))  # type: ignore[arg-type]
+    dp_optimizer = DPOptimizer(
+        optimizer,
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        expected_batch_size=expected_batch_size,
+        loss_reduction=loss_reduction,
+        generator=noise_generator,
+    )
+    if accountant_state is not None:
+        state = accountant_state
+
+        def record_step(opt: DPOptimizer) -> None:
+            state.step(
+                noise_multiplier=opt.noise_multiplier, sample_rate=sample_rate * opt.accumulated_iterations, steps=1
+            )
+
+        dp_optimizer.attach_step_hook(record_step)
+    logger.debug(
+        "DP-SGD: sigma=%.4f C=%.4g q=%.4g expected batch %d, mode %s",
+        sigma,
+        clip,
+        sample_rate,
+        expected_batch_size,
+        grad_sample_mode,
+    )
+    return gs_model, dp_optimizer, dp_loader
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a grad-sample wrapper (for saving or sending weights), else ``model``."""
+    return model._module if isinstance(model, AbstractGradSampleModule) else model
+
+
+def loader_sample_rate(*, dataset_size: int, batch_size: int, drop_last: bool = False) -> float:
+    """q that :func:`make_private` uses for a loader: ``1 / len(loader)``, i.e. 1 / ⌈n / B⌉."""
+    n = check_count("dataset_size", dataset_size, minimum=1)
+    b = check_count("batch_size", batch_size, minimum=1)
+    batches = n // b if drop_last else -(-n // b)
+    return 1 / max(1, batches)
+
+
+@dataclass(frozen=True)
+class DPSGDPlan:
+    """Noise and schedule of DP-SGD for one client over a whole federated run.
+
+    Attributes
+    ----------
+    noise_multiplier
+        σ (calibrated, or the configured override).
+    sample_rate
+        Poisson q of every step.
+    steps_per_round
+        Local steps per round (local epochs × steps per epoch).
+    total_steps
+        Steps over all rounds.
+    epsilon
+        ε the whole run spends at ``delta`` with this σ (≤ the target when calibrated).
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    total_steps: int
+    max_grad_norm: float
+    epsilon: float
+    delta: float
+    target_epsilon: float | None
+    accountant: str
+    dataset_size: int
+    expected_batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_dpsgd(
+    *,
+    target_epsilon: float | None,
+    target_delta: float,
+    dataset_size: int,
+    batch_size: int,
+    rounds: int,
+    local_epochs: int,
+    max_grad_norm: float,
+    accountant: str = "rdp",
+    noise_multiplier: float | None = None,
+    drop_last: bool = False,
+    epsilon_tolerance: float = 0.01,
+) -> DPSGDPlan:
+    """Calibrate σ so that one client's whole run (every round it may join) meets (ε, δ).
+
+    Parameters
+    ----------
+    target_epsilon, target_delta
+        Budget for the whole run; δ ≥ 1/n warns with the value of 1/n. ``target_epsilon`` may be ``None``
+        only when ``noise_multiplier`` is given.
+    dataset_size
+        n, the client's number of training examples.
+    batch_size
+        The loader's batch size B; Poisson q = 1 / ⌈n / B⌉ (what :func:`make_private` uses).
+    rounds, local_epochs
+        Federated schedule; steps = rounds × local epochs × ⌊1/q⌋ (the worst case: sampled every round).
+    max_grad_norm
+        C (validated here so bad configs fail before training).
+    noise_multiplier
+        Override: use this σ and report the ε it gives instead of calibrating.
+    """
+    delta = check_delta(target_delta, dataset_size=dataset_size, name="delta")
+    clip = check_clipping_norm(max_grad_norm)
+    check_accountant_name(accountant)
+    q = loader_sample_rate(dataset_size=dataset_size, batch_size=batch_size, drop_last=drop_last)
+    total = steps_per_run(rounds=rounds, local_epochs=local_epochs, sample_rate=q)
+    per_round = steps_per_run(rounds=1, local_epochs=local_epochs, sample_rate=q)
+    if noise_multiplier is None:
+        if target_epsilon is None:
+            raise PrivacyError("give a target epsilon (privacy.epsilon) or a fixed privacy.noise_multiplier")
+        eps_target = check_epsilon(target_epsilon)
+        sigma = calibrate_noise(
+            target_epsilon=eps_target,
+            target_delta=delta,
+            sample_rate=q,
+            steps=total,
+            accountant=accountant,
+            epsilon_tolerance=epsilon_tolerance,
+        )
+    else:
+        eps_target = None if target_epsilon is None else check_epsilon(target_epsilon)
+        sigma = check_noise_multiplier(noise_multiplier)
+    eps = epsilon_for(noise_multiplier=sigma, sample_rate=q, steps=total, delta=delta, accountant=accountant)
+    if eps_target is not None and eps > eps_target:
+        logger.warning(
+            "noise_multiplier=%.4g spends epsilon=%.3g over the run, above the target %.3g", sigma, eps, eps_target
+        )
+    return DPSGDPlan(
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps_per_round=per_round,
+        total_steps=total,
+        max_grad_norm=clip,
+        epsilon=eps,
+        delta=delta,
+        target_epsilon=eps_target,
+        accountant=accountant,
+        dataset_size=dataset_size,
+        expected_batch_size=max(1, int(dataset_size * q)),
+    )
+
+
+def plan_from_config(
+    privacy: PrivacyConfig, *, dataset_size: int, batch_size: int, rounds: int, local_epochs: int
+) -> DPSGDPlan:
+    """:func:`plan_dpsgd` for a ``[privacy]`` table (``mode = "sample"``)."""
+    return plan_dpsgd(
+        target_epsilon=privacy.epsilon,
+        target_delta=privacy.delta,
+        dataset_size=dataset_size,
+        batch_size=batch_size,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        max_grad_norm=privacy.max_grad_norm,
+        accountant=privacy.accountant,
+        noise_multiplier=privacy.noise_multiplier,
+    )
