@@ -92,8 +92,9 @@ def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    n_test = round(test_fraction * n)
-    n_val = round(val_fraction * n)
+    """Train / val / test counts of one class; val and test get at least one image each."""
+    n_test = max(1, round(test_fraction * n))
+    n_val = max(1, round(val_fraction * n))
     return n - n_val - n_test, n_val, n_test
 
 
@@ -157,7 +158,7 @@ def load_folder(
             raise DataError(
                 f"class {folder.name!r} has {len(class_images)} image(s), too few for a train/val/test split "
                 f"with val_fraction={val_fraction:g} and test_fraction={test_fraction:g} "
-                f"(gives {counts[0]}/{counts[1]}/{counts[2]}); add images or raise the fractions"
+                f"(gives {counts[0]}/{counts[1]}/{counts[2]}); add images (at least 3 per class) or lower the fractions"
             )
         order = rng.permutation(len(class_images))
         for split, piece in zip(SPLITS, np.split(order, np.cumsum(counts)[:-1]), strict=True):

@@ -95,7 +95,8 @@ def _pathological(
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= classes.size:
         raise ConfigError(
             f"partitioner 'pathological': classes_per_client must be an integer from 1 to {classes.size} "
-            f"(the number of classes present), got {k!r}"
+            f"(the number of classes present), got {k!r}; set partition_options.classes_per_client in [data] "
+            "to a value in that range"
         )
     if num_clients * k < classes.size:
         raise ConfigError(
