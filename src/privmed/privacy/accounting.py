@@ -193,39 +193,70 @@ def calibrate_noise(
             "give at least one round, one local epoch and a non-empty client dataset"
         )
 
-    def eps_at(sigma: float) -> float:
-        # Opacus warns when the best RDP order is the largest one; that happens for the very large σ the
-        # search probes first and only makes those ε conservative, which cannot make the result unsafe.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            return epsilon_for(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=accountant)
+    seen: dict[float, float] = {0.0: math.inf}
 
-    eps_at_max = eps_at(sigma_max)
-    if eps_at_max > eps:
-        raise PrivacyError(
-            f"target epsilon = {eps:g} (delta = {delta:g}) cannot be reached with noise_multiplier <= {sigma_max:g} "
-            f"over {steps} steps at sample rate {q:.4g} (epsilon at sigma = {sigma_max:g} is {eps_at_max:.3g}); "
-            "raise epsilon, or lower the sample rate (smaller batches) or the number of steps (fewer rounds or "
-            "local epochs)"
-        )
-    low, high, eps_high = 0.0, sigma_max, eps_at_max
-    # Find a small bracket quickly: halve from the top while the budget still holds.
-    while high > 1e-3:
-        trial = high / 2
-        eps_trial = eps_at(trial)
-        if eps_trial > eps:
-            low = trial
+    def eps_at(sigma: float) -> float:
+        if sigma not in seen:
+            # Opacus warns when the best RDP order is at the edge of its grid; that happens for the extreme σ the
+            # search probes and only makes those ε conservative, which cannot make the result unsafe.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Optimal order is the (largest|smallest) alpha")
+                seen[sigma] = epsilon_for(
+                    noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta, accountant=accountant
+                )
+        return seen[sigma]
+
+    # Bracket [low, high] with eps(low) > target >= eps(high), growing or shrinking geometrically from σ = 1.
+    high = min(1.0, sigma_max)
+    eps_one = eps_at(high)
+    if eps_one <= eps:
+        eps_high, low = eps_one, 0.0
+        while high > 1e-3:
+            trial = high / 2
+            eps_trial = eps_at(trial)
+            if eps_trial > eps:
+                low = trial
+                break
+            high, eps_high = trial, eps_trial
+    else:
+        low = high
+        while True:
+            trial = min(2 * high, sigma_max)
+            eps_trial = eps_at(trial)
+            if eps_trial > eps and trial >= sigma_max:
+                raise PrivacyError(
+                    f"target epsilon = {eps:g} (delta = {delta:g}) cannot be reached with noise_multiplier <= "
+                    f"{sigma_max:g} over {steps} steps at sample rate {q:.4g} (epsilon at sigma = {sigma_max:g} is "
+                    f"{eps_trial:.3g}); raise epsilon, or lower the sample rate (smaller batches) or the number of "
+                    "steps (fewer rounds or local epochs)"
+                )
+            if eps_trial <= eps:
+                high, eps_high = trial, eps_trial
+                break
+            low = high = trial
+    # Illinois regula falsi on log ε(σ) - log(target - tol/2): any probe landing in [target - tol, target]
+    # ends the search, and the bracket always keeps ε(high) <= target. Bisection when the secant is unusable.
+    aim = math.log(eps - tol / 2) if eps > tol / 2 else math.log(eps)
+    g_low, g_high = math.log(eps_at(low)) - aim, math.log(eps_high) - aim
+    side = 0
+    for _ in range(200):
+        if eps - eps_high <= tol or high - low < 1e-9:
             break
-        high, eps_high = trial, eps_trial
-    for _ in range(100):
-        if eps - eps_high <= tol or high - low < 1e-6:
-            break
-        mid = (low + high) / 2
+        mid = high - g_high * (high - low) / (g_high - g_low) if math.isfinite(g_low) else (low + high) / 2
+        if not low < mid < high:
+            mid = (low + high) / 2
         eps_mid = eps_at(mid)
+        g_mid = math.log(eps_mid) - aim
         if eps_mid > eps:
-            low = mid
+            low, g_low = mid, g_mid
+            if side == -1:
+                g_high /= 2
+            side = -1
         else:
-            high, eps_high = mid, eps_mid
+            high, eps_high, g_high = mid, eps_mid, g_mid
+            if side == 1:
+                g_low /= 2
+            side = 1
     logger.debug(
         "calibrated sigma=%.4f: epsilon=%.4f (target %.4f) over %d steps, q=%.4g", high, eps_high, eps, steps, q
     )
