@@ -1,0 +1,142 @@
+"""The Flower ClientApp: one hospital training the global model on its own partition.
+
+``app`` is what ``flwr run`` and ``flower-supernode`` load (``privmed.federation.client_app:app``). Its
+partition comes from the node config (``partition-id``, ``num-partitions``: set by the simulation engine or
+by ``flower-supernode --node-config``), the rest from the run config (see
+:mod:`~privmed.federation.config_bridge`). Privacy and secure aggregation are added as client mods by
+:func:`client_mods`, never inside training.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+from flwr.client import ClientApp, NumPyClient
+
+from privmed.config import Config
+from privmed.errors import ConfigError
+from privmed.federation import task
+from privmed.federation.config_bridge import FlatConfig, RunOptions, unflatten_config
+
+log = logging.getLogger(__name__)
+
+#: A Flower client mod: ``(message, context, call_next) -> message``.
+Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+
+
+class InjectedFaultError(RuntimeError):
+    """Raised on purpose by a client listed in ``testing.fail-partitions`` (fault-injection tests only)."""
+
+
+class PrivmedClient(NumPyClient):
+    """A client holding one partition of the training split.
+
+    Parameters
+    ----------
+    cfg
+        The run's config.
+    partition_id, num_partitions
+        From the node config.
+    fail
+        Fault injection for tests: raise in ``fit``.
+    """
+
+    def __init__(self, cfg: Config, partition_id: int, num_partitions: int, *, fail: bool = False) -> None:
+        self.cfg = cfg
+        self.partition_id = partition_id
+        self.info, self.split = task.client_partition(cfg, partition_id, num_partitions)
+        self.fail = fail
+
+    def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The partition this node holds (the server's handshake uses it to map nodes to partitions)."""
+        return {"partition_id": self.partition_id, "examples": len(self.split)}
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        server_round = int(config["server_round"])
+        if self.fail:
+            raise InjectedFaultError(
+                f"fault injection: partition {self.partition_id} fails in round {server_round} "
+                "(testing.fail-partitions)"
+            )
+        weights, metrics = task.fit_local(
+            self.cfg,
+            parameters,
+            self.info,
+            self.split,
+            server_round=server_round,
+            partition_id=self.partition_id,
+            local_epochs=int(config["local_epochs"]),
+            batch_size=int(config["batch_size"]),
+            proximal_mu=float(config.get("proximal_mu", 0.0)),
+        )
+        return weights, len(self.split), {"partition_id": self.partition_id, **metrics}
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
+        """The global model on this client's own training partition (per-client view of a non-IID federation)."""
+        metrics = task.evaluate_weights(self.cfg, parameters, self.info, self.split)
+        out = {k: float(v) for k, v in metrics.items() if k != "loss"}
+        return float(metrics["loss"]), len(self.split), {"partition_id": self.partition_id, **out}
+
+
+#: ``(cfg) -> mods`` factories, applied in order; privacy and SecAgg+ register here (e.g. ``secaggplus_mod``
+#: when ``secagg.enabled``, ``fixedclipping_mod`` for client-level DP).
+MOD_FACTORIES: dict[str, Callable[[Config], list[Mod]]] = {}
+
+
+def client_mods(cfg: Config) -> list[Mod]:
+    """The client mods this run needs (none for plain FedAvg / FedProx)."""
+    mods: list[Mod] = []
+    for factory in MOD_FACTORIES.values():
+        mods.extend(factory(cfg))
+    return mods
+
+
+def _settings(context: Context, fixed: FlatConfig | None) -> tuple[Config, RunOptions]:
+    flat = fixed if fixed is not None else dict(context.run_config)
+    return unflatten_config(flat, source="run config")
+
+
+def _node_partition(context: Context) -> tuple[int, int]:
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as exc:
+        raise ConfigError(
+            f"this SuperNode has no {exc.args[0]!r} in its node config; start it with "
+            "--node-config 'partition-id=<i> num-partitions=<N>'"
+        ) from None
+
+
+def make_client_app(run_config: FlatConfig | None = None) -> ClientApp:
+    """A ClientApp; ``run_config`` fixes the flat run config (embedded simulation), else the context's is used."""
+
+    def client_fn(context: Context) -> Any:
+        torch.set_num_threads(1)
+        cfg, options = _settings(context, run_config)
+        partition_id, num_partitions = _node_partition(context)
+        client = PrivmedClient(cfg, partition_id, num_partitions, fail=partition_id in options.fail_partitions)
+        return client.to_client()
+
+    def run_mods(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        """Apply the mods of this run (chosen from the run config at message time)."""
+        cfg, _ = _settings(context, run_config)
+        handler = call_next
+        for mod in reversed(client_mods(cfg)):
+            handler = _bind(mod, handler)
+        return handler(message, context)
+
+    return ClientApp(client_fn=client_fn, mods=[run_mods])
+
+
+def _bind(mod: Mod, call_next: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    def handler(message: Message, context: Context) -> Message:
+        return mod(message, context, call_next)
+
+    return handler
+
+
+app = make_client_app()

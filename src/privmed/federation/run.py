@@ -1,0 +1,114 @@
+"""The embedded default: run the ServerApp and ClientApp in Flower's simulation engine, in this process.
+
+``privmed federate CONFIG`` calls :func:`run_federated`. One SuperNode per partition
+(``data.num_clients``); Ray gets exactly ``federation.num_cpus`` CPUs and each simulated client
+``federation.client_num_cpus`` of them (Ray ignores CPU limits that are not passed at ``ray.init``). The
+apps receive the same flat run config a deployment would (:mod:`~privmed.federation.config_bridge`), so the
+embedded and the deployed runs share all code below the Flower entry points.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from privmed.config import Config
+from privmed.errors import ConfigError
+from privmed.federation.config_bridge import RunOptions, run_config
+from privmed.federation.server_app import Progress, make_server_app, prepare_run, resolve_out_dir
+
+log = logging.getLogger(__name__)
+
+#: Environment every Flower / Ray process of ours gets: no telemetry, no update checks, no installs.
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def backend_config(cfg: Config) -> dict[str, Any]:
+    """Ray settings for the simulation engine, from ``[federation]``."""
+    fed = cfg.federation
+    if fed.num_cpus < 1 or fed.client_num_cpus <= 0 or fed.client_num_cpus > fed.num_cpus:
+        raise ConfigError(
+            f"federation.num_cpus = {fed.num_cpus} and client_num_cpus = {fed.client_num_cpus} must satisfy "
+            "0 < client_num_cpus <= num_cpus, num_cpus >= 1"
+        )
+    return {
+        "init_args": {"num_cpus": int(fed.num_cpus), "include_dashboard": False, "log_to_driver": False},
+        "client_resources": {"num_cpus": float(fed.client_num_cpus), "num_gpus": 0.0},
+    }
+
+
+def run_federated(
+    cfg: Config,
+    *,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    fail_partitions: Sequence[int] = (),
+    round_timeout: float = 0.0,
+) -> dict[str, Any]:
+    """Run a federated training in the simulation engine; returns the results (also in ``results.json``).
+
+    Parameters
+    ----------
+    cfg
+        The run's config.
+    out_dir
+        Where results and per-round checkpoints go.
+    resume
+        Continue from the last complete checkpoint in ``out_dir``.
+    progress
+        Called with ``("start", info)`` once the clients are up and ``("round", record)`` after every round.
+    fail_partitions
+        Fault injection for tests: these partitions raise in ``fit``.
+    round_timeout
+        Seconds to wait for a round's replies (0: no limit).
+
+    Raises
+    ------
+    PrivmedError
+        Anything the user can fix, checked before Ray starts where possible.
+    """
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    options = RunOptions(
+        out_dir=str(Path(out_dir).resolve()),
+        resume=resume,
+        round_timeout=round_timeout,
+        fail_partitions=tuple(int(p) for p in fail_partitions),
+    )
+    out = resolve_out_dir(options, "embedded")
+    prepare_run(cfg, options, out)  # fail fast, before Ray's start-up
+    backend = backend_config(cfg)
+    flat = run_config(cfg, options)
+
+    from flwr.simulation import run_simulation  # heavy import (Ray), only when running
+
+    from privmed.federation.client_app import make_client_app
+
+    started = time.perf_counter()
+    run_simulation(
+        server_app=make_server_app(flat, progress=progress),
+        client_app=make_client_app(flat),
+        num_supernodes=cfg.data.num_clients,
+        backend_config=backend,
+    )
+    total = time.perf_counter() - started
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text())
+    results["timing"]["total_seconds"] = total
+    results["timing"]["backend"] = backend
+    results["out_dir"] = str(out)
+    from privmed.results import write_json_atomic
+
+    write_json_atomic(results_path, results)
+    return results

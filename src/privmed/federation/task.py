@@ -1,0 +1,222 @@
+"""What a federated client and server do with data and models, in plain privmed terms.
+
+The Flower apps (:mod:`~privmed.federation.client_app`, :mod:`~privmed.federation.server_app`) stay thin;
+everything that touches datasets, partitions and torch lives here and calls :mod:`privmed.train`.
+
+Differential privacy plugs in through :data:`TRAINING_WRAPPERS`: a function that may wrap the model,
+optimizer and loader before local training (Opacus' ``make_private`` for sample-level DP), chosen by
+``privacy.mode``. Training code never branches on privacy.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from privmed.config import Config, DataConfig
+from privmed.data import Dataset, DatasetInfo, Split, load_dataset
+from privmed.data.partition import partition_dataset
+from privmed.errors import ConfigError, DataError
+from privmed.models import build_model
+from privmed.train import (
+    evaluate,
+    get_weights,
+    make_loader,
+    make_loss,
+    make_optimizer,
+    set_seed,
+    set_weights,
+    train_epoch,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalTraining:
+    """What a training wrapper receives and returns: the objects of one client's local training."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    #: extra metrics the wrapper reports (e.g. epsilon spent); merged into the client's fit metrics
+    metrics: dict[str, float]
+
+
+#: A training wrapper: ``(local, cfg, partition_id) -> local``, applied before local training.
+TrainingWrapper = Callable[[LocalTraining, Config, int], LocalTraining]
+
+
+def _no_wrapper(local: LocalTraining, cfg: Config, partition_id: int) -> LocalTraining:
+    return local
+
+
+#: ``privacy.mode`` -> how local training is wrapped. ``"client"`` (client-level DP) leaves local training
+#: alone: its clipping and noise come from a strategy wrapper and a client mod. Sample-level DP
+#: (``"sample"``, Opacus) registers here.
+TRAINING_WRAPPERS: dict[str, TrainingWrapper] = {"none": _no_wrapper, "client": _no_wrapper}
+
+
+def training_wrapper(cfg: Config) -> TrainingWrapper:
+    """The wrapper registered for ``cfg.privacy.mode``, or a :class:`ConfigError` naming the valid modes."""
+    mode = cfg.privacy.mode
+    if mode not in TRAINING_WRAPPERS:
+        raise ConfigError(
+            f"privacy.mode = {mode!r} is not available for federated training; "
+            f"choose one of: {', '.join(sorted(TRAINING_WRAPPERS))}"
+        )
+    return TRAINING_WRAPPERS[mode]
+
+
+def _data_key(data: DataConfig) -> str:
+    """A hashable, order-independent key for a ``[data]`` table (cache key)."""
+    return json.dumps(
+        {
+            "name": data.name,
+            "size": data.size,
+            "options": data.options,
+            "partitioner": data.partitioner,
+            "partition_options": data.partition_options,
+            "num_clients": data.num_clients,
+            "min_examples": data.min_examples,
+            "seed": data.seed,
+        },
+        sort_keys=True,
+        default=str,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(key: str) -> tuple[Dataset, tuple[np.ndarray, ...]]:
+    spec = json.loads(key)
+    dataset = load_dataset(spec["name"], size=spec["size"], **spec["options"])
+    data_cfg = DataConfig(**spec)
+    parts = tuple(partition_dataset(dataset, data_cfg))
+    return dataset, parts
+
+
+def load_federated_data(cfg: Config) -> tuple[Dataset, tuple[np.ndarray, ...]]:
+    """The dataset and its client partitions (index arrays into the train split), cached per process.
+
+    Every process (server, Ray actor, SuperNode) computes the same partitions from the ``[data]`` table:
+    the partitioner is deterministic in ``data.seed``.
+    """
+    return _load_cached(_data_key(cfg.data))
+
+
+def client_partition(cfg: Config, partition_id: int, num_partitions: int) -> tuple[DatasetInfo, Split]:
+    """The training examples of one client.
+
+    Raises
+    ------
+    ConfigError
+        When the node's ``num-partitions`` differs from ``data.num_clients`` or its ``partition-id`` is out
+        of range (more SuperNodes than partitions).
+    DataError
+        When the partition is empty.
+    """
+    n = cfg.data.num_clients
+    if num_partitions != n:
+        raise ConfigError(
+            f"this SuperNode says num-partitions={num_partitions} but the run config has data.num_clients={n}; "
+            f"start exactly {n} SuperNodes with --node-config 'partition-id=<0..{n - 1}> num-partitions={n}' "
+            "or set data.num_clients to the number of SuperNodes"
+        )
+    if not 0 <= partition_id < n:
+        raise ConfigError(
+            f"partition-id={partition_id} is out of range for data.num_clients={n} (valid: 0..{n - 1}); "
+            "there are more clients than partitions"
+        )
+    dataset, parts = load_federated_data(cfg)
+    indices = parts[partition_id]
+    if indices.size == 0:
+        raise DataError(
+            f"partition {partition_id} of {n} is empty; raise data.min_examples or use fewer clients / less skew"
+        )
+    return dataset.info, dataset.train.subset(indices)
+
+
+def new_model(cfg: Config, info: DatasetInfo) -> nn.Module:
+    """The configured model for ``info``'s images and labels."""
+    return build_model(cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width)
+
+
+def initial_weights(cfg: Config, info: DatasetInfo) -> list[np.ndarray]:
+    """The global model's starting weights, deterministic in ``train.seed``."""
+    set_seed(cfg.train.seed)
+    return get_weights(new_model(cfg, info))
+
+
+def round_seed(base: int, server_round: int, partition_id: int) -> int:
+    """A seed for one client's work in one round: the same in a resumed run as in an uninterrupted one."""
+    return int(np.random.SeedSequence([base, server_round, partition_id]).generate_state(1)[0])
+
+
+def proximal_term(global_weights: Sequence[Tensor], mu: float) -> Callable[[nn.Module], Tensor]:
+    """FedProx's ``mu / 2 * ||w - w_global||^2`` over the trainable parameters, as a regularizer."""
+
+    def regularizer(model: nn.Module) -> Tensor:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return (mu / 2.0) * sum(((p - g) ** 2).sum() for p, g in zip(params, global_weights, strict=True))
+
+    return regularizer
+
+
+def fit_local(
+    cfg: Config,
+    weights: Sequence[np.ndarray],
+    info: DatasetInfo,
+    split: Split,
+    *,
+    server_round: int,
+    partition_id: int,
+    local_epochs: int,
+    batch_size: int,
+    proximal_mu: float = 0.0,
+) -> tuple[list[np.ndarray], dict[str, float]]:
+    """Train the global model on one client's data and return the new weights and metrics.
+
+    Seeds everything from ``(train.seed, server_round, partition_id)``, so the same round on the same
+    client gives the same update whether the run was resumed or not.
+    """
+    seed = round_seed(cfg.train.seed, server_round, partition_id)
+    set_seed(seed)
+    model = new_model(cfg, info)
+    set_weights(model, weights)
+    loader = make_loader(split, info, batch_size=batch_size, shuffle=True, seed=seed)
+    local = LocalTraining(model, make_optimizer(model, cfg.train), loader, {})
+    local = training_wrapper(cfg)(local, cfg, partition_id)
+    regularizer = None
+    if proximal_mu > 0:
+        anchor = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        regularizer = proximal_term(anchor, proximal_mu)
+    loss_fn = make_loss(info)
+    start = time.perf_counter()
+    stats: dict[str, float] = {}
+    for _ in range(local_epochs):
+        stats = train_epoch(
+            local.model, local.loader, local.optimizer, loss_fn, augment=cfg.train.augment, regularizer=regularizer
+        )
+    metrics = {
+        "train_loss": float(stats.get("loss", float("nan"))),
+        "fit_seconds": time.perf_counter() - start,
+        **local.metrics,
+    }
+    return get_weights(model), metrics
+
+
+def evaluate_weights(cfg: Config, weights: Sequence[np.ndarray], info: DatasetInfo, split: Split) -> dict[str, float]:
+    """:func:`privmed.train.evaluate` of ``weights`` on ``split``."""
+    model = new_model(cfg, info)
+    set_weights(model, weights)
+    loader = make_loader(split, info, batch_size=max(cfg.train.batch_size, 256), shuffle=False)
+    return evaluate(model, loader, info)
