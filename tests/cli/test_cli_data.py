@@ -100,7 +100,9 @@ def test_download_offline(capsys, monkeypatch, tmp_path):
     record = tiny_record()
     monkeypatch.setitem(mm.INFO, record.name, record)
     code, out = run(capsys, "download", record.name, "--root", str(tmp_path))
-    assert_one_line_error(code, out, "could not download tinymnist.npz", record.url(28), str(tmp_path))
+    progress, _, error = out.partition("\n")
+    assert progress.startswith("downloading ") and record.url(28) in progress
+    assert_one_line_error(code, error, "could not download tinymnist.npz", record.url(28), str(tmp_path))
     assert list(tmp_path.iterdir()) == []
 
 

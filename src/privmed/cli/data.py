@@ -85,6 +85,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
+    target = medmnist_path(args.name, size=args.size, root=args.root)
+    if not target.is_file():
+        console().print(f"downloading {get_info(args.name).url(args.size)} to {target.parent} ...")
     path = fetch_medmnist(args.name, size=args.size, root=args.root, download=True)
     md5 = verify_medmnist(args.name, size=args.size, root=args.root)
     console().print(f"{path} [green]OK[/green] (MD5 {md5})")

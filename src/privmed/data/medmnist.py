@@ -459,7 +459,12 @@ def verify_medmnist(name: str, *, size: int = 28, root: str | Path | None = None
     return actual
 
 
-@functools.lru_cache(maxsize=8)
+def clear_cache() -> None:
+    """Forget the arrays cached by :func:`load_medmnist` (they stay alive while a dataset uses them)."""
+    _read_npz.cache_clear()
+
+
+@functools.lru_cache(maxsize=4)
 def _read_npz(path: str, mtime_ns: int, n_bytes: int) -> dict[str, np.ndarray]:
     """All arrays of an ``.npz``, read once per (path, mtime, size) and made read-only for sharing."""
     del mtime_ns, n_bytes  # only part of the cache key, so a replaced file is read again
