@@ -41,7 +41,7 @@ def _as_tensor(x: Tensor | np.ndarray) -> Tensor:
 def _looks_like_probs(scores: Tensor, *, multilabel: bool) -> bool:
     if scores.numel() == 0 or scores.min() < 0 or scores.max() > 1:
         return False
-    return multilabel or bool(torch.allclose(scores.sum(dim=1), torch.ones(scores.shape[0]), atol=1e-4))
+    return multilabel or bool(torch.allclose(scores.sum(dim=1), torch.ones_like(scores[:, 0]), atol=1e-4))
 
 
 def _mean_auc(probs: Tensor, positives: Tensor) -> float:

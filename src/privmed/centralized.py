@@ -1,0 +1,259 @@
+"""Centralised training: the non-private, non-federated baseline every other number is compared with.
+
+:func:`train_centralized` trains a model from a :class:`~privmed.config.Config` on the train split,
+evaluates every epoch on the validation split, keeps the checkpoint of the best validation epoch, and
+reports the test metrics of that checkpoint only (the test split never chooses anything). It saves
+``last.pt`` after each epoch so a run can be resumed, ``best.pt`` for the chosen epoch, and returns a
+results record that :mod:`privmed.cli.train` writes as JSON. Uses only :mod:`privmed.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from privmed.config import Config
+from privmed.data import Dataset, load_dataset
+from privmed.errors import ConfigError
+from privmed.models import build_model, count_parameters
+from privmed.results import machine
+from privmed.train import evaluate, make_loader, make_loss, make_optimizer, set_seed, train_epoch
+
+log = logging.getLogger(__name__)
+
+#: Validation metric used to choose the epoch -> sort key (larger is better; ties broken by the others).
+#: ``auc`` is MedMNIST v2's choice of model-selection metric.
+SELECTORS: dict[str, Callable[[dict[str, float]], tuple[float, ...]]] = {
+    "auc": lambda m: (_num(m["auc"]), _num(m["accuracy"]), -_num(m["loss"], bad=math.inf)),
+    "accuracy": lambda m: (_num(m["accuracy"]), _num(m["auc"]), -_num(m["loss"], bad=math.inf)),
+    "loss": lambda m: (-_num(m["loss"], bad=math.inf), _num(m["auc"])),
+}
+
+#: Batch size for evaluation (no gradients, so larger batches are cheap).
+EVAL_BATCH = 256
+
+
+def _num(x: float | None, *, bad: float = -math.inf) -> float:
+    return bad if x is None or math.isnan(x) else float(x)
+
+
+@dataclass
+class Callbacks:
+    """Hooks for progress display; every one is optional.
+
+    ``on_start(total_batches, start_epoch)``, ``on_batch(batch_size)``, ``on_epoch(record, is_best)``.
+    """
+
+    on_start: Callable[[int, int], None] | None = None
+    on_batch: Callable[[int], None] | None = None
+    on_epoch: Callable[[dict[str, Any], bool], None] | None = None
+
+
+def default_out_dir(cfg: Config) -> Path:
+    """``runs/train-<dataset>-<model>-<seed>`` (relative to the working directory)."""
+    dataset = cfg.data.name.lower().split(":")[0]
+    return Path("runs") / f"train-{dataset}-{cfg.model.name.lower()}-{cfg.train.seed}"
+
+
+def check_train_config(cfg: Config, select: str) -> None:
+    """Refuse settings centralised training cannot honour, before anything is loaded or written."""
+    t = cfg.train
+    if t.epochs < 1:
+        raise ConfigError(f"[train] epochs must be at least 1, got {t.epochs}")
+    if t.batch_size < 1:
+        raise ConfigError(f"[train] batch_size must be at least 1, got {t.batch_size}")
+    if not t.lr > 0:
+        raise ConfigError(f"[train] lr must be positive, got {t.lr}")
+    if t.weight_decay < 0:
+        raise ConfigError(f"[train] weight_decay must be >= 0, got {t.weight_decay}")
+    if select not in SELECTORS:
+        raise ConfigError(f"unknown selection metric {select!r}; choose one of: {', '.join(SELECTORS)}")
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that must match to resume (extending ``epochs`` is allowed)."""
+    out = {k: dict(v) for k, v in cfg_dict.items() if k in ("data", "model", "train")}
+    out["train"].pop("epochs", None)
+    return out
+
+
+def _load_resume(path: Path, cfg: Config) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"--resume: no checkpoint {path}; run without --resume first (or pick --out)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise ConfigError(f"--resume: cannot read checkpoint {path} ({exc}); delete it and start again") from None
+    if _comparable(ckpt.get("config", {})) != _comparable(cfg.to_dict()):
+        raise ConfigError(
+            f"--resume: {path} was written with a different config (only train.epochs may change); "
+            "use another --out directory for a new config"
+        )
+    return ckpt
+
+
+def train_centralized(
+    cfg: Config,
+    *,
+    out_dir: str | Path,
+    resume: bool = False,
+    select: str = "auc",
+    dataset: Dataset | None = None,
+    callbacks: Callbacks | None = None,
+) -> dict[str, Any]:
+    """Train, choose the epoch on validation, test the chosen checkpoint.
+
+    Parameters
+    ----------
+    cfg
+        Uses ``[data]``, ``[model]`` and ``[train]``.
+    out_dir
+        Where ``last.pt`` and ``best.pt`` go (created only once the inputs are known to be valid).
+    resume
+        Continue from ``out_dir/last.pt`` (same config; ``train.epochs`` may be raised).
+    select
+        Validation metric choosing the epoch, a key of :data:`SELECTORS`.
+    dataset
+        An already-loaded dataset (otherwise ``load_dataset(cfg.data.name, size=cfg.data.size,
+        **cfg.data.options)``).
+    callbacks
+        Progress hooks.
+
+    Returns
+    -------
+    dict
+        The results record (JSON-safe): config, machine, dataset, model, per-epoch history, chosen epoch,
+        val and test metrics of the chosen checkpoint, throughput.
+    """
+    wall_start = time.perf_counter()
+    cb = callbacks or Callbacks()
+    check_train_config(cfg, select)
+    t = cfg.train
+    out = Path(out_dir)
+    ckpt = _load_resume(out / "last.pt", cfg) if resume else None
+
+    if dataset is None:
+        dataset = load_dataset(cfg.data.name, size=cfg.data.size, **cfg.data.options)
+    info = dataset.info
+    set_seed(t.seed)
+    model = build_model(cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width)
+    optimizer = make_optimizer(model, t)
+    loss_fn = make_loss(info)
+    train_loader = make_loader(dataset.train, info, batch_size=t.batch_size, shuffle=True, seed=t.seed)
+    val_loader = make_loader(dataset.val, info, batch_size=EVAL_BATCH, shuffle=False)
+    test_loader = make_loader(dataset.test, info, batch_size=EVAL_BATCH, shuffle=False)
+
+    history: list[dict[str, Any]] = []
+    best_epoch, best_key = 0, None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history = list(ckpt["history"])
+        best_epoch = int(ckpt["best_epoch"])
+        best_key = SELECTORS[select](history[best_epoch - 1]["val"]) if best_epoch else None
+        log.info("resuming %s at epoch %d of %d", out, len(history) + 1, t.epochs)
+    start_epoch = len(history)
+    if start_epoch > t.epochs:
+        raise ConfigError(f"--resume: {out} already has {start_epoch} epochs; set train.epochs >= {start_epoch}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    if cb.on_start:
+        cb.on_start((t.epochs - start_epoch) * len(train_loader), start_epoch)
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        # per-epoch seeds: a resumed run sees the same batches and augmentations as an uninterrupted one
+        train_loader.generator.manual_seed(t.seed * 100_003 + epoch)
+        torch.manual_seed(t.seed * 100_003 + epoch)
+        stats = train_epoch(model, train_loader, optimizer, loss_fn, augment=t.augment, on_batch=cb.on_batch)
+        val = evaluate(model, val_loader, info)
+        record = {
+            "epoch": epoch,
+            "train_loss": stats["loss"],
+            "train_seconds": stats["seconds"],
+            "samples_per_s": stats["examples"] / stats["seconds"] if stats["seconds"] > 0 else None,
+            "val": val,
+        }
+        history.append(record)
+        key = SELECTORS[select](val)
+        is_best = best_key is None or key > best_key
+        if is_best:
+            best_epoch, best_key = epoch, key
+            _save_atomic({"model": model.state_dict(), "epoch": epoch}, out / "best.pt")
+        _save_atomic(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": _clean(history),
+                "best_epoch": best_epoch,
+                "config": cfg.to_dict(),
+            },
+            out / "last.pt",
+        )
+        if cb.on_epoch:
+            cb.on_epoch(_clean(record), is_best)
+
+    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"])
+    val = evaluate(model, val_loader, info)
+    test = evaluate(model, test_loader, info)
+    train_examples = sum(len(dataset.train) for _ in history)
+    train_seconds = sum(h["train_seconds"] for h in history)
+    return _clean(
+        {
+            "command": "train",
+            "config": cfg.to_dict(),
+            "config_source": cfg.source,
+            "machine": machine(),
+            "dataset": {
+                "name": info.name,
+                "display_name": info.display_name,
+                "synthetic": info.synthetic,
+                "task": info.task,
+                "size": info.size,
+                "n_channels": info.n_channels,
+                "n_classes": info.n_labels,
+                "n_train": len(dataset.train),
+                "n_val": len(dataset.val),
+                "n_test": len(dataset.test),
+            },
+            "model": {
+                "name": cfg.model.name.lower(),
+                "width": getattr(model, "width", cfg.model.width),
+                "parameters": count_parameters(model),
+            },
+            "seed": t.seed,
+            "selection": {"split": "val", "metric": select},
+            "epochs": t.epochs,
+            "chosen_epoch": best_epoch,
+            "history": history,
+            "val": val,
+            "test": test,
+            "samples_per_s": train_examples / train_seconds if train_seconds > 0 else None,
+            "train_seconds": train_seconds,
+            "wall_seconds": time.perf_counter() - wall_start,
+            "checkpoints": {"best": str(out / "best.pt"), "last": str(out / "last.pt")},
+        }
+    )

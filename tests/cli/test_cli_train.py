@@ -1,0 +1,100 @@
+"""`privmed train`: the smoke quickstart, results JSON, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from privmed.cli import main
+
+SMALL = "data.options={classes = 2, n_train = 160, n_val = 60, n_test = 60}"
+
+
+def _train(out: Path, *extra: str) -> int:
+    return main(["train", "smoke", "--out", str(out), *extra])
+
+
+def test_smoke_preset_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "smoke"
+    assert _train(out, "--set", "train.epochs=1") == 0
+    result = json.loads((out / "results.json").read_text())
+    for key in ("config", "machine", "dataset", "model", "history", "chosen_epoch", "val", "test", "samples_per_s"):
+        assert key in result, key
+    assert result["dataset"]["display_name"] == "phantom (synthetic)"
+    assert result["dataset"]["synthetic"] is True
+    assert result["config"]["train"]["epochs"] == 1
+    assert result["chosen_epoch"] == 1 and len(result["history"]) == 1
+    assert result["selection"] == {"split": "val", "metric": "auc"}
+    for split in ("val", "test"):
+        assert {"accuracy", "auc", "macro_f1", "balanced_accuracy", "loss"} <= set(result[split])
+    assert result["test"]["accuracy"] > 0.5
+    assert result["samples_per_s"] > 0
+    assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    err = capsys.readouterr().err
+    assert "phantom (synthetic)" in err and "accuracy" in err
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    common = ("--set", SMALL, "--set", "train.augment=true", "--select", "loss")
+    assert _train(tmp_path / "full", "--set", "train.epochs=2", *common) == 0
+    assert _train(tmp_path / "part", "--set", "train.epochs=1", *common) == 0
+    assert _train(tmp_path / "part", "--set", "train.epochs=2", "--resume", *common) == 0
+    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    part = json.loads((tmp_path / "part" / "results.json").read_text())
+    assert [h["train_loss"] for h in part["history"]] == [h["train_loss"] for h in full["history"]]
+    assert part["test"] == full["test"]
+
+
+def _assert_one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("privmed: error:") and "\n" not in err and "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+def test_unknown_config_key_exits_2_without_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bad"
+    assert _train(out, "--set", "train.epocs=1") == 2
+    _assert_one_line_error(capsys, "epocs", "valid keys")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("model.name=resnet50", ("resnet50", "dpresnet")),
+        ("train.optimizer=lbfgs", ("lbfgs", "sgd")),
+        ("train.epochs=0", ("epochs",)),
+        ("data.name=nosuchmnist", ("nosuchmnist",)),
+        ("data.options={colour = 3}", ("colour", "valid options")),
+    ],
+)
+def test_bad_values_exit_2_without_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, words: tuple[str, ...]
+) -> None:
+    out = tmp_path / "bad"
+    assert _train(out, "--set", override) == 2
+    _assert_one_line_error(capsys, *words)
+    assert not out.exists()
+
+
+def test_resume_without_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "nothing"
+    assert _train(out, "--resume") == 2
+    _assert_one_line_error(capsys, "--resume", "last.pt")
+    assert not out.exists()
+
+
+def test_resume_with_changed_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert _train(out, "--set", SMALL, "--set", "train.epochs=1") == 0
+    capsys.readouterr()
+    assert _train(out, "--set", SMALL, "--set", "train.lr=0.01", "--resume") == 2
+    _assert_one_line_error(capsys, "different config")
+
+
+def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(tmp_path / "nope.toml")]) == 2
+    _assert_one_line_error(capsys, "not found")
