@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privmed.config import TrainConfig
+from privmed.data import load_dataset
 from privmed.data.base import DatasetInfo, Split
 from privmed.data.phantom import make_phantom
 from privmed.errors import ConfigError
@@ -26,6 +27,7 @@ from privmed.train import (
     set_weights,
     train_epoch,
 )
+from tests.conftest import real_data_dir
 
 METRIC_KEYS = {"loss", "accuracy", "balanced_accuracy", "macro_f1", "auc", "examples"}
 
@@ -192,3 +194,19 @@ def test_bad_optimizer_settings() -> None:
         make_optimizer(model, TrainConfig(optimizer="lbfgs"))
     with pytest.raises(ConfigError, match="lr"):
         make_optimizer(model, TrainConfig(lr=0.0))
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_small_cnn_learns_real_pneumoniamnist() -> None:
+    ds = load_dataset("pneumoniamnist", root=str(real_data_dir("pneumoniamnist")))
+    assert not ds.info.synthetic and ds.info.display_name == "pneumoniamnist"
+    set_seed(0)
+    model = build_model("cnn", in_channels=1, num_classes=2)
+    optimizer = make_optimizer(model, TrainConfig(lr=0.05))
+    train = make_loader(ds.train.subset(np.arange(1000)), ds.info, batch_size=64, shuffle=True)
+    for _ in range(2):
+        train_epoch(model, train, optimizer, make_loss(ds.info), augment=True)
+    metrics = evaluate(model, make_loader(ds.val, ds.info, batch_size=256, shuffle=False), ds.info)
+    assert metrics["examples"] == 524
+    assert metrics["auc"] > 0.85

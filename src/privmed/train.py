@@ -139,7 +139,9 @@ def train_epoch(
     augment
         Apply :func:`augment_batch` (random flips and shifts) to every training batch.
     regularizer
-        Optional ``model -> scalar`` added to each batch loss (FedProx's proximal term).
+        Optional ``model -> scalar`` added to each batch loss (FedProx's proximal term). Under an Opacus
+        ``DPOptimizer`` its gradient does not reach the update: the optimizer rebuilds ``p.grad`` from the
+        clipped per-example gradients of the data loss only.
     on_batch
         Called with the batch size after every optimizer step (progress bars).
 
