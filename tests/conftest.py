@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+# spinning OpenMP waits collapse throughput when test processes share the 2 cores
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REAL_FILES = {"pneumoniamnist": "pneumoniamnist.npz", "breastmnist": "breastmnist.npz"}
 

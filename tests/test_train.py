@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -119,7 +120,7 @@ def test_opacus_wrapped_model_optimizer_and_poisson_loader(phantom) -> None:
     assert len(weights) == len(model.state_dict())
 
 
-def test_empty_batches_are_skipped() -> None:
+def test_empty_batches_take_a_step_with_zero_data_loss() -> None:
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])
     batches = [(x[:0], y[:0]), (x, y), (x[:0], y[:0])]
     model = build_model("cnn", in_channels=1, num_classes=2, width=8)
@@ -127,7 +128,24 @@ def test_empty_batches_are_skipped() -> None:
     stats = train_epoch(
         model, batches, make_optimizer(model, TrainConfig()), nn.CrossEntropyLoss(), on_batch=seen.append
     )
-    assert stats["examples"] == 4 and seen == [4]
+    assert stats["examples"] == 4 and seen == [0, 4, 0]
+    assert math.isfinite(stats["loss"])
+
+
+def test_empty_batch_under_dp_sgd_still_adds_noise() -> None:
+    """Skipping an empty Poisson batch would leak that it was empty and drop a noisy step."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 0, 1])
+    model = GradSampleModule(build_model("cnn", in_channels=1, num_classes=2, width=8))
+    optimizer = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=4
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    train_epoch(model, [(x[:0], y[:0])], optimizer, nn.CrossEntropyLoss())
+    moved = sum(float((p.detach() - b).abs().sum()) for p, b in zip(model.parameters(), before, strict=True))
+    assert moved > 0
 
 
 def test_regularizer_is_added_to_the_objective() -> None:

@@ -133,7 +133,8 @@ def train_epoch(
     Parameters
     ----------
     model, optimizer, loader
-        Plain torch objects or their Opacus wrappers; batches may have any size, empty ones are skipped.
+        Plain torch objects or their Opacus wrappers; batches may have any size. An empty batch (drawn by
+        Poisson sampling) still takes an optimizer step with zero data loss, as DP-SGD requires.
     loss_fn
         From :func:`make_loss`.
     augment
@@ -156,12 +157,13 @@ def train_epoch(
     total_loss, examples = 0.0, 0
     for x, y in loader:
         n = int(x.shape[0])
-        if n == 0:
-            continue
-        if augment:
+        if augment and n:
             x = augment_batch(x)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        out = model(x)
+        # An empty batch (Poisson sampling draws them) is still a step: under DP-SGD it adds noise and the
+        # accountant counts it, and skipping it would reveal that the batch was empty. Its data loss is 0.
+        loss = loss_fn(out, y) if n else out.sum() * 0.0
         objective = loss + regularizer(model) if regularizer is not None else loss
         objective.backward()
         optimizer.step()

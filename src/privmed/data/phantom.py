@@ -1,8 +1,10 @@
 """A deterministic synthetic dataset in MedMNIST format, for offline quickstarts and tests.
 
-Every image is a soft "organ" ellipse on a noisy background; each class adds a bright round "lesion"
-at its own angle around the centre, with a class-dependent size, so a small CNN learns it in a few
-epochs but not trivially (position jitter, intensity jitter and noise blur the classes). Nothing here
+Every image is a soft "organ" ellipse on a noisy background; each class adds a faint round "lesion"
+at its own angle around the centre, with a class-dependent size, and every image also carries a
+distractor blob at a random place. A small CNN learns the classes in a few epochs but not perfectly
+(position jitter, faint lesions, the distractor and pixel noise blur them), so learning curves mean
+something. Nothing here
 comes from patient data: the info record says ``synthetic=True`` and every table names it
 ``phantom (synthetic)``.
 """
@@ -28,15 +30,20 @@ def _render(rng: np.random.Generator, labels: np.ndarray, n_classes: int, size: 
     organ = ((xx - ox) / ax) ** 2 + ((yy - oy) / ay) ** 2
     img = 0.35 / (1.0 + np.exp((organ - 1.0) * 12.0))
     # lesion: class k sits at angle 2*pi*k/K, radius grows with k
-    angle = 2 * np.pi * labels / n_classes + rng.normal(0, 0.35, size=n)
+    angle = 2 * np.pi * labels / n_classes + rng.normal(0, 0.4, size=n)
     radius = rng.uniform(0.25, 0.45, size=n)
     cx = (radius * np.cos(angle)).reshape(n, 1, 1)
     cy = (radius * np.sin(angle)).reshape(n, 1, 1)
     lesion_r = (0.12 + 0.05 * labels / max(n_classes - 1, 1)).reshape(n, 1, 1)
-    strength = rng.uniform(0.3, 0.6, size=(n, 1, 1))
+    strength = rng.uniform(0.2, 0.45, size=(n, 1, 1))
     d2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / lesion_r**2
     img = img + strength * np.exp(-d2)
-    img = img + rng.normal(0, 0.08, size=img.shape)
+    # a distractor of the same kind at a random place, so no single pixel gives the class away
+    d_angle = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
+    d_radius = rng.uniform(0.2, 0.5, size=(n, 1, 1))
+    d2 = ((xx - d_radius * np.cos(d_angle)) ** 2 + (yy - d_radius * np.sin(d_angle)) ** 2) / 0.14**2
+    img = img + rng.uniform(0.0, 0.25, size=(n, 1, 1)) * np.exp(-d2)
+    img = img + rng.normal(0, 0.1, size=img.shape)
     if channels == 3:
         # a class-independent colour tint per image, so the colour channels carry no label
         tint = rng.uniform(0.7, 1.0, size=(n, 1, 1, 3))
