@@ -95,8 +95,8 @@ def restore_strategy_state(strategy: Strategy, scalars: dict[str, Any], arrays: 
     chain = _strategy_chain(strategy)
     for key, value in scalars.items():
         depth, name = key.split(".", 1)
-        if int(depth) >= len(chain) or not hasattr(chain[int(depth)], name):
-            continue
+        if value is None or int(depth) >= len(chain) or not hasattr(chain[int(depth)], name):
+            continue  # None is "not set yet / consumed" (e.g. FedAvg's initial_parameters), never state
         if isinstance(value, dict) and "arrays" in value:
             value = [arrays[f"{key}.{i}"] for i in range(value["arrays"])]
         setattr(chain[int(depth)], name, value)

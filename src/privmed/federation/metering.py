@@ -8,6 +8,7 @@ which clients happen to answer: a resumed run then ends with bit-identical weigh
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,15 @@ def message_bytes(message: Message) -> int:
     if not message.has_content():
         return 0
     return sum(len(array.data) for record in message.content.array_records.values() for array in record.values())
+
+
+def short_reason(reason: str, limit: int = 400) -> str:
+    """The informative end of a Flower error reason (a client's exception message, not Ray's traceback)."""
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    if "Message:" in reason:
+        reason = reason.rsplit("Message:", 1)[1]
+    reason = " ".join(reason.split()).rstrip("'>").strip()
+    return reason if len(reason) <= limit else "..." + reason[-limit:]
 
 
 @dataclass
@@ -97,7 +107,7 @@ class MeteredGrid(Grid):
                 if reply.has_error():
                     traffic.failures += 1
                     traffic.failed_partitions.append(self.partition_of.get(reply.metadata.src_node_id, -1))
-                    traffic.failure_reasons.append(str(reply.error.reason)[:500])
+                    traffic.failure_reasons.append(short_reason(str(reply.error.reason)))
             for message in sent:
                 if message.metadata.dst_node_id not in answered:
                     traffic.failures += 1
