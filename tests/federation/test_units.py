@@ -221,3 +221,27 @@ def test_prepare_run_protects_existing_runs(tmp_path: Path) -> None:
     cfg.train.lr = 0.5
     with pytest.raises(PrivmedError, match=r"different config \(train.lr differ"):
         prepare_run(cfg, RunOptions(resume=True), tmp_path)
+
+
+#: Official MedMNIST v2 train-split class counts, so presets are checked without the real files.
+TRAIN_CLASS_COUNTS = {"pneumoniamnist": (1214, 3494), "breastmnist": (147, 399)}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*-*c-a*.toml")), ids=lambda p: p.stem)
+def test_real_presets_load_and_partition(path: Path) -> None:
+    from privmed.data.partition import partition
+
+    cfg = load_config(path)
+    assert cfg.data.options.get("root") is None  # PRIVMED_DATA_DIR applies
+    counts = TRAIN_CLASS_COUNTS[cfg.data.name]
+    labels = np.repeat(np.arange(len(counts)), counts)
+    parts = partition(
+        labels,
+        cfg.data.num_clients,
+        method=cfg.data.partitioner,
+        seed=cfg.data.seed,
+        min_examples=cfg.data.min_examples,
+        **cfg.data.partition_options,
+    )
+    assert len(parts) == cfg.data.num_clients and sum(p.size for p in parts) == labels.size
+    build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
