@@ -176,9 +176,11 @@ def resolve_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    preset = PRESET_DIR / f"{path.stem}.toml"
-    if path.suffix in ("", ".toml") and preset.is_file():
-        return preset
+    if len(path.parts) == 1:  # a bare name; preset names may contain dots ("pneumonia-10c-a0.5")
+        name = path.name.removesuffix(".toml")
+        preset = PRESET_DIR / f"{name}.toml"
+        if preset.is_file():
+            return preset
     presets = sorted(p.stem for p in PRESET_DIR.glob("*.toml")) if PRESET_DIR.is_dir() else []
     raise ConfigError(
         f"config {str(name_or_path)!r} not found; give a TOML file path or a preset name "

@@ -18,18 +18,19 @@ def _train(out: Path, *extra: str) -> int:
 
 def test_smoke_preset_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "smoke"
-    assert _train(out, "--set", "train.epochs=1") == 0
+    assert _train(out) == 0
     result = json.loads((out / "results.json").read_text())
     for key in ("config", "machine", "dataset", "model", "history", "chosen_epoch", "val", "test", "samples_per_s"):
         assert key in result, key
     assert result["dataset"]["display_name"] == "phantom (synthetic)"
     assert result["dataset"]["synthetic"] is True
-    assert result["config"]["train"]["epochs"] == 1
-    assert result["chosen_epoch"] == 1 and len(result["history"]) == 1
+    assert result["config"]["train"]["epochs"] == 3
+    assert 1 <= result["chosen_epoch"] <= 3 and len(result["history"]) == 3
     assert result["selection"] == {"split": "val", "metric": "auc"}
     for split in ("val", "test"):
         assert {"accuracy", "auc", "macro_f1", "balanced_accuracy", "loss"} <= set(result[split])
-    assert result["test"]["accuracy"] > 0.5
+    # The quickstart must visibly learn: chance is 0.5 on the balanced phantom.
+    assert result["test"]["accuracy"] > 0.7 and result["test"]["auc"] > 0.8
     assert result["samples_per_s"] > 0
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
     err = capsys.readouterr().err
