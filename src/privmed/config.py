@@ -79,7 +79,12 @@ class FederationConfig:
 
 @dataclass
 class PrivacyConfig:
-    """Differential privacy. ``mode`` is ``"none"``, ``"sample"`` (DP-SGD per client) or ``"client"``."""
+    """Differential privacy. ``mode`` is ``"none"``, ``"sample"`` (DP-SGD per client: every example of a
+    client is protected) or ``"client"`` (client-level DP: a client's whole contribution is protected).
+
+    ``epsilon`` and ``delta`` are the target for the whole run; ``max_grad_norm`` is C, the per-example
+    gradient clipping norm (``"sample"``) or the update clipping norm (``"client"``).
+    """
 
     mode: str = "none"
     epsilon: float = 6.0
@@ -88,6 +93,11 @@ class PrivacyConfig:
     #: set to override calibration; otherwise sigma is calibrated to (epsilon, delta) for the whole run
     noise_multiplier: float | None = None
     accountant: str = "rdp"
+    #: ``"sample"``: Opacus per-example gradients, ``"hooks"``, ``"ew"`` or ``"functorch"``
+    grad_sample_mode: str = "hooks"
+    #: ``"client"``: who adds the noise; ``"central"`` (the server, to the aggregate) or ``"split"`` (every
+    #: sampled client adds its share, so the server never sees an un-noised aggregate: use with SecAgg+)
+    client_noise: str = "central"
 
 
 @dataclass

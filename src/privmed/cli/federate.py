@@ -67,6 +67,13 @@ def run(args: argparse.Namespace) -> int:
             elif event == "round":
                 val = payload.get("val", {})
                 fails = f", {payload['failures']} failed" if payload.get("failures") else ""
+                if "epsilon" in payload:
+                    fails += f", ε {payload['epsilon']:.2f}"
+                eps = f"  ε {payload['epsilon']:.3f}" if "epsilon" in payload else ""
+                bar.console.print(
+                    f"round {payload['round']:>3}: val acc {val.get('accuracy', float('nan')):.3f}  "
+                    f"auc {val.get('auc', float('nan')):.3f}  {payload['wall_seconds']:.1f} s{eps}"
+                )
                 bar.update(
                     task_id,
                     completed=payload["round"],
@@ -82,5 +89,12 @@ def run(args: argparse.Namespace) -> int:
         f"val acc {val.get('accuracy', float('nan')):.3f}, test acc {test.get('accuracy', float('nan')):.3f}, "
         f"test AUC {test.get('auc', float('nan')):.3f}; failures {results['failures_total']}"
     )
+    details = results.get("privacy_details")
+    if details:
+        spent = (results["rounds"][-1].get("epsilon") if results["rounds"] else None) or 0.0
+        con.print(
+            f"privacy ({details['mode']}-level DP): epsilon spent {spent:.3f} of target {details['target_epsilon']}"
+            f" at delta {details['delta']:g}"
+        )
     con.print(f"results: {Path(results['out_dir']) / 'results.json'}")
     return 0

@@ -9,13 +9,14 @@ by ``flower-supernode --node-config``), the rest from the run config (see
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.client import ClientApp, NumPyClient
 
 from privmed.config import Config
@@ -27,6 +28,23 @@ log = logging.getLogger(__name__)
 
 #: A Flower client mod: ``(message, context, call_next) -> message``.
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+
+
+#: Name of the ConfigRecord in ``context.state`` that holds privmed's persistent client state (JSON).
+STATE_RECORD = "privmed.client-state"
+
+
+def load_client_state(context: Context | None) -> dict[str, Any]:
+    """The client's persistent state (e.g. its DP-SGD ledger) from Flower's ``context.state``."""
+    if context is None or STATE_RECORD not in context.state.config_records:
+        return {}
+    return dict(json.loads(str(context.state.config_records[STATE_RECORD]["json"])))
+
+
+def save_client_state(context: Context | None, state: dict[str, Any]) -> None:
+    """Store ``state`` (JSON types) in ``context.state``; Flower keeps it for this node across rounds."""
+    if context is not None:
+        context.state.config_records[STATE_RECORD] = ConfigRecord({"json": json.dumps(state)})
 
 
 class InjectedFaultError(RuntimeError):
@@ -44,13 +62,24 @@ class PrivmedClient(NumPyClient):
         From the node config.
     fail
         Fault injection for tests: raise in ``fit``.
+    node_context
+        The node's Flower context, whose ``state`` keeps the client's persistent state across rounds.
     """
 
-    def __init__(self, cfg: Config, partition_id: int, num_partitions: int, *, fail: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        partition_id: int,
+        num_partitions: int,
+        *,
+        fail: bool = False,
+        node_context: Context | None = None,
+    ) -> None:
         self.cfg = cfg
         self.partition_id = partition_id
         self.info, self.split = task.client_partition(cfg, partition_id, num_partitions)
         self.fail = fail
+        self.node_context = node_context
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
         """The partition this node holds (the server's handshake uses it to map nodes to partitions)."""
@@ -63,6 +92,7 @@ class PrivmedClient(NumPyClient):
                 f"fault injection: partition {self.partition_id} fails in round {server_round} "
                 "(testing.fail-partitions)"
             )
+        state = load_client_state(self.node_context)
         weights, metrics = task.fit_local(
             self.cfg,
             parameters,
@@ -73,7 +103,10 @@ class PrivmedClient(NumPyClient):
             local_epochs=int(config["local_epochs"]),
             batch_size=int(config["batch_size"]),
             proximal_mu=float(config.get("proximal_mu", 0.0)),
+            state=state,
+            instructions=config,
         )
+        save_client_state(self.node_context, state)
         return weights, len(self.split), {"partition_id": self.partition_id, **metrics}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
@@ -118,7 +151,13 @@ def make_client_app(run_config: FlatConfig | None = None) -> ClientApp:
         torch.set_num_threads(1)
         cfg, options = _settings(context, run_config)
         partition_id, num_partitions = _node_partition(context)
-        client = PrivmedClient(cfg, partition_id, num_partitions, fail=partition_id in options.fail_partitions)
+        client = PrivmedClient(
+            cfg,
+            partition_id,
+            num_partitions,
+            fail=partition_id in options.fail_partitions,
+            node_context=context,
+        )
         return client.to_client()
 
     def run_mods(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
@@ -140,3 +179,6 @@ def _bind(mod: Mod, call_next: Callable[[Message, Context], Message]) -> Callabl
 
 
 app = make_client_app()
+
+# Plugins register themselves into the seams above when imported (kept last: they import this module).
+from privmed.federation import dp as _dp  # noqa: E402, F401

@@ -79,8 +79,20 @@ def _fedprox(cfg: Config, kwargs: dict[str, Any]) -> Strategy:
 STRATEGIES: dict[str, Callable[[Config, dict[str, Any]], Strategy]] = {"fedavg": _fedavg, "fedprox": _fedprox}
 
 #: Wrappers applied in order to the base strategy, each deciding from the config whether to wrap
-#: (client-level DP registers here: ``DifferentialPrivacyClientSideFixedClipping``).
+#: (the DP wrappers of :mod:`privmed.federation.dp` register here). A wrapper may define ``round_report()``
+#: (merged into every round's record, e.g. the epsilon spent so far) and ``summary()`` (the results JSON's
+#: ``"privacy_details"``: sigma, clipping norm, per-client plans).
 STRATEGY_WRAPPERS: dict[str, Callable[[Strategy, Config], Strategy]] = {}
+
+
+def strategy_reports(strategy: Strategy | None, method: str) -> dict[str, Any]:
+    """Merge ``method()`` of every strategy in the wrapper chain that defines it (outermost wins)."""
+    merged: dict[str, Any] = {}
+    for obj in reversed(checkpoint._strategy_chain(strategy)) if strategy is not None else []:
+        fn = getattr(obj, method, None)
+        if callable(fn):
+            merged.update(fn())
+    return merged
 
 
 def _plain_fit(cfg: Config) -> Workflow:
@@ -355,7 +367,9 @@ def prepare_run(cfg: Config, options: RunOptions, out_dir: Path) -> checkpoint.C
     if found is not None:
         saved = found.state.get("config", {})
         now = flatten_config(cfg)
-        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+        # Under DP the noise was calibrated for the planned number of rounds: that number may not change.
+        resumable = RESUMABLE_CHANGES - ({"federation.rounds"} if cfg.privacy.mode != "none" else set())
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in resumable)
         if changed:
             raise PrivmedError(
                 f"the checkpoint in {out_dir} was made with a different config ({', '.join(changed)} differ); "
@@ -425,6 +439,7 @@ class ServerRun:
                 "available_clients": context.client_manager.num_available(),
             },
         )
+        record.update(strategy_reports(context.strategy, "round_report"))
         record["participants"] = sorted(
             {int(c["partition_id"]) for c in record["clients"] if "partition_id" in c}
             | set(record["failed_partitions"])
@@ -487,6 +502,7 @@ class ServerRun:
 
     def write_results(self, *, status: str) -> dict[str, Any]:
         payload = results_payload(self.cfg, self.dataset.info, self.recorder, status=status, parts=self.parts)
+        payload["privacy_details"] = strategy_reports(self.strategy, "summary") or None
         write_json_atomic(self.out_dir / "results.json", payload)
         return payload
 
@@ -560,3 +576,6 @@ def make_server_app(run_config: FlatConfig | None = None, *, progress: Progress 
 
 
 app = make_server_app()
+
+# Plugins register themselves into the seams above when imported (kept last: they import this module).
+from privmed.federation import dp as _dp  # noqa: E402, F401

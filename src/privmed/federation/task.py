@@ -14,8 +14,9 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +49,15 @@ class LocalTraining:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     loader: DataLoader
-    #: extra metrics the wrapper reports (e.g. epsilon spent); merged into the client's fit metrics
+    #: extra metrics the wrapper reports up front; merged into the client's fit metrics
     metrics: dict[str, float]
+    #: the client's persistent state (JSON types; kept across rounds in Flower's ``context.state``), e.g. the
+    #: DP-SGD accountant ledger, which must survive every new global model
+    state: MutableMapping[str, Any] = field(default_factory=dict)
+    #: this round's instructions from the server (the fit config)
+    instructions: Mapping[str, Any] = field(default_factory=dict)
+    #: called after local training, in order; each returns metrics to report (e.g. the epsilon spent)
+    finalizers: list[Callable[[], dict[str, float]]] = field(default_factory=list)
 
 
 #: A training wrapper: ``(local, cfg, partition_id) -> local``, applied before local training.
@@ -182,18 +190,28 @@ def fit_local(
     local_epochs: int,
     batch_size: int,
     proximal_mu: float = 0.0,
+    state: MutableMapping[str, Any] | None = None,
+    instructions: Mapping[str, Any] | None = None,
 ) -> tuple[list[np.ndarray], dict[str, float]]:
     """Train the global model on one client's data and return the new weights and metrics.
 
     Seeds everything from ``(train.seed, server_round, partition_id)``, so the same round on the same
-    client gives the same update whether the run was resumed or not.
+    client gives the same update whether the run was resumed or not. ``state`` is the client's persistent
+    state and ``instructions`` the round's fit config; both are handed to the training wrapper.
     """
     seed = round_seed(cfg.train.seed, server_round, partition_id)
     set_seed(seed)
     model = new_model(cfg, info)
     set_weights(model, weights)
     loader = make_loader(split, info, batch_size=batch_size, shuffle=True, seed=seed)
-    local = LocalTraining(model, make_optimizer(model, cfg.train), loader, {})
+    local = LocalTraining(
+        model,
+        make_optimizer(model, cfg.train),
+        loader,
+        {},
+        state=state if state is not None else {},
+        instructions=instructions or {},
+    )
     local = training_wrapper(cfg)(local, cfg, partition_id)
     regularizer = None
     if proximal_mu > 0:
@@ -211,6 +229,8 @@ def fit_local(
         "fit_seconds": time.perf_counter() - start,
         **local.metrics,
     }
+    for finish in local.finalizers:
+        metrics.update(finish())
     return get_weights(model), metrics
 
 

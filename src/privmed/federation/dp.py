@@ -1,0 +1,512 @@
+"""Differential privacy in federated training, added by wrapping, never inside training code.
+
+Two kinds, chosen by ``privacy.mode``:
+
+``"sample"`` — sample-level DP per client (DP-SGD, Abadi et al. 2016, with Opacus)
+    Every client trains with per-example clipping to C, Gaussian noise σ·C and Poisson sampling. σ is
+    calibrated per client so that its data meets the target (ε, δ) over the **whole run** (rounds × local
+    epochs × steps per epoch at its Poisson rate q; :func:`privmed.privacy.plan_dpsgd`). Pieces:
+
+    - :func:`dp_sgd_wrapper` (registered in :data:`privmed.federation.task.TRAINING_WRAPPERS`) wraps the
+      model, optimizer and loader with :func:`privmed.privacy.make_private`. The client's accountant ledger
+      (:class:`~privmed.privacy.AccountantState`) lives in the client's persistent state (Flower's
+      ``context.state``), so a new global model never resets it; ε spent is reported every round.
+    - :class:`SampleLevelDP` (a server strategy wrapper) plans every partition before any client starts (so
+      a target that cannot be met fails early), mirrors the clients' step counts in its checkpointed state
+      and sends them back with each round's instructions: a client whose node restarted (or a resumed run)
+      continues its ledger instead of starting from zero.
+
+``"client"`` — client-level DP (McMahan et al. 2018, "Learning Differentially Private Recurrent Language
+Models"; Flower's fixed-clipping DP)
+    Each sampled client's update Δ = w_local − w_global is clipped to norm C (:func:`client_dp_mod`, a client
+    mod) and sent with weight 1, so one client moves the average by at most C/m. Gaussian noise with std σ·C
+    on the sum is added either by the server to the aggregate (``client_noise = "central"``) or in shares
+    σ·C/√m by each client (``"split"``), which keeps working when SecAgg+ hides individual updates.
+    :class:`ClientLevelDP` (a server strategy wrapper) sends C and the noise share, adds the central noise,
+    and accounts ε with client sampling q = m/N as the subsampling rate (one step per round).
+
+Noise here comes from seeded pseudo-random generators so runs are reproducible; a production deployment
+needs a cryptographically secure RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+from flwr.app.message_type import MessageType
+from flwr.common import (
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from privmed.config import Config
+from privmed.errors import ConfigError, PrivacyError
+from privmed.federation import client_app, server_app, task
+from privmed.privacy import (
+    AccountantState,
+    DPSGDPlan,
+    add_gaussian_noise,
+    client_level_noise_multiplier,
+    client_level_noise_std,
+    clip_update,
+    epsilon_for,
+    make_private,
+    plan_from_config,
+)
+from privmed.privacy.validation import check_privacy_config
+
+log = logging.getLogger(__name__)
+
+#: Key of the DP-SGD ledger in the client's persistent state.
+LEDGER_KEY = "dp_sgd_ledger"
+#: Fit-config keys the DP strategy wrappers send.
+KEY_STEPS = "dp_steps"
+KEY_CLIP = "dp_clip_norm"
+KEY_NOISE_STD = "dp_noise_std"
+KEY_NOISE_SEED = "dp_noise_seed"
+
+CLIENT_NOISE = ("central", "split")
+
+
+# -- sample-level DP (DP-SGD) ----------------------------------------------------------------------
+def client_plan(cfg: Config, dataset_size: int) -> DPSGDPlan:
+    """The DP-SGD plan (σ, q, steps) of a client holding ``dataset_size`` examples for the whole run."""
+    return plan_from_config(
+        cfg.privacy,
+        dataset_size=dataset_size,
+        batch_size=cfg.train.batch_size,
+        rounds=cfg.federation.rounds,
+        local_epochs=cfg.federation.local_epochs,
+    )
+
+
+def _check_sample_mode(cfg: Config) -> None:
+    if cfg.federation.proximal_mu > 0:
+        raise ConfigError(
+            f"federation.proximal_mu = {cfg.federation.proximal_mu} cannot be used with privacy.mode = 'sample': "
+            "Opacus rebuilds each gradient from the clipped per-example gradients of the data loss, so FedProx's "
+            "proximal term would silently have no effect; use federation.strategy = 'fedavg' (proximal_mu = 0)"
+        )
+
+
+def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) -> task.LocalTraining:
+    """Wrap one client's local training for DP-SGD, continuing the client's ledger.
+
+    Raises
+    ------
+    PrivacyError
+        When this round would take the client past the steps its σ was calibrated for (the budget is
+        spent), or for invalid privacy settings.
+    """
+    _check_sample_mode(cfg)
+    n = len(local.loader.dataset)  # type: ignore[arg-type]
+    plan = client_plan(cfg, n)
+    saved = local.state.get(LEDGER_KEY)
+    ledger = AccountantState.from_dict(saved) if saved else AccountantState(accountant=plan.accountant)
+    known = int(json.loads(str(local.instructions.get(KEY_STEPS, "{}") or "{}")).get(str(partition_id), 0))
+    if known > ledger.total_steps:
+        log.warning(
+            "partition %d: the server has seen %d DP-SGD steps of this client but its ledger holds %d "
+            "(restarted node or resumed run); continuing from %d",
+            partition_id,
+            known,
+            ledger.total_steps,
+            known,
+        )
+        missing = known - ledger.total_steps
+        ledger.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate, steps=missing)
+    if ledger.total_steps + plan.steps_per_round > plan.total_steps:
+        raise PrivacyError(
+            f"partition {partition_id} has spent its privacy budget: {ledger.total_steps} of the "
+            f"{plan.total_steps} DP-SGD steps its noise was calibrated for (epsilon = "
+            f"{ledger.epsilon(delta=plan.delta):.3g}); it cannot train another round without exceeding "
+            f"privacy.epsilon = {cfg.privacy.epsilon}"
+        )
+    noise_seed = int(torch.randint(0, 2**62, (1,)).item())  # from the round's seeded generator
+    model, optimizer, loader = make_private(
+        local.model,
+        local.optimizer,
+        local.loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=plan.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=cfg.privacy.grad_sample_mode,
+        accountant_state=ledger,
+        noise_generator=torch.Generator().manual_seed(noise_seed),
+    )
+
+    def finish() -> dict[str, float]:
+        local.state[LEDGER_KEY] = ledger.to_dict()
+        return {
+            "epsilon": ledger.epsilon(delta=plan.delta),
+            "delta": plan.delta,
+            "dp_steps": float(ledger.total_steps),
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+        }
+
+    return task.LocalTraining(
+        model,
+        optimizer,
+        loader,
+        local.metrics,
+        state=local.state,
+        instructions=local.instructions,
+        finalizers=[*local.finalizers, finish],
+    )
+
+
+class _Wrapper(Strategy):
+    """Delegates everything to ``self.strategy`` (the wrapped strategy; checkpoint code follows it)."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.strategy.initialize_parameters(client_manager)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        return self.strategy.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        return self.strategy.aggregate_fit(server_round, results, failures)
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> Any:
+        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
+        return self.strategy.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> Any:
+        return self.strategy.evaluate(server_round, parameters)
+
+
+def _with_config(instructions: list[tuple[ClientProxy, FitIns]], extra: dict[str, Scalar]) -> None:
+    for _, ins in instructions:
+        ins.config = {**ins.config, **extra}
+
+
+class SampleLevelDP(_Wrapper):
+    """Server side of sample-level DP: plans every client's σ up front and mirrors their ledgers.
+
+    Parameters
+    ----------
+    strategy
+        The FedAvg strategy to wrap.
+    cfg
+        The run's config (``privacy.mode = "sample"``).
+    partition_sizes
+        Examples per partition, to plan and validate every client before the run starts.
+
+    Attributes
+    ----------
+    steps_json
+        ``{partition id: DP-SGD steps taken}`` as JSON (a string, so checkpoints keep it).
+    """
+
+    def __init__(self, strategy: Strategy, cfg: Config, *, partition_sizes: list[int]) -> None:
+        super().__init__(strategy)
+        _check_sample_mode(cfg)
+        check_privacy_config(cfg.privacy, dataset_size=min(partition_sizes))
+        self.plans = {pid: client_plan(cfg, n) for pid, n in enumerate(partition_sizes)}
+        self.steps_json = "{}"
+        sigmas = [p.noise_multiplier for p in self.plans.values()]
+        log.info(
+            "DP-SGD: target epsilon %.3g at delta %.3g per client over %d rounds; sigma %.3f..%.3f, C = %.3g",
+            cfg.privacy.epsilon,
+            cfg.privacy.delta,
+            cfg.federation.rounds,
+            min(sigmas),
+            max(sigmas),
+            cfg.privacy.max_grad_norm,
+        )
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
+        _with_config(instructions, {KEY_STEPS: self.steps_json})
+        return instructions
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        steps = json.loads(self.steps_json)
+        for _, res in results:
+            if "partition_id" in res.metrics and "dp_steps" in res.metrics:
+                pid = str(int(res.metrics["partition_id"]))
+                steps[pid] = max(int(steps.get(pid, 0)), int(float(res.metrics["dp_steps"])))
+        self.steps_json = json.dumps(steps, sort_keys=True)
+        parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
+        eps = [float(r.metrics["epsilon"]) for _, r in results if "epsilon" in r.metrics]
+        if eps:
+            metrics = {**metrics, "epsilon_max": max(eps)}
+        return parameters, metrics
+
+    def epsilons(self) -> dict[str, float]:
+        """ε each partition has spent so far, from the mirrored step counts and its plan."""
+        steps = json.loads(self.steps_json)
+        return {
+            str(pid): epsilon_for(
+                noise_multiplier=plan.noise_multiplier,
+                sample_rate=plan.sample_rate,
+                steps=int(steps.get(str(pid), 0)),
+                delta=plan.delta,
+                accountant=plan.accountant,
+            )
+            if int(steps.get(str(pid), 0))
+            else 0.0
+            for pid, plan in self.plans.items()
+        }
+
+    def round_report(self) -> dict[str, Any]:
+        """For the round's record: the worst ε of any client so far, and each client's."""
+        eps = self.epsilons()
+        return {"epsilon": max(eps.values(), default=0.0), "epsilon_per_client": eps}
+
+    def summary(self) -> dict[str, Any]:
+        """Per-partition plans for the results JSON."""
+        plans = list(self.plans.values())
+        return {
+            "mode": "sample",
+            "target_epsilon": plans[0].target_epsilon,
+            "delta": plans[0].delta,
+            "max_grad_norm": plans[0].max_grad_norm,
+            "accountant": plans[0].accountant,
+            "epsilon_planned_max": max(p.epsilon for p in plans),
+            "plans": {str(pid): p.to_dict() for pid, p in self.plans.items()},
+        }
+
+
+# -- client-level DP -------------------------------------------------------------------------------
+def sampled_clients(cfg: Config) -> int:
+    """m, the clients FedAvg samples per round: ``max(⌊fraction_fit · N⌋, min_fit_clients)``."""
+    n = cfg.data.num_clients
+    return max(int(cfg.federation.fraction_fit * n), cfg.federation.min_fit_clients)
+
+
+class ClientLevelDP(_Wrapper):
+    """Server side of client-level DP with fixed clipping (McMahan et al. 2018).
+
+    Sends the clipping norm C (and, for ``client_noise = "split"``, each client's noise share σ·C/√m) with
+    the fit instructions; checks that every reply was clipped and carries weight 1; adds N(0, (σ·C/m')²) to
+    the average of the m' replies when the noise is central. ε is accounted per round as one step of the
+    sampled Gaussian mechanism with q = m/N and the noise multiplier the aggregate actually carried (with
+    split noise and dropouts, only the survivors' shares: σ·√(m'/m)).
+
+    Attributes
+    ----------
+    ledger_json
+        The run's accountant ledger as JSON (a string, so checkpoints keep it).
+    """
+
+    def __init__(self, strategy: Strategy, cfg: Config) -> None:
+        super().__init__(strategy)
+        privacy = cfg.privacy
+        n = cfg.data.num_clients
+        check_privacy_config(privacy, dataset_size=n)
+        if privacy.client_noise not in CLIENT_NOISE:
+            raise ConfigError(
+                f"privacy.client_noise = {privacy.client_noise!r} is unknown; choose one of {', '.join(CLIENT_NOISE)}"
+            )
+        if cfg.federation.strategy != "fedavg":
+            raise ConfigError(
+                "privacy.mode = 'client' needs federation.strategy = 'fedavg': the clipping bound holds for the "
+                "plain average of clipped updates"
+            )
+        self.m = sampled_clients(cfg)
+        self.n = n
+        self.clip = privacy.max_grad_norm
+        self.delta = privacy.delta
+        self.split = privacy.client_noise == "split"
+        self.seed = cfg.train.seed
+        self.target_epsilon = privacy.epsilon
+        if privacy.noise_multiplier is None:
+            self.sigma = client_level_noise_multiplier(
+                target_epsilon=privacy.epsilon,
+                target_delta=privacy.delta,
+                num_sampled_clients=self.m,
+                num_total_clients=n,
+                rounds=cfg.federation.rounds,
+                accountant=privacy.accountant,
+            )
+        else:
+            self.sigma = float(privacy.noise_multiplier)
+        self.ledger_json = json.dumps(AccountantState(accountant=privacy.accountant).to_dict())
+        log.info(
+            "client-level DP: sigma %.3f, C = %.3g, %s noise, q = %d/%d clients per round",
+            self.sigma,
+            self.clip,
+            "split" if self.split else "central",
+            self.m,
+            n,
+        )
+
+    @property
+    def ledger(self) -> AccountantState:
+        return AccountantState.from_dict(json.loads(self.ledger_json))
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
+        share = (
+            client_level_noise_std(
+                noise_multiplier=self.sigma,
+                clipping_norm=self.clip,
+                num_sampled_clients=self.m,
+                split_across_clients=True,
+            )
+            if self.split
+            else 0.0
+        )
+        _with_config(instructions, {KEY_CLIP: self.clip, KEY_NOISE_STD: share, KEY_NOISE_SEED: self.seed})
+        return instructions
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        if not results:
+            return None, {}
+        weights = {int(res.num_examples) for _, res in results}
+        if weights != {1}:
+            raise PrivacyError(
+                f"client-level DP: replies carry weights {sorted(weights)} instead of 1; the clients must run "
+                "privmed's client_dp_mod (it clips the update and sends weight 1)"
+            )
+        parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
+        if parameters is None:
+            return None, metrics
+        survivors = len(results)
+        if self.split:
+            sigma_eff = self.sigma * math.sqrt(min(survivors, self.m) / self.m)
+        else:
+            std = self.sigma * self.clip / survivors
+            rng = np.random.default_rng([self.seed, server_round, 7919])
+            noised = add_gaussian_noise(parameters_to_ndarrays(parameters), std=std, generator=rng)
+            parameters = ndarrays_to_parameters(noised)
+            sigma_eff = self.sigma
+        ledger = self.ledger
+        ledger.step(noise_multiplier=sigma_eff, sample_rate=min(1.0, self.m / self.n), steps=1)
+        self.ledger_json = json.dumps(ledger.to_dict())
+        epsilon = ledger.epsilon(delta=self.delta)
+        return parameters, {**metrics, "epsilon": epsilon, "noise_multiplier": sigma_eff}
+
+    def round_report(self) -> dict[str, Any]:
+        """For the round's record: ε of client-level DP so far."""
+        return {"epsilon": self.ledger.epsilon(delta=self.delta)}
+
+    def summary(self) -> dict[str, Any]:
+        """σ, C and the sampling for the results JSON."""
+        return {
+            "mode": "client",
+            "target_epsilon": self.target_epsilon,
+            "accountant": self.ledger.accountant,
+            "noise_multiplier": self.sigma,
+            "clipping_norm": self.clip,
+            "noise": "split" if self.split else "central",
+            "sampled_clients": self.m,
+            "total_clients": self.n,
+            "delta": self.delta,
+        }
+
+
+def client_dp_mod(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Client mod for client-level DP: clip the update Δ = w_local − w_global to C, add the noise share.
+
+    Runs on training messages only. Reads C (and the split-noise std and seed) from the fit instructions
+    sent by :class:`ClientLevelDP`, replaces the reply's parameters by w_global + clip(Δ) (+ noise) and its
+    weight by 1. Under SecAgg+ it must run *inside* ``secaggplus_mod`` so that what gets masked is the
+    clipped, noised update (privmed orders the mods that way).
+    """
+    if message.metadata.message_type != MessageType.TRAIN:
+        return call_next(message, context)
+    fit_ins = compat.recorddict_to_fitins(message.content, keep_input=True)
+    if KEY_CLIP not in fit_ins.config:
+        raise PrivacyError(
+            "client-level DP: the server did not send a clipping norm; run the server with privacy.mode = 'client'"
+        )
+    clip = float(fit_ins.config[KEY_CLIP])
+    std = float(fit_ins.config.get(KEY_NOISE_STD, 0.0))
+    global_weights = parameters_to_ndarrays(fit_ins.parameters)
+    reply = call_next(message, context)
+    if reply.has_error():
+        return reply
+    fit_res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    local = parameters_to_ndarrays(fit_res.parameters)
+    pairs = zip(local, global_weights, strict=True)
+    update = [np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64) for w, g in pairs]
+    clipped, norm = clip_update(update, max_norm=clip)
+    if std > 0:
+        pid = int(fit_res.metrics.get("partition_id", -1))
+        server_round = int(fit_ins.config.get("server_round", 0))
+        rng = np.random.default_rng([int(fit_ins.config.get(KEY_NOISE_SEED, 0)), server_round, pid + 1, 104729])
+        clipped = add_gaussian_noise(clipped, std=std, generator=rng)
+    fit_res.parameters = ndarrays_to_parameters(
+        [(g + c).astype(g.dtype, copy=False) for g, c in zip(global_weights, clipped, strict=True)]
+    )
+    fit_res.metrics = {**fit_res.metrics, "update_norm": float(norm), "update_clipped": float(norm > clip)}
+    fit_res.num_examples = 1
+    reply.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+    return reply
+
+
+# -- registration ----------------------------------------------------------------------------------
+def _sample_strategy(strategy: Strategy, cfg: Config) -> Strategy:
+    if cfg.privacy.mode != "sample":
+        return strategy
+    _, parts = task.load_federated_data(cfg)
+    return SampleLevelDP(strategy, cfg, partition_sizes=[int(p.size) for p in parts])
+
+
+def _client_strategy(strategy: Strategy, cfg: Config) -> Strategy:
+    return ClientLevelDP(strategy, cfg) if cfg.privacy.mode == "client" else strategy
+
+
+def _client_mods(cfg: Config) -> list[client_app.Mod]:
+    return [client_dp_mod] if cfg.privacy.mode == "client" else []
+
+
+def privacy_summary(strategy: Strategy) -> dict[str, Any] | None:
+    """The DP wrapper's summary (σ, C, plans) for the results JSON, or ``None`` for a non-private run."""
+    current: Any = strategy
+    while isinstance(current, Strategy):
+        if isinstance(current, SampleLevelDP | ClientLevelDP):
+            return current.summary()
+        current = getattr(current, "strategy", None)
+    return None
+
+
+task.TRAINING_WRAPPERS["sample"] = dp_sgd_wrapper
+server_app.STRATEGY_WRAPPERS["dp-sample"] = _sample_strategy
+server_app.STRATEGY_WRAPPERS["dp-client"] = _client_strategy
+client_app.MOD_FACTORIES["dp"] = _client_mods
