@@ -12,7 +12,9 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from privmed import __version__
 from privmed.errors import PrivmedError
@@ -34,6 +36,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Show each distinct privmed warning once, as one line (``privmed: warning: ...``)."""
+    from privmed.privacy.validation import PrivacyWarning
+
+    seen: set[str] = set()
+    default = warnings.showwarning
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if not issubclass(category, PrivacyWarning):
+            default(message, category, filename, lineno, file, line)
+            return
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            print(f"privmed: warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show
+    warnings.simplefilter("always", PrivacyWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``privmed`` console script."""
     for var, value in (
@@ -49,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    saved: Any = warnings.showwarning
+    _one_line_warnings()
     try:
         return int(args.func(args) or 0)
     except PrivmedError as exc:
@@ -57,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("privmed: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = saved
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,10 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from privmed.federation.run import run_federated
+    from privmed.federation.run import check_run, run_federated
 
     cfg = load_config(args.config, overrides=args.overrides)
     out = args.out or Path("runs") / f"{Path(cfg.source).stem}-federated"
+    check_run(cfg, out_dir=out, resume=args.resume)  # bad input fails here, before the progress bar and Ray
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     con = console()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +69,7 @@ from privmed.privacy import (
     make_private,
     plan_from_config,
 )
-from privmed.privacy.validation import check_privacy_config
+from privmed.privacy.validation import PrivacyWarning, check_privacy_config
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,10 @@ class SampleLevelDP(_Wrapper):
     def __init__(self, strategy: Strategy, cfg: Config, *, partition_sizes: list[int]) -> None:
         super().__init__(strategy)
         _check_sample_mode(cfg)
-        check_privacy_config(cfg.privacy, dataset_size=min(partition_sizes))
-        self.plans = {pid: client_plan(cfg, n) for pid, n in enumerate(partition_sizes)}
+        check_privacy_config(cfg.privacy, dataset_size=min(partition_sizes))  # warns once, for the smallest client
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PrivacyWarning)
+            self.plans = {pid: client_plan(cfg, n) for pid, n in enumerate(partition_sizes)}
         self.steps_json = "{}"
         sigmas = [p.noise_multiplier for p in self.plans.values()]
         log.info(

@@ -30,6 +30,8 @@ QUIET_ENV = {
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # keep Ray quiet about a future change of its GPU environment handling (no GPUs here)
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
 }
 
 
@@ -47,6 +49,26 @@ def backend_config(cfg: Config) -> dict[str, Any]:
     }
 
 
+class _DropRunSimulationDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation" not in str(record.msg) and "deprecated feature. It will be removed" not in str(
+            record.msg
+        )
+
+
+def check_run(cfg: Config, *, out_dir: str | Path, resume: bool = False) -> None:
+    """Everything that can be checked before Ray starts (config, data, privacy plan, checkpoints).
+
+    Raises
+    ------
+    PrivmedError
+        With one message naming the problem and the fix.
+    """
+    options = RunOptions(out_dir=str(Path(out_dir).resolve()), resume=resume)
+    prepare_run(cfg, options, resolve_out_dir(options, "embedded"))
+    backend_config(cfg)
+
+
 def run_federated(
     cfg: Config,
     *,
@@ -54,6 +76,7 @@ def run_federated(
     resume: bool = False,
     progress: Progress | None = None,
     fail_partitions: Sequence[int] = (),
+    fail_at: Sequence[tuple[int, int]] = (),
     round_timeout: float = 0.0,
 ) -> dict[str, Any]:
     """Run a federated training in the simulation engine; returns the results (also in ``results.json``).
@@ -70,6 +93,8 @@ def run_federated(
         Called with ``("start", info)`` once the clients are up and ``("round", record)`` after every round.
     fail_partitions
         Fault injection for tests: these partitions raise in ``fit``.
+    fail_at
+        Fault injection for tests: ``(partition, round)`` pairs that raise in ``fit`` in that round only.
     round_timeout
         Seconds to wait for a round's replies (0: no limit).
 
@@ -85,6 +110,7 @@ def run_federated(
         resume=resume,
         round_timeout=round_timeout,
         fail_partitions=tuple(int(p) for p in fail_partitions),
+        fail_at=tuple((int(p), int(r)) for p, r in fail_at),
     )
     out = resolve_out_dir(options, "embedded")
     prepare_run(cfg, options, out)  # fail fast, before Ray's start-up
@@ -92,6 +118,9 @@ def run_federated(
     flat = run_config(cfg, options)
 
     from flwr.simulation import run_simulation  # heavy import (Ray), only when running
+
+    # privmed embeds the simulation engine on purpose (``flwr run`` is the deployment path, docs/deployment.md)
+    logging.getLogger("flwr").addFilter(_DropRunSimulationDeprecation())
 
     from privmed.federation.client_app import make_client_app
 

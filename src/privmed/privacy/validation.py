@@ -8,14 +8,11 @@ an input error the code cannot run with.
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
 import warnings
 
 from privmed.errors import PrivacyError
-
-logger = logging.getLogger(__name__)
 
 
 class PrivacyWarning(UserWarning):
@@ -67,7 +64,6 @@ def check_delta(delta: float, *, dataset_size: int | None = None, name: str = "d
                 f"a whole record with probability delta satisfies this bound; use delta < {1.0 / n:.3g}, "
                 f"e.g. delta = {_suggest_delta(n):.1e}"
             )
-            logger.warning(msg)
             warnings.warn(msg, PrivacyWarning, stacklevel=2)
     return d
 
