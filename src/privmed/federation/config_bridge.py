@@ -37,7 +37,8 @@ RUN_OPTION_DEFAULTS: FlatConfig = {
     "run.round-timeout": 0.0,
     # seconds to wait for enough SuperNodes to connect before giving up with a clear error
     "run.connect-timeout": 120.0,
-    # TESTING / FAULT INJECTION ONLY: comma-separated partition ids whose fit raises on purpose
+    # TESTING / FAULT INJECTION ONLY: comma-separated partition ids whose fit raises on purpose, in every round
+    # ("1,2") or in one round ("1@2": partition 1 in round 2)
     "testing.fail-partitions": "",
 }
 
@@ -52,6 +53,8 @@ class RunOptions:
     connect_timeout: float = 120.0
     #: fault injection for tests: these partitions raise in ``fit``
     fail_partitions: tuple[int, ...] = ()
+    #: fault injection for tests: ``(partition, round)`` pairs that raise in ``fit`` in that round only
+    fail_at: tuple[tuple[int, int], ...] = ()
 
 
 def _toml_value(value: Any) -> str:
@@ -154,10 +157,13 @@ def _run_options(run: dict[str, Any]) -> RunOptions:
     merged = {**RUN_OPTION_DEFAULTS, **run}
     fail = str(merged["testing.fail-partitions"]).replace(" ", "")
     try:
-        fail_ids = tuple(int(p) for p in fail.split(",") if p)
-    except ValueError:
+        items = [p for p in fail.split(",") if p]
+        fail_ids = tuple(int(p) for p in items if "@" not in p)
+        fail_at = tuple((int(p.split("@")[0]), int(p.split("@")[1])) for p in items if "@" in p)
+    except (ValueError, IndexError):
         raise ConfigError(
-            f"testing.fail-partitions must be comma-separated partition ids, got {merged['testing.fail-partitions']!r}"
+            "testing.fail-partitions must be comma-separated partition ids (or id@round), got "
+            f"{merged['testing.fail-partitions']!r}"
         ) from None
     return RunOptions(
         out_dir=str(merged["run.out-dir"]),
@@ -165,6 +171,7 @@ def _run_options(run: dict[str, Any]) -> RunOptions:
         round_timeout=float(merged["run.round-timeout"]),
         connect_timeout=float(merged["run.connect-timeout"]),
         fail_partitions=fail_ids,
+        fail_at=fail_at,
     )
 
 
@@ -177,7 +184,9 @@ def run_config(cfg: Config, options: RunOptions | None = None) -> FlatConfig:
         "run.resume": options.resume,
         "run.round-timeout": float(options.round_timeout),
         "run.connect-timeout": float(options.connect_timeout),
-        "testing.fail-partitions": ",".join(str(p) for p in options.fail_partitions),
+        "testing.fail-partitions": ",".join(
+            [str(p) for p in options.fail_partitions] + [f"{p}@{r}" for p, r in options.fail_at]
+        ),
     }
 
 

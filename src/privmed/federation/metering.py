@@ -19,10 +19,21 @@ from flwr.serverapp import Grid
 
 
 def message_bytes(message: Message) -> int:
-    """Bytes of the arrays a message carries (serialized NumPy arrays; config scalars are not counted)."""
+    """Bytes of the arrays a message carries: serialized NumPy arrays, and the ``bytes`` values of its config
+    records (SecAgg+ sends keys, key shares and the masked vectors that way); other config scalars are not
+    counted."""
     if not message.has_content():
         return 0
-    return sum(len(array.data) for record in message.content.array_records.values() for array in record.values())
+    content = message.content
+    arrays = sum(len(array.data) for record in content.array_records.values() for array in record.values())
+    blobs = 0
+    for record in content.config_records.values():
+        for value in record.values():
+            if isinstance(value, bytes):
+                blobs += len(value)
+            elif isinstance(value, list):
+                blobs += sum(len(v) for v in value if isinstance(v, bytes))
+    return arrays + blobs
 
 
 def short_reason(reason: str, limit: int = 400) -> str:
