@@ -102,14 +102,26 @@ class PrivacyConfig:
 
 @dataclass
 class SecAggConfig:
-    """Flower's SecAgg+ (legacy API)."""
+    """Flower's SecAgg+ (legacy API), checked and reported by :mod:`privmed.federation.secagg`.
+
+    Every client secret-shares its keys with ``num_shares`` neighbours (itself included; odd, or all the
+    clients sampled per round); ``reconstruction_threshold`` shares recover a secret, so a round survives
+    while every client keeps that many live neighbours (up to ``num_shares - reconstruction_threshold``
+    dropouts). Each client's parameters times ``num_examples / max_weight`` are clipped to
+    ``[-clipping_range, clipping_range]`` and quantised to ``quantization_range`` levels; privmed refuses
+    parameters that would be clipped.
+    """
 
     enabled: bool = False
     num_shares: int = 3
     reconstruction_threshold: int = 2
     clipping_range: float = 8.0
     quantization_range: int = 2**22
-    max_weight: float = 10000.0
+    #: the largest weight a client may send; 0 = the largest a client does send (its number of examples,
+    #: 1 under client-level DP), which keeps the quantisation error smallest
+    max_weight: float = 0.0
+    #: seconds to wait for each SecAgg+ stage's replies; 0 = ``run.round-timeout``
+    timeout: float = 0.0
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,8 @@ class PrivmedClient(NumPyClient):
         From the node config.
     fail
         Fault injection for tests: raise in ``fit``.
+    fail_rounds
+        Fault injection for tests: raise in ``fit`` in these rounds only.
     node_context
         The node's Flower context, whose ``state`` keeps the client's persistent state across rounds.
     """
@@ -73,12 +75,14 @@ class PrivmedClient(NumPyClient):
         num_partitions: int,
         *,
         fail: bool = False,
+        fail_rounds: Sequence[int] = (),
         node_context: Context | None = None,
     ) -> None:
         self.cfg = cfg
         self.partition_id = partition_id
         self.info, self.split = task.client_partition(cfg, partition_id, num_partitions)
         self.fail = fail
+        self.fail_rounds = frozenset(fail_rounds)
         self.node_context = node_context
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +91,7 @@ class PrivmedClient(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         server_round = int(config["server_round"])
-        if self.fail:
+        if self.fail or server_round in self.fail_rounds:
             raise InjectedFaultError(
                 f"fault injection: partition {self.partition_id} fails in round {server_round} "
                 "(testing.fail-partitions)"
@@ -116,16 +120,23 @@ class PrivmedClient(NumPyClient):
         return float(metrics["loss"]), len(self.split), {"partition_id": self.partition_id, **out}
 
 
-#: ``(cfg) -> mods`` factories, applied in order; privacy and SecAgg+ register here (e.g. ``secaggplus_mod``
-#: when ``secagg.enabled``, ``fixedclipping_mod`` for client-level DP).
+#: ``(cfg) -> mods`` factories; privacy and SecAgg+ register here (e.g. ``secaggplus_mod`` when
+#: ``secagg.enabled``, the client-level DP clipping mod).
 MOD_FACTORIES: dict[str, Callable[[Config], list[Mod]]] = {}
+
+#: The order of the factories' mods, outermost first; factories not named here follow in registration order.
+#: SecAgg+ is outermost: ``secaggplus_mod`` must mask the reply as it finally leaves the client, so mods that
+#: change the reply (client-level DP clipping and noise, under key ``"dp"``) run inside it, as in Flower's
+#: ``mods=[secaggplus_mod, fixedclipping_mod]``.
+MOD_ORDER: tuple[str, ...] = ("secagg+", "dp")
 
 
 def client_mods(cfg: Config) -> list[Mod]:
-    """The client mods this run needs (none for plain FedAvg / FedProx)."""
+    """The client mods this run needs, outermost first (none for plain FedAvg / FedProx); see :data:`MOD_ORDER`."""
+    names = [n for n in MOD_ORDER if n in MOD_FACTORIES] + [n for n in MOD_FACTORIES if n not in MOD_ORDER]
     mods: list[Mod] = []
-    for factory in MOD_FACTORIES.values():
-        mods.extend(factory(cfg))
+    for name in names:
+        mods.extend(MOD_FACTORIES[name](cfg))
     return mods
 
 
@@ -144,8 +155,12 @@ def _node_partition(context: Context) -> tuple[int, int]:
         ) from None
 
 
-def make_client_app(run_config: FlatConfig | None = None) -> ClientApp:
-    """A ClientApp; ``run_config`` fixes the flat run config (embedded simulation), else the context's is used."""
+def make_client_app(run_config: FlatConfig | None = None, *, outer_mods: Sequence[Mod] = ()) -> ClientApp:
+    """A ClientApp; ``run_config`` fixes the flat run config (embedded simulation), else the context's is used.
+
+    ``outer_mods`` wrap everything else (e.g. :class:`privmed.federation.secagg.UploadRecorder`, which saves
+    what leaves the client).
+    """
 
     def client_fn(context: Context) -> Any:
         torch.set_num_threads(1)
@@ -156,6 +171,7 @@ def make_client_app(run_config: FlatConfig | None = None) -> ClientApp:
             partition_id,
             num_partitions,
             fail=partition_id in options.fail_partitions,
+            fail_rounds=[r for p, r in options.fail_at if p == partition_id],
             node_context=context,
         )
         return client.to_client()
@@ -168,7 +184,7 @@ def make_client_app(run_config: FlatConfig | None = None) -> ClientApp:
             handler = _bind(mod, handler)
         return handler(message, context)
 
-    return ClientApp(client_fn=client_fn, mods=[run_mods])
+    return ClientApp(client_fn=client_fn, mods=[*outer_mods, run_mods])
 
 
 def _bind(mod: Mod, call_next: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
@@ -182,3 +198,4 @@ app = make_client_app()
 
 # Plugins register themselves into the seams above when imported (kept last: they import this module).
 from privmed.federation import dp as _dp  # noqa: E402, F401
+from privmed.federation import secagg as _secagg  # noqa: E402, F401

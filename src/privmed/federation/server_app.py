@@ -5,7 +5,7 @@
 secure aggregation are small registries:
 
 - :data:`STRATEGIES` builds the base strategy; :data:`STRATEGY_WRAPPERS` may wrap it (client-level DP);
-- :data:`FIT_WORKFLOWS` picks the fit workflow (``"plain"`` now, ``"secagg+"`` later);
+- :data:`FIT_WORKFLOWS` picks the fit workflow (``"plain"``, or ``"secagg+"`` from :mod:`~privmed.federation.secagg`);
 - client mods live in :func:`privmed.federation.client_app.client_mods`.
 
 Every round the global model is evaluated on the validation and the test split (choices are made on
@@ -99,7 +99,7 @@ def _plain_fit(cfg: Config) -> Workflow:
     return default_fit_workflow
 
 
-#: Fit workflow name -> builder. ``"secagg+"`` (``SecAggPlusWorkflow``) registers here.
+#: Fit workflow name -> builder. ``"secagg+"`` (:mod:`privmed.federation.secagg`) registers here.
 FIT_WORKFLOWS: dict[str, Callable[[Config], Workflow]] = {"plain": _plain_fit}
 
 
@@ -397,6 +397,9 @@ class ServerRun:
         self.session: dict[str, Any] = {"resumed_from": found.server_round if found else None}
         self.recorder.sessions.append(self.session)
         self.strategy: Strategy | None = None
+        #: the fit workflow; it may define ``round_report()`` (merged into every round's record) and
+        #: ``summary()`` (``results["secagg"]``), as :class:`~privmed.federation.secagg.SecAggWorkflow` does
+        self.fit_workflow: Workflow | None = None
 
     # callbacks handed to Flower
     def evaluate_fn(
@@ -440,6 +443,7 @@ class ServerRun:
             },
         )
         record.update(strategy_reports(context.strategy, "round_report"))
+        record.update(_call_if_defined(self.fit_workflow, "round_report") or {})
         record["participants"] = sorted(
             {int(c["partition_id"]) for c in record["clients"] if "partition_id" in c}
             | set(record["failed_partitions"])
@@ -486,8 +490,9 @@ class ServerRun:
             client_manager=manager,
         )
         metered = MeteredGrid(grid, round_timeout=self.options.round_timeout or None)
+        self.fit_workflow = build_fit_workflow(cfg)
         workflow = FederatedWorkflow(
-            build_fit_workflow(cfg),
+            self.fit_workflow,
             expected_clients=cfg.data.num_clients,
             start_round=self.start_round,
             connect_timeout=self.options.connect_timeout,
@@ -503,8 +508,15 @@ class ServerRun:
     def write_results(self, *, status: str) -> dict[str, Any]:
         payload = results_payload(self.cfg, self.dataset.info, self.recorder, status=status, parts=self.parts)
         payload["privacy_details"] = strategy_reports(self.strategy, "summary") or None
+        payload["secagg"] = _call_if_defined(self.fit_workflow, "summary")
         write_json_atomic(self.out_dir / "results.json", payload)
         return payload
+
+
+def _call_if_defined(obj: Any, method: str) -> Any:
+    """``obj.method()`` when ``obj`` has such a method, else ``None``."""
+    fn = getattr(obj, method, None)
+    return fn() if callable(fn) else None
 
 
 def results_payload(
@@ -579,3 +591,4 @@ app = make_server_app()
 
 # Plugins register themselves into the seams above when imported (kept last: they import this module).
 from privmed.federation import dp as _dp  # noqa: E402, F401
+from privmed.federation import secagg as _secagg  # noqa: E402, F401
