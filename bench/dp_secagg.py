@@ -190,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default=PRESET)
     parser.add_argument("--data-dir", default=os.environ.get("PRIVMED_DATA_DIR", DEFAULT_DATA_DIR))
     parser.add_argument("--fresh", action="store_true", help="ignore runs stored by an earlier invocation")
+    parser.add_argument("--tag", default="", help="write dp_secagg-<tag>.* (explorations apart from the study)")
     parser.add_argument("--quick", action="store_true", help="one tiny cell on phantom data: a check, not a result")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
-    stem = "dp_secagg-quick" if args.quick else "dp_secagg"
+    stem = "dp_secagg-quick" if args.quick else ("dp_secagg" + (f"-{args.tag}" if args.tag else ""))
     path = RESULTS_DIR / f"{stem}.json"
     if args.quick:
         args.datasets, args.clients, args.dp, args.secagg, args.seeds, args.rounds = (
