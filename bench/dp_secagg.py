@@ -72,6 +72,8 @@ def overrides(dataset: str, clients: int, dp: bool, secagg: bool, seed: int, arg
     ]
     if args.width is not None:
         sets.append(f"model.width={args.width}")
+    # SecAgg+ shares: odd, above the threshold of 4, at most the clients (Flower needs an odd count below them)
+    sets.append(f"secagg.num_shares={min(7, clients if clients % 2 else clients - 1)}")
     sets += args.set
     return sets
 
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = [k for k, r in stored.items() if r.get("config") != config]
     if stale:
         console.print(f"[yellow]{len(stale)} stored runs used another config; they are kept apart and re-run[/]")
-    runs = {k: r for k, r in stored.items() if r.get("config") == config}
+    runs = {k: r for k, r in stored.items() if r.get("config") == config and "error" not in r}  # failed: re-run
     todo = [
         (d, c, dp == "on", sa == "on", s)
         for d in args.datasets

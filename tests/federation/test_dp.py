@@ -109,6 +109,16 @@ def test_dp_sgd_refuses_fedprox_and_bad_privacy_settings() -> None:
         dp.SampleLevelDP(FedAvg(), cfg_with({**SAMPLE, "delta": 0.01}), partition_sizes=sizes)
 
 
+@pytest.mark.parametrize("mode", ["sample", "client"])
+def test_dp_refuses_client_evaluation_on_private_data(mode: str) -> None:
+    cfg = cfg_with({**SAMPLE, "mode": mode}, federation={"fraction_evaluate": 0.5, "min_evaluate_clients": 1})
+    with pytest.raises(ConfigError, match="fraction_evaluate"):
+        if mode == "sample":
+            dp.SampleLevelDP(FedAvg(), cfg, partition_sizes=[120, 120, 120])
+        else:
+            dp.ClientLevelDP(FedAvg(), cfg)
+
+
 def test_server_mirror_of_the_ledgers_is_checkpointed() -> None:
     cfg = cfg_with(SAMPLE)
     wrapper = dp.SampleLevelDP(FedAvg(), cfg, partition_sizes=[120, 120, 120])
@@ -140,7 +150,7 @@ def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 def _mod_round(global_w: list[np.ndarray], local_w: list[np.ndarray], config: dict) -> FitRes:
     ins = FitIns(ndarrays_to_parameters(global_w), config)
     msg = Message(content=compat.fitins_to_recorddict(ins, True), dst_node_id=5, message_type=MessageType.TRAIN)
-    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(local_w), 50, {"partition_id": 2})
+    res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(local_w), 50, {"partition_id": 2, "train_loss": 0.3})
     reply = dp.client_dp_mod(msg, None, lambda m, c: Message(compat.fitres_to_recorddict(res, True), reply_to=m))  # type: ignore[arg-type]
     return compat.recorddict_to_fitres(reply.content, True)
 
@@ -161,7 +171,7 @@ def test_client_mod_clips_the_update_and_sends_weight_one() -> None:
         else:
             np.testing.assert_allclose(delta / np.linalg.norm(delta), raw / np.linalg.norm(raw), atol=1e-5)
         assert out.num_examples == 1
-        assert out.metrics["update_clipped"] == float(np.linalg.norm(raw) > clip)
+        assert set(out.metrics) == {"partition_id"}  # nothing computed from private data leaves the client
 
 
 @pytest.mark.usefixtures("task_identity")
@@ -219,6 +229,7 @@ def test_sample_level_dp_run_reports_epsilon_per_client_per_round(tmp_path: Path
             assert row["epsilon"] == pytest.approx(r["epsilon_per_client"][pid], rel=1e-9)
             assert row["dp_steps"] == r["round"] * plans[pid]["steps_per_round"]
             assert row["noise_multiplier"] == pytest.approx(plans[pid]["noise_multiplier"])
+            assert "train_loss" not in row  # computed from private data without noise: withheld
         assert previous < r["epsilon"] <= SAMPLE["epsilon"]
         previous = r["epsilon"]
     assert previous > 0.97 * SAMPLE["epsilon"]
@@ -235,7 +246,7 @@ def test_client_level_dp_run_with_split_noise(tmp_path: Path) -> None:
     details = results["privacy_details"]
     assert details["noise"] == "split" and details["sampled_clients"] == 3
     for r in results["rounds"]:
-        assert all(c["update_norm"] > 0 for c in r["clients"])
+        assert all("train_loss" not in c for c in r["clients"])  # not sent: computed from private data
         assert all(c["examples"] == 1 for c in r["clients"])  # weight 1 for every client
     assert results["rounds"][-1]["epsilon"] == pytest.approx(
         client_level_epsilon(noise_multiplier=details["noise_multiplier"], num_sampled_clients=3,

@@ -82,6 +82,18 @@ KEY_NOISE_STD = "dp_noise_std"
 KEY_NOISE_SEED = "dp_noise_seed"
 
 CLIENT_NOISE = ("central", "split")
+#: Client metrics computed from private data without noise: under DP they are not sent to the server.
+PRIVATE_METRICS = frozenset({"train_loss"})
+
+
+def _check_no_client_evaluation(cfg: Config) -> None:
+    if cfg.federation.fraction_evaluate > 0:
+        raise ConfigError(
+            f"federation.fraction_evaluate = {cfg.federation.fraction_evaluate} asks every client for its accuracy on "
+            f"its own private data, which the server would receive outside the DP guarantee of privacy.mode = "
+            f"'{cfg.privacy.mode}'; set federation.fraction_evaluate = 0 (the server still evaluates the global model "
+            "on the validation and test splits)"
+        )
 
 
 # -- sample-level DP (DP-SGD) ----------------------------------------------------------------------
@@ -169,6 +181,7 @@ def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) ->
         state=local.state,
         instructions=local.instructions,
         finalizers=[*local.finalizers, finish],
+        withheld={*local.withheld, *PRIVATE_METRICS},
     )
 
 
@@ -231,6 +244,7 @@ class SampleLevelDP(_Wrapper):
     def __init__(self, strategy: Strategy, cfg: Config, *, partition_sizes: list[int]) -> None:
         super().__init__(strategy)
         _check_sample_mode(cfg)
+        _check_no_client_evaluation(cfg)
         check_privacy_config(cfg.privacy, dataset_size=min(partition_sizes))  # warns once, for the smallest client
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PrivacyWarning)
@@ -331,6 +345,7 @@ class ClientLevelDP(_Wrapper):
 
     def __init__(self, strategy: Strategy, cfg: Config) -> None:
         super().__init__(strategy)
+        _check_no_client_evaluation(cfg)
         privacy = cfg.privacy
         n = cfg.data.num_clients
         check_privacy_config(privacy, dataset_size=n)
@@ -448,8 +463,9 @@ def client_dp_mod(message: Message, context: Context, call_next: Callable[[Messa
 
     Runs on training messages only. Reads C (and the split-noise std and seed) from the fit instructions
     sent by :class:`ClientLevelDP`, replaces the reply's parameters by w_global + clip(Δ) (+ noise) and its
-    weight by 1. Under SecAgg+ it must run *inside* ``secaggplus_mod`` so that what gets masked is the
-    clipped, noised update (privmed orders the mods that way).
+    weight by 1, and drops metrics computed from private data (the training loss). Under SecAgg+ it must run
+    *inside* ``secaggplus_mod`` so that what gets masked is the clipped, noised update (privmed orders the
+    mods that way).
     """
     if message.metadata.message_type != MessageType.TRAIN:
         return call_next(message, context)
@@ -477,7 +493,9 @@ def client_dp_mod(message: Message, context: Context, call_next: Callable[[Messa
     fit_res.parameters = ndarrays_to_parameters(
         [(g + c).astype(g.dtype, copy=False) for g, c in zip(global_weights, clipped, strict=True)]
     )
-    fit_res.metrics = {**fit_res.metrics, "update_norm": float(norm), "update_clipped": float(norm > clip)}
+    # The update's norm and the training loss come from private data without noise: they stay on the client.
+    log.debug("client-level DP: update norm %.4g, clipped to %.4g", norm, clip)
+    fit_res.metrics = {k: v for k, v in fit_res.metrics.items() if k not in PRIVATE_METRICS}
     fit_res.num_examples = 1
     reply.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
     return reply

@@ -58,6 +58,9 @@ class LocalTraining:
     instructions: Mapping[str, Any] = field(default_factory=dict)
     #: called after local training, in order; each returns metrics to report (e.g. the epsilon spent)
     finalizers: list[Callable[[], dict[str, float]]] = field(default_factory=list)
+    #: metrics never sent to the server (under DP: anything computed from private data without noise, such as
+    #: the training loss, would leak outside the guarantee)
+    withheld: set[str] = field(default_factory=set)
 
 
 #: A training wrapper: ``(local, cfg, partition_id) -> local``, applied before local training.
@@ -231,6 +234,8 @@ def fit_local(
     }
     for finish in local.finalizers:
         metrics.update(finish())
+    for key in local.withheld:
+        metrics.pop(key, None)
     return get_weights(model), metrics
 
 
