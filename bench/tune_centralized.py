@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Spinning OpenMP threads starve every other process on 2 shared cores; set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from rich.console import Console
 
 from privmed.centralized import train_centralized
