@@ -65,8 +65,12 @@ class FederationConfig:
     """Flower FedAvg / FedProx settings and the simulation resources."""
 
     rounds: int = 5
+    #: ``"fedavg"``, ``"fedprox"`` or ``"fedavgm"`` (FedAvg with server momentum, Hsu et al. 2019)
     strategy: str = "fedavg"
     proximal_mu: float = 0.0
+    #: ``"fedavgm"``: server learning rate and momentum applied to the averaged update
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
     fraction_fit: float = 1.0
     min_fit_clients: int = 2
     fraction_evaluate: float = 0.0

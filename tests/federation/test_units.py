@@ -183,6 +183,32 @@ def test_strategy_and_workflow_seams_refuse_what_is_not_there() -> None:
     assert type(build_fit_workflow(cfg)).__name__ == "SecAggWorkflow"
 
 
+def test_fedavgm_applies_server_momentum_and_checkpoints_it() -> None:
+    """FedAvgM (Hsu et al. 2019): v = beta v + (w - avg); w <- w - lr v. Clients always return w + 1."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    cfg = small_cfg()
+    cfg.federation.strategy = "fedavgm"
+    cfg.federation.server_momentum = 0.9
+    strategy = build_strategy(cfg, initial_weights=[np.zeros(3, np.float32)])
+    params = strategy.initialize_parameters(client_manager=None)  # type: ignore[arg-type]
+    seen = []
+    for server_round in (1, 2):
+        current = parameters_to_ndarrays(params)[0]
+        reply = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([current + 1]), 10, {})
+        params, _ = strategy.aggregate_fit(server_round, [(None, reply), (None, reply)], [])  # type: ignore[list-item]
+        seen.append(parameters_to_ndarrays(params)[0])
+    np.testing.assert_allclose(seen[0], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(seen[1], 1.0 + 1.9, rtol=1e-6)  # momentum carried the first step on
+    scalars, arrays = checkpoint.strategy_state(strategy)
+    fresh = build_strategy(cfg, initial_weights=[np.zeros(3, np.float32)])
+    checkpoint.restore_strategy_state(fresh, scalars, arrays)
+    np.testing.assert_allclose(fresh.momentum_vector[0], -1.9, rtol=1e-6)
+    cfg.federation.server_momentum = 1.0
+    with pytest.raises(ConfigError, match="server_momentum"):
+        build_strategy(cfg, initial_weights=[np.zeros(3, np.float32)])
+
+
 # -- checkpoints -----------------------------------------------------------------------------------
 def test_checkpoints_are_complete_pruned_and_restore_strategy_state(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)

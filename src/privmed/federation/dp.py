@@ -353,10 +353,11 @@ class ClientLevelDP(_Wrapper):
             raise ConfigError(
                 f"privacy.client_noise = {privacy.client_noise!r} is unknown; choose one of {', '.join(CLIENT_NOISE)}"
             )
-        if cfg.federation.strategy != "fedavg":
+        if cfg.federation.strategy not in ("fedavg", "fedavgm"):
             raise ConfigError(
-                "privacy.mode = 'client' needs federation.strategy = 'fedavg': the clipping bound holds for the "
-                "plain average of clipped updates"
+                "privacy.mode = 'client' needs federation.strategy = 'fedavg' (or 'fedavgm', whose server momentum "
+                "only post-processes the noised average): the clipping bound holds for the plain average of clipped "
+                "updates"
             )
         self.m = sampled_clients(cfg)
         self.n = n

@@ -30,7 +30,7 @@ from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerApp, ServerConfig
 from flwr.server.compat.app_utils import start_update_client_manager_thread
-from flwr.server.strategy import FedAvg, FedProx, Strategy
+from flwr.server.strategy import FedAvg, FedAvgM, FedProx, Strategy
 from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.server.workflow.default_workflows import (
@@ -75,8 +75,24 @@ def _fedprox(cfg: Config, kwargs: dict[str, Any]) -> Strategy:
     return FedProx(**kwargs, proximal_mu=cfg.federation.proximal_mu)
 
 
+def _fedavgm(cfg: Config, kwargs: dict[str, Any]) -> Strategy:
+    fed = cfg.federation
+    if fed.proximal_mu > 0:
+        raise ConfigError(f"federation.proximal_mu = {fed.proximal_mu} has no effect with FedAvgM; set it to 0")
+    if fed.server_lr <= 0 or not 0.0 <= fed.server_momentum < 1.0:
+        raise ConfigError(
+            f"federation.server_lr = {fed.server_lr} must be > 0 and federation.server_momentum = "
+            f"{fed.server_momentum} in [0, 1)"
+        )
+    return FedAvgM(**kwargs, server_learning_rate=fed.server_lr, server_momentum=fed.server_momentum)
+
+
 #: ``federation.strategy`` -> builder ``(cfg, FedAvg keyword arguments) -> Strategy``.
-STRATEGIES: dict[str, Callable[[Config, dict[str, Any]], Strategy]] = {"fedavg": _fedavg, "fedprox": _fedprox}
+STRATEGIES: dict[str, Callable[[Config, dict[str, Any]], Strategy]] = {
+    "fedavg": _fedavg,
+    "fedprox": _fedprox,
+    "fedavgm": _fedavgm,
+}
 
 #: Wrappers applied in order to the base strategy, each deciding from the config whether to wrap
 #: (the DP wrappers of :mod:`privmed.federation.dp` register here). A wrapper may define ``round_report()``
