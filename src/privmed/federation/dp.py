@@ -58,6 +58,7 @@ from flwr.server.strategy import Strategy
 from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import client_app, server_app, task
+from privmed.federation.sampling import sampled_clients
 from privmed.privacy import (
     AccountantState,
     DPSGDPlan,
@@ -322,12 +323,6 @@ class SampleLevelDP(_Wrapper):
 
 
 # -- client-level DP -------------------------------------------------------------------------------
-def sampled_clients(cfg: Config) -> int:
-    """m, the clients FedAvg samples per round: ``max(⌊fraction_fit · N⌋, min_fit_clients)``."""
-    n = cfg.data.num_clients
-    return max(int(cfg.federation.fraction_fit * n), cfg.federation.min_fit_clients)
-
-
 class ClientLevelDP(_Wrapper):
     """Server side of client-level DP with fixed clipping (McMahan et al. 2018).
 

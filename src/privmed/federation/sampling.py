@@ -15,7 +15,15 @@ from flwr.server import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 
+from privmed.config import Config
 from privmed.errors import PrivmedError
+
+
+def sampled_clients(cfg: Config) -> int:
+    """The clients FedAvg samples per round when all are available: ``max(⌊fraction_fit · N⌋, min_fit_clients)``
+    (Flower's ``FedAvg.num_fit_clients``)."""
+    n = cfg.data.num_clients
+    return max(int(cfg.federation.fraction_fit * n), cfg.federation.min_fit_clients)
 
 
 class SeededClientManager(SimpleClientManager):

@@ -55,6 +55,7 @@ from flwr.serverapp import Grid
 from privmed.config import Config
 from privmed.errors import ConfigError
 from privmed.federation import client_app, server_app, task
+from privmed.federation.sampling import sampled_clients
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,6 @@ STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
 
 
 # -- settings --------------------------------------------------------------------------------------
-def sampled_clients(cfg: Config) -> int:
-    """The clients FedAvg samples per round when all are available: ``max(⌊fraction_fit · N⌋, min_fit_clients)``."""
-    n = cfg.data.num_clients
-    return max(int(cfg.federation.fraction_fit * n), cfg.federation.min_fit_clients)
-
-
 def largest_client_weight(cfg: Config, partition_sizes: Sequence[int]) -> int:
     """The largest ``num_examples`` a client reports: its partition size, or 1 under client-level DP.
 
