@@ -59,7 +59,7 @@ def _savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def _strategy_chain(strategy: Strategy) -> list[Strategy]:
+def strategy_chain(strategy: Strategy) -> list[Strategy]:
     """The strategy and the strategies it wraps (DP wrappers keep theirs in ``.strategy``)."""
     chain, seen = [], set()
     current: Any = strategy
@@ -77,7 +77,7 @@ def strategy_state(strategy: Strategy) -> tuple[dict[str, Any], dict[str, np.nda
     """
     scalars: dict[str, Any] = {}
     arrays: dict[str, np.ndarray] = {}
-    for depth, obj in enumerate(_strategy_chain(strategy)):
+    for depth, obj in enumerate(strategy_chain(strategy)):
         for name, value in vars(obj).items():
             key = f"{depth}.{name}"
             if isinstance(value, _SCALARS):
@@ -92,7 +92,7 @@ def strategy_state(strategy: Strategy) -> tuple[dict[str, Any], dict[str, np.nda
 
 def restore_strategy_state(strategy: Strategy, scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     """Put the state from :func:`strategy_state` back into a freshly built strategy chain."""
-    chain = _strategy_chain(strategy)
+    chain = strategy_chain(strategy)
     for key, value in scalars.items():
         depth, name = key.split(".", 1)
         if value is None or int(depth) >= len(chain) or not hasattr(chain[int(depth)], name):

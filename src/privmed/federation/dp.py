@@ -513,16 +513,6 @@ def _client_mods(cfg: Config) -> list[client_app.Mod]:
     return [client_dp_mod] if cfg.privacy.mode == "client" else []
 
 
-def privacy_summary(strategy: Strategy) -> dict[str, Any] | None:
-    """The DP wrapper's summary (σ, C, plans) for the results JSON, or ``None`` for a non-private run."""
-    current: Any = strategy
-    while isinstance(current, Strategy):
-        if isinstance(current, SampleLevelDP | ClientLevelDP):
-            return current.summary()
-        current = getattr(current, "strategy", None)
-    return None
-
-
 task.TRAINING_WRAPPERS["sample"] = dp_sgd_wrapper
 server_app.STRATEGY_WRAPPERS["dp-sample"] = _sample_strategy
 server_app.STRATEGY_WRAPPERS["dp-client"] = _client_strategy

@@ -104,7 +104,7 @@ STRATEGY_WRAPPERS: dict[str, Callable[[Strategy, Config], Strategy]] = {}
 def strategy_reports(strategy: Strategy | None, method: str) -> dict[str, Any]:
     """Merge ``method()`` of every strategy in the wrapper chain that defines it (outermost wins)."""
     merged: dict[str, Any] = {}
-    for obj in reversed(checkpoint._strategy_chain(strategy)) if strategy is not None else []:
+    for obj in reversed(checkpoint.strategy_chain(strategy)) if strategy is not None else []:
         fn = getattr(obj, method, None)
         if callable(fn):
             merged.update(fn())
