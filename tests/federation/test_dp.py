@@ -22,16 +22,12 @@ from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import checkpoint, dp, task
 from privmed.federation.run import run_federated
 from privmed.privacy import client_level_epsilon, epsilon_for
+from tests.federation.test_simulation import SMALL as SIMULATION_SMALL
 
+#: test_simulation's small phantom federation, with every client sampled and one local epoch
 SMALL = {
-    "data": {
-        "name": "phantom",
-        "options": {"classes": 2, "n_train": 360, "n_val": 100, "n_test": 100},
-        "partitioner": "iid",
-        "num_clients": 3,
-        "min_examples": 20,
-    },
-    "train": {"batch_size": 32, "lr": 0.05},
+    "data": SIMULATION_SMALL["data"],
+    "train": SIMULATION_SMALL["train"],
     "federation": {"rounds": 3, "min_fit_clients": 3, "local_epochs": 1},
 }
 
