@@ -105,6 +105,9 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
         **{f"test_{m}": chosen["test"][m] for m in METRICS},
         **{f"val_{m}": chosen["val"][m] for m in METRICS},
         **{f"last_test_{m}": last["test"][m] for m in METRICS},
+        # binary tasks: the test metrics at the decision threshold chosen on validation (same round)
+        "val_threshold": chosen["val"].get("threshold"),
+        **{f"test_vt_{m}": chosen["test"].get(f"vt_{m}") for m in METRICS[:3]},
         "test_accuracy_by_round": [r["test"]["accuracy"] for r in rounds],
         "epsilon": last.get("epsilon"),
         "privacy_details": {k: v for k, v in details.items() if k != "plans"} or None,

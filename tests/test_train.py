@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
@@ -21,9 +22,11 @@ from privmed.train import (
     augment_batch,
     evaluate,
     get_weights,
+    lr_at,
     make_loader,
     make_loss,
     make_optimizer,
+    set_lr,
     set_seed,
     set_weights,
     train_epoch,
@@ -212,6 +215,21 @@ def test_bad_optimizer_settings() -> None:
         make_optimizer(model, TrainConfig(optimizer="lbfgs"))
     with pytest.raises(ConfigError, match="lr"):
         make_optimizer(model, TrainConfig(lr=0.0))
+
+
+def test_lr_schedules() -> None:
+    constant = TrainConfig(lr=0.2)
+    assert [lr_at(constant, step=s, total=4) for s in (1, 4)] == [0.2, 0.2]
+    cosine = TrainConfig(lr=0.2, lr_schedule="cosine")
+    lrs = [lr_at(cosine, step=s, total=4) for s in range(1, 5)]
+    assert lrs[0] == pytest.approx(0.2)
+    assert lrs[2] == pytest.approx(0.1)  # half-way through the run
+    assert all(a > b > 0 for a, b in itertools.pairwise(lrs))
+    with pytest.raises(ConfigError, match="constant, cosine"):
+        lr_at(TrainConfig(lr_schedule="linear"), step=1, total=3)
+    opt = make_optimizer(nn.Linear(2, 2), cosine)
+    set_lr(opt, 0.05)
+    assert all(g["lr"] == 0.05 for g in opt.param_groups)
 
 
 @pytest.mark.realdata

@@ -25,7 +25,7 @@ from privmed.data import Dataset, load_dataset
 from privmed.errors import ConfigError
 from privmed.models import build_model, count_parameters
 from privmed.results import machine
-from privmed.train import evaluate, make_loader, make_loss, make_optimizer, set_seed, train_epoch
+from privmed.train import evaluate, lr_at, make_loader, make_loss, make_optimizer, set_lr, set_seed, train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def check_train_config(cfg: Config, select: str) -> None:
         raise ConfigError(f"[train] lr must be positive, got {t.lr}")
     if t.weight_decay < 0:
         raise ConfigError(f"[train] weight_decay must be >= 0, got {t.weight_decay}")
+    lr_at(t, step=1, total=t.epochs)  # an unknown schedule fails here, before anything is loaded
     if select not in SELECTORS:
         raise ConfigError(f"unknown selection metric {select!r}; choose one of: {', '.join(SELECTORS)}")
 
@@ -188,6 +189,7 @@ def train_centralized(
         # per-epoch seeds: a resumed run sees the same batches and augmentations as an uninterrupted one
         train_loader.generator.manual_seed(t.seed * 100_003 + epoch)
         torch.manual_seed(t.seed * 100_003 + epoch)
+        set_lr(optimizer, lr_at(t, step=epoch, total=t.epochs))
         stats = train_epoch(model, train_loader, optimizer, loss_fn, augment=t.augment, on_batch=cb.on_batch)
         val = evaluate(model, val_loader, info)
         record = {

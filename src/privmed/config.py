@@ -58,6 +58,9 @@ class TrainConfig:
     seed: int = 0
     #: random flips / shifts on training images (no torchvision needed)
     augment: bool = False
+    #: learning-rate schedule over the run (epochs when centralised, rounds when federated): a key of
+    #: :data:`privmed.train.LR_SCHEDULES` (``"constant"``, ``"cosine"``)
+    lr_schedule: str = "constant"
 
 
 @dataclass

@@ -10,6 +10,7 @@ empty batches Poisson sampling can draw are skipped. FedProx adds its proximal t
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,43 @@ OPTIMIZERS: dict[str, Callable[[Sequence[nn.Parameter], TrainConfig], torch.opti
     "adam": _adam,
     "adamw": _adamw,
 }
+
+
+def _constant(progress: float) -> float:
+    return 1.0
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+#: Schedule name -> multiplier of ``train.lr`` as a function of the fraction of the run already done
+#: (``0`` at the first epoch or round). Cosine decay: Loshchilov & Hutter, "SGDR: Stochastic gradient
+#: descent with warm restarts", ICLR 2017 (one cycle, no restart).
+LR_SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine}
+
+
+def lr_at(cfg: TrainConfig, *, step: int, total: int) -> float:
+    """The learning rate of epoch (or federated round) ``step`` of ``total``, counting from 1.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown ``cfg.lr_schedule``.
+    """
+    key = cfg.lr_schedule.lower()
+    if key not in LR_SCHEDULES:
+        raise ConfigError(
+            f"unknown train.lr_schedule {cfg.lr_schedule!r}; choose one of: {', '.join(sorted(LR_SCHEDULES))}"
+        )
+    progress = min(max(step - 1, 0) / max(total, 1), 1.0)
+    return cfg.lr * LR_SCHEDULES[key](progress)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (works through Opacus' ``DPOptimizer`` too)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def set_seed(seed: int) -> None:
@@ -204,6 +242,11 @@ def evaluate(model: nn.Module, loader: DataLoader, info: DatasetInfo) -> dict[st
         (see :func:`privmed.metrics.classification.classification_metrics`).
     """
     logits, targets = predict(model, loader)
+    return output_metrics(logits, targets, info)
+
+
+def output_metrics(logits: Tensor, targets: Tensor, info: DatasetInfo) -> dict[str, float]:
+    """Loss and MedMNIST-style metrics of model outputs (what :func:`evaluate` returns)."""
     n = int(logits.shape[0])
     if n == 0:
         nan = float("nan")

@@ -21,7 +21,7 @@ from privmed.federation.config_bridge import (
     unflatten_config,
 )
 from privmed.federation.sampling import SeededClientManager
-from privmed.federation.server_app import build_fit_workflow, build_strategy, prepare_run
+from privmed.federation.server_app import build_fit_workflow, build_strategy, fit_config, prepare_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,6 +165,34 @@ def test_local_training_is_reproducible_per_round_and_partition() -> None:
     prox, _ = task.fit_local(cfg, w0, info, split, server_round=2, proximal_mu=10.0, **kw)
     dist = lambda ws: sum(float(((x - y) ** 2).sum()) for x, y in zip(ws, w0, strict=True))  # noqa: E731
     assert dist(prox) < dist(a)  # the proximal term keeps the update closer to the global model
+
+
+def test_fit_config_sends_the_scheduled_lr_and_clients_use_it() -> None:
+    cfg = small_cfg()
+    cfg.train.lr_schedule = "cosine"
+    cfg.federation.rounds = 4
+    lrs = [fit_config(cfg)(r)["lr"] for r in range(1, 5)]
+    assert lrs[0] == pytest.approx(cfg.train.lr) and lrs[2] == pytest.approx(cfg.train.lr / 2)
+    info, split = task.client_partition(cfg, 0, 3)
+    w0 = task.initial_weights(cfg, info)
+    kw = {"server_round": 2, "partition_id": 0, "local_epochs": 1, "batch_size": 16}
+    small, _ = task.fit_local(cfg, w0, info, split, instructions={"lr": 1e-6}, **kw)
+    big, _ = task.fit_local(cfg, w0, info, split, instructions={"lr": 0.05}, **kw)
+    dist = lambda ws: sum(float(((x - y) ** 2).sum()) for x, y in zip(ws, w0, strict=True))  # noqa: E731
+    assert dist(small) < 1e-6 * dist(big)
+    cfg.train.lr_schedule = "warmup"
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        build_strategy(cfg, initial_weights=w0)
+
+
+def test_server_evaluation_reports_a_validation_threshold() -> None:
+    cfg = small_cfg()
+    dataset, _ = task.load_federated_data(cfg)
+    w0 = task.initial_weights(cfg, dataset.info)
+    val, test = task.evaluate_val_test(cfg, w0, dataset.info, dataset.val, dataset.test)
+    assert 0.0 <= val["threshold"] <= 1.0
+    assert {"vt_accuracy", "vt_balanced_accuracy", "vt_macro_f1", "auc"} <= set(test)
+    assert val["accuracy"] == pytest.approx(task.evaluate_weights(cfg, w0, dataset.info, dataset.val)["accuracy"])
 
 
 # -- seams -----------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from privmed.federation.config_bridge import FlatConfig, RunOptions, flatten_con
 from privmed.federation.metering import MeteredGrid, RoundTraffic
 from privmed.federation.sampling import SeededClientManager
 from privmed.results import machine, write_json_atomic
+from privmed.train import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ def fit_config(cfg: Config) -> Callable[[int], dict[str, Scalar]]:
             "server_round": server_round,
             "local_epochs": cfg.federation.local_epochs,
             "batch_size": cfg.train.batch_size,
+            # the schedule runs over rounds: every client of a round uses the same learning rate
+            "lr": lr_at(cfg.train, step=server_round, total=cfg.federation.rounds),
         }
 
     return on_fit_config
@@ -174,6 +177,7 @@ def build_strategy(
         raise ConfigError(f"federation.min_evaluate_clients = {fed.min_evaluate_clients} exceeds {n} clients")
     if fed.rounds < 1 or fed.local_epochs < 1:
         raise ConfigError("federation.rounds and federation.local_epochs must be at least 1")
+    lr_at(cfg.train, step=1, total=fed.rounds)  # an unknown train.lr_schedule fails here
     kwargs: dict[str, Any] = {
         "fraction_fit": fed.fraction_fit,
         "fraction_evaluate": fed.fraction_evaluate,
@@ -422,8 +426,7 @@ class ServerRun:
         self, server_round: int, weights: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[float, dict[str, Scalar]]:
         info = self.dataset.info
-        val = task.evaluate_weights(self.cfg, weights, info, self.dataset.val)
-        test = task.evaluate_weights(self.cfg, weights, info, self.dataset.test)
+        val, test = task.evaluate_val_test(self.cfg, weights, info, self.dataset.val, self.dataset.test)
         self.recorder.server_eval(server_round, val, test)
         metrics: dict[str, Scalar] = {f"val_{k}": float(v) for k, v in val.items()}
         metrics.update({f"test_{k}": float(v) for k, v in test.items()})

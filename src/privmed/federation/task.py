@@ -10,6 +10,7 @@ optimizer and loader before local training (Opacus' ``make_private`` for sample-
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -27,6 +28,7 @@ from privmed.config import Config, DataConfig
 from privmed.data import Dataset, DatasetInfo, Split, load_dataset
 from privmed.data.partition import partition_dataset
 from privmed.errors import ConfigError, DataError
+from privmed.metrics.threshold import metrics_at_threshold, validation_threshold
 from privmed.models import build_model
 from privmed.train import (
     evaluate,
@@ -34,6 +36,8 @@ from privmed.train import (
     make_loader,
     make_loss,
     make_optimizer,
+    output_metrics,
+    predict,
     set_seed,
     set_weights,
     train_epoch,
@@ -207,9 +211,12 @@ def fit_local(
     model = new_model(cfg, info)
     set_weights(model, weights)
     loader = make_loader(split, info, batch_size=batch_size, shuffle=True, seed=seed)
+    train_cfg = cfg.train
+    if instructions and "lr" in instructions:  # this round's learning rate from the server's schedule
+        train_cfg = dataclasses.replace(train_cfg, lr=float(instructions["lr"]))
     local = LocalTraining(
         model,
-        make_optimizer(model, cfg.train),
+        make_optimizer(model, train_cfg),
         loader,
         {},
         state=state if state is not None else {},
@@ -245,3 +252,27 @@ def evaluate_weights(cfg: Config, weights: Sequence[np.ndarray], info: DatasetIn
     set_weights(model, weights)
     loader = make_loader(split, info, batch_size=max(cfg.train.batch_size, 256), shuffle=False)
     return evaluate(model, loader, info)
+
+
+def evaluate_val_test(
+    cfg: Config, weights: Sequence[np.ndarray], info: DatasetInfo, val: Split, test: Split
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The global model's metrics on validation and test, plus, for a binary task, its validation threshold.
+
+    For binary tasks ``val["threshold"]`` is the probability threshold that maximises validation balanced
+    accuracy (:func:`privmed.metrics.threshold.youden_threshold`), and ``test`` also holds ``vt_accuracy``,
+    ``vt_balanced_accuracy`` and ``vt_macro_f1``: the test metrics at that threshold. Test is never used to
+    choose anything.
+    """
+    model = new_model(cfg, info)
+    set_weights(model, weights)
+    batch = max(cfg.train.batch_size, 256)
+    val_out = predict(model, make_loader(val, info, batch_size=batch, shuffle=False))
+    test_out = predict(model, make_loader(test, info, batch_size=batch, shuffle=False))
+    val_metrics, test_metrics = output_metrics(*val_out, info), output_metrics(*test_out, info)
+    threshold = validation_threshold(*val_out, info)
+    if threshold is not None and test_out[0].shape[0]:
+        val_metrics["threshold"] = threshold
+        at = metrics_at_threshold(*test_out, info, threshold)
+        test_metrics.update({f"vt_{k}": v for k, v in at.items()})
+    return val_metrics, test_metrics
