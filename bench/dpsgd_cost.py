@@ -10,6 +10,10 @@ with the same model, batch size and thread count. Variants (a registry, :data:`V
 ``hooks`` / ``ew`` / ``functorch``
     :func:`privmed.privacy.make_private` with Opacus' module hooks, PyTorch expanded weights, or
     ``torch.func.vmap`` per-sample gradients (flat clipping, σ = 1, C = 1).
+``bk``
+    :func:`privmed.privacy.make_private` with privmed's book-keeping clipping
+    (:mod:`privmed.privacy.bookkeeping`): per-sample norms from ghost norms or small per-layer products,
+    chosen per layer, and the clipped sum as one matrix product per layer; one backward pass.
 ``ghost``
     Opacus' fast gradient clipping (Li et al. 2022 "ghost clipping", Bu et al. 2023 book-keeping): per-sample
     *norms* without materialising per-sample gradients, then a second backward pass with the clipped loss.
@@ -169,6 +173,7 @@ VARIANTS: dict[str, Callable[[nn.Module, int], StepFn]] = {
     "hooks": _opacus_mode("hooks"),
     "ew": _opacus_mode("ew"),
     "functorch": _opacus_mode("functorch"),
+    "bk": _opacus_mode("bk"),
     "ghost": _ghost,
 }
 
@@ -257,7 +262,7 @@ def findings(rows: list[Row]) -> list[str]:
             f"{model}: fastest DP-SGD is `{best.variant}` (threads={best.threads}, batch={best.batch}) at "
             f"x{best.ratio_vs_nonprivate:.2f} the non-private time per example; it {met} the <= x{GOAL_RATIO:g} goal."
         )
-        for mode in ("hooks", "ew", "functorch", "ghost"):
+        for mode in ("hooks", "ew", "functorch", "bk", "ghost"):
             mode_rows = [r for r in dp if r.variant == mode]
             if mode_rows:
                 ratios = ", ".join(f"x{r.ratio_vs_nonprivate:.2f} (t={r.threads}, b={r.batch})" for r in mode_rows)
@@ -280,17 +285,19 @@ NOTES = """\
   variant scales with physical batch.
 - ``torch.set_num_threads``: with 2 cores shared between processes, 1 thread per process can beat 2;
   compare the ``threads`` rows. The Flower simulation runs one client per CPU, i.e. 1 thread each.
-- ``ghost`` clipping avoids materialising per-sample gradients only for linear layers; for a CNN most
-  parameters are in convolutions, so expect little gain here.
 - Where the time goes on slim DPResNet: per-sample gradients are batch x 1.64M floats (~420 MB at batch
-  64) written and re-read every step, so DP-SGD is memory-bound whatever the mode. Most parameters sit in
-  ``layer3`` (256 channels) at 4 x 4 = 16 spatial positions on 28 x 28 input, where a per-sample gradient
-  *norm* costs O(T^2 (d_in + d_out)) with T = 16 via the ghost-norm identity
-  ||sum_t a_t g_t^T||^2 = sum_{t,t'} (a_t . a_t')(g_t . g_t') instead of O(T d_in d_out) to materialise.
-  Mixed ghost clipping (Bu et al. 2022, "Scalable and Efficient Training of Large Convolutional Neural
-  Networks with Differential Privacy") picks per layer whichever is cheaper. Opacus 1.6 has no Conv2d norm
-  sampler; registering one (``opacus.grad_sample.utils.register_norm_sampler(nn.Conv2d)``) and training
-  with ``ghost`` (two backward passes, no per-sample gradients) is the most promising route to <= x2.
+  64) written and re-read every step, so the materialising modes (``hooks``, ``ew``, ``functorch``) are
+  memory-bound. Most parameters sit in ``layer3`` (256 channels) at 4 x 4 = 16 spatial positions on 28 x 28
+  input, where a per-sample gradient *norm* costs O(T^2 (d_in + d_out)) with T = 16 via the ghost-norm
+  identity ||sum_t g_t a_t^T||^2 = sum_{t,t'} (a_t . a_t')(g_t . g_t') instead of O(T d_in d_out) to
+  materialise; mixed ghost clipping (Bu et al. 2022) picks per layer whichever is cheaper.
+- ``bk`` (privmed) adds book-keeping (Bu et al. 2023): the clipped sum is one matrix product per layer of
+  the stored inputs and the clip-rescaled output gradients, so there is no second backward pass.
+  Opacus' ``ghost`` runs the backward twice and has norm samplers only for linear and embedding layers,
+  so its convolutions still materialise per-sample gradients.
+- What ``bk`` still pays over non-private SGD: the autograd weight gradients of the ordinary backward
+  pass (computed, then replaced by the clipped sum), the per-layer norms, and the unfolded inputs kept
+  until the step.
 - Quick measurements on this machine were taken while three other processes shared the 2 cores (load
   average ~5): absolute times roughly doubled between runs and ratios moved by +-0.5, so only a full run
   on a quiet machine should be quoted.
