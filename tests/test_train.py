@@ -217,6 +217,22 @@ def test_bad_optimizer_settings() -> None:
         make_optimizer(model, TrainConfig(lr=0.0))
 
 
+def test_augment_multiplicity_trains_on_views_and_counts_examples() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    ds = TensorDataset(torch.randn(12, 1, 4, 4), torch.randint(0, 2, (12, 1)).squeeze(1))
+    seen: list[int] = []
+    model.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_epoch(
+        model, DataLoader(ds, batch_size=6), opt, nn.CrossEntropyLoss(), augment=True, augment_multiplicity=3
+    )
+    assert seen == [18, 18]  # 6 examples x 3 views per batch
+    assert stats["examples"] == 12
+    with pytest.raises(ConfigError, match="augment = true"):
+        make_optimizer(model, TrainConfig(augment_multiplicity=2))
+
+
 def test_lr_schedules() -> None:
     constant = TrainConfig(lr=0.2)
     assert [lr_at(constant, step=s, total=4) for s in (1, 4)] == [0.2, 0.2]

@@ -190,7 +190,15 @@ def train_centralized(
         train_loader.generator.manual_seed(t.seed * 100_003 + epoch)
         torch.manual_seed(t.seed * 100_003 + epoch)
         set_lr(optimizer, lr_at(t, step=epoch, total=t.epochs))
-        stats = train_epoch(model, train_loader, optimizer, loss_fn, augment=t.augment, on_batch=cb.on_batch)
+        stats = train_epoch(
+            model,
+            train_loader,
+            optimizer,
+            loss_fn,
+            augment=t.augment,
+            augment_multiplicity=t.augment_multiplicity,
+            on_batch=cb.on_batch,
+        )
         val = evaluate(model, val_loader, info)
         record = {
             "epoch": epoch,

@@ -58,6 +58,9 @@ class TrainConfig:
     seed: int = 0
     #: random flips / shifts on training images (no torchvision needed)
     augment: bool = False
+    #: augmentation multiplicity: train on this many augmented views of every example and average their
+    #: gradients (needs ``augment``; under DP-SGD it needs ``privacy.grad_sample_mode = "bk"``)
+    augment_multiplicity: int = 1
     #: learning-rate schedule over the run (epochs when centralised, rounds when federated): a key of
     #: :data:`privmed.train.LR_SCHEDULES` (``"constant"``, ``"cosine"``)
     lr_schedule: str = "constant"

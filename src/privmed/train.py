@@ -119,6 +119,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(sorted(OPTIMIZERS))}")
     if not cfg.lr > 0:
         raise ConfigError(f"[train] lr must be positive, got {cfg.lr}")
+    if cfg.augment_multiplicity < 1 or (cfg.augment_multiplicity > 1 and not cfg.augment):
+        raise ConfigError(
+            f"[train] augment_multiplicity = {cfg.augment_multiplicity} needs augment = true and a value >= 1 "
+            "(it is the number of augmented views per example)"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     return OPTIMIZERS[key](params, cfg)
 
@@ -163,6 +168,7 @@ def train_epoch(
     loss_fn: nn.Module,
     *,
     augment: bool = False,
+    augment_multiplicity: int = 1,
     regularizer: Callable[[nn.Module], Tensor] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
@@ -177,6 +183,10 @@ def train_epoch(
         From :func:`make_loss`.
     augment
         Apply :func:`augment_batch` (random flips and shifts) to every training batch.
+    augment_multiplicity
+        With ``augment``: every example enters the batch as this many consecutive, differently augmented
+        copies and the loss averages over them (De et al. 2022). Under DP-SGD the grad-sample module must
+        clip each example's copies together (``make_private(..., views_per_example=K)``).
     regularizer
         Optional ``model -> scalar`` added to each batch loss (FedProx's proximal term). Under an Opacus
         ``DPOptimizer`` its gradient does not reach the update: the optimizer rebuilds ``p.grad`` from the
@@ -196,6 +206,8 @@ def train_epoch(
     for x, y in loader:
         n = int(x.shape[0])
         if augment and n:
+            if augment_multiplicity > 1:
+                x, y = x.repeat_interleave(augment_multiplicity, 0), y.repeat_interleave(augment_multiplicity, 0)
             x = augment_batch(x)
         optimizer.zero_grad(set_to_none=True)
         out = model(x)

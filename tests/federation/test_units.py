@@ -185,6 +185,20 @@ def test_fit_config_sends_the_scheduled_lr_and_clients_use_it() -> None:
         build_strategy(cfg, initial_weights=w0)
 
 
+def test_dp_with_augmentation_multiplicity_needs_bookkeeping(tmp_path: Path) -> None:
+    cfg = small_cfg()
+    cfg.privacy.mode = "sample"
+    cfg.train.augment, cfg.train.augment_multiplicity = True, 4
+    with pytest.raises(ConfigError, match=r"augment_multiplicity = 4 needs privacy\.grad_sample_mode = 'bk'"):
+        prepare_run(cfg, RunOptions(), tmp_path)
+    cfg.privacy.grad_sample_mode = "bk"
+    prepare_run(cfg, RunOptions(), tmp_path / "ok")
+    info, split = task.client_partition(cfg, 0, 3)
+    w0 = task.initial_weights(cfg, info)
+    _, metrics = task.fit_local(cfg, w0, info, split, server_round=1, partition_id=0, local_epochs=1, batch_size=16)
+    assert metrics["epsilon"] > 0 and "train_loss" not in metrics  # a DP-SGD client, its loss withheld
+
+
 def test_server_evaluation_reports_a_validation_threshold() -> None:
     cfg = small_cfg()
     dataset, _ = task.load_federated_data(cfg)

@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
+from opacus import GradSampleModule
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from privmed.errors import PrivacyError
 from privmed.models import build_model
 from privmed.privacy.accounting import AccountantState
 from privmed.privacy.dpsgd import make_private
@@ -121,3 +123,64 @@ def test_step_without_backward_is_a_clear_error() -> None:
     dopt.zero_grad()
     with pytest.raises(RuntimeError, match=r"loss\.backward\(\)"):
         dopt.step()
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_augmentation_multiplicity_clips_the_mean_over_an_examples_views(clip: float) -> None:
+    views = 3
+    x, y = batch(8)
+    xv = x.repeat_interleave(views, 0) + 0.1 * torch.randn(8 * views, 1, 8, 8)  # distinct "augmented" views
+    yv = y.repeat_interleave(views, 0)
+    # reference: Opacus' per-row gradients, averaged over each example's views, clipped, summed
+    ref_model = mixed_net()
+    ref = GradSampleModule(ref_model, loss_reduction="sum")
+    nn.functional.cross_entropy(ref(xv), yv, reduction="sum").backward()
+    per_example = [p.grad_sample.view(8, views, -1).mean(1) for p in ref_model.parameters()]
+    norms = torch.cat(per_example, dim=1).norm(dim=1)
+    factors = (clip / (norms + 1e-6)).clamp(max=1.0)
+    expected = [torch.einsum("b,bd->d", factors, g) for g in per_example]
+
+    model = mixed_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gm, dopt, _ = make_private(
+        model,
+        opt,
+        DataLoader(TensorDataset(x, y), batch_size=8),
+        noise_multiplier=0.0,
+        max_grad_norm=clip,
+        grad_sample_mode="bk",
+        views_per_example=views,
+    )
+    dopt.zero_grad()
+    nn.functional.cross_entropy(gm(xv), yv).backward()  # mean over all rows = mean over examples of view means
+    dopt.step()
+    torch.testing.assert_close(gm.per_sample_gradient_norms, norms, rtol=1e-4, atol=1e-6)
+    for p, e in zip(dopt.params, expected, strict=True):
+        torch.testing.assert_close(p.summed_grad.reshape(-1), e, rtol=1e-4, atol=1e-6)
+
+
+def test_multiplicity_is_refused_where_views_would_be_clipped_apart() -> None:
+    x, y = batch(8)
+    plain = mixed_net()
+    with pytest.raises(PrivacyError, match="augmentation multiplicity"):
+        make_private(
+            plain,
+            torch.optim.SGD(plain.parameters(), lr=0.1),
+            DataLoader(TensorDataset(x, y), batch_size=8),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            grad_sample_mode="hooks",
+            views_per_example=2,
+        )
+    model = mixed_net()
+    gm, _, _ = make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        DataLoader(TensorDataset(x, y), batch_size=8),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        grad_sample_mode="bk",
+        views_per_example=2,
+    )
+    with pytest.raises(ValueError, match="cannot hold 2 augmented views"):
+        nn.functional.cross_entropy(gm(x[:7]), y[:7]).backward()

@@ -70,6 +70,7 @@ from privmed.privacy import (
     make_private,
     plan_from_config,
 )
+from privmed.privacy.dpsgd import GRAD_SAMPLE_MODES
 from privmed.privacy.validation import PrivacyWarning, check_privacy_config
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,18 @@ def client_plan(cfg: Config, dataset_size: int) -> DPSGDPlan:
 
 
 def _check_sample_mode(cfg: Config) -> None:
+    mode = cfg.privacy.grad_sample_mode
+    if mode not in GRAD_SAMPLE_MODES:
+        raise ConfigError(
+            f"unknown privacy.grad_sample_mode {mode!r}; choose one of: {', '.join(sorted(GRAD_SAMPLE_MODES))}"
+        )
+    views = cfg.train.augment_multiplicity
+    if views > 1 and not GRAD_SAMPLE_MODES[mode].views:
+        raise ConfigError(
+            f"train.augment_multiplicity = {views} needs privacy.grad_sample_mode = 'bk' under DP-SGD: {mode!r} "
+            "would clip every augmented view as its own example, so one example could move the update "
+            f"{views} times as far as the accountant assumes"
+        )
     if cfg.federation.proximal_mu > 0:
         raise ConfigError(
             f"federation.proximal_mu = {cfg.federation.proximal_mu} cannot be used with privacy.mode = 'sample': "
@@ -160,6 +173,7 @@ def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) ->
         max_grad_norm=plan.max_grad_norm,
         poisson_sampling=True,
         grad_sample_mode=cfg.privacy.grad_sample_mode,
+        views_per_example=cfg.train.augment_multiplicity,
         accountant_state=ledger,
         noise_generator=torch.Generator().manual_seed(noise_seed),
     )

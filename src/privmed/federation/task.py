@@ -232,7 +232,13 @@ def fit_local(
     stats: dict[str, float] = {}
     for _ in range(local_epochs):
         stats = train_epoch(
-            local.model, local.loader, local.optimizer, loss_fn, augment=cfg.train.augment, regularizer=regularizer
+            local.model,
+            local.loader,
+            local.optimizer,
+            loss_fn,
+            augment=cfg.train.augment,
+            augment_multiplicity=cfg.train.augment_multiplicity,
+            regularizer=regularizer,
         )
     metrics = {
         "train_loss": float(stats.get("loss", float("nan"))),

@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 #: What a layer hands over after the backward pass: per-parameter per-example norms, and a function
 #: ``clip_factors -> {parameter: clipped sum of its per-example gradients}``.
 LayerResult = tuple[dict[nn.Parameter, Tensor], Callable[[Tensor], dict[nn.Parameter, Tensor]]]
-LayerHandler = Callable[[nn.Module, list[Tensor], Tensor], "LayerResult | None"]
+#: ``handler(layer, activations, backprops, views_per_example)``
+LayerHandler = Callable[[nn.Module, list[Tensor], Tensor, int], "LayerResult | None"]
 
 
 def _ghost(a: Tensor, g: Tensor) -> bool:
@@ -75,7 +76,15 @@ def _weight_result(a: Tensor, g: Tensor, shape: torch.Size) -> tuple[Tensor, Cal
     ).view(shape)
 
 
-def _conv2d(layer: nn.Module, activations: list[Tensor], backprops: Tensor) -> LayerResult | None:
+def _group_views(x: Tensor, views: int) -> Tensor:
+    """``(B * K, d, T) -> (B, d, K * T)``: an example's K augmented views become K times more positions."""
+    if views == 1:
+        return x
+    n, d, t = x.shape
+    return x.view(n // views, views, d, t).permute(0, 2, 1, 3).reshape(n // views, d, views * t)
+
+
+def _conv2d(layer: nn.Module, activations: list[Tensor], backprops: Tensor, views: int) -> LayerResult | None:
     assert isinstance(layer, nn.Conv2d)
     if layer.groups != 1 or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
         return None
@@ -83,6 +92,7 @@ def _conv2d(layer: nn.Module, activations: list[Tensor], backprops: Tensor) -> L
     batch = x.shape[0]
     a = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
     g = backprops.reshape(batch, backprops.shape[1], a.shape[2])  # (B, d_out, T); T explicit for B = 0
+    a, g = _group_views(a, views), _group_views(g, views)
     norms: dict[nn.Parameter, Tensor] = {}
     weight_sum: Callable[[Tensor], Tensor] | None = None
     if layer.weight.requires_grad:
@@ -102,10 +112,12 @@ def _conv2d(layer: nn.Module, activations: list[Tensor], backprops: Tensor) -> L
     return norms, clipped
 
 
-def _linear(layer: nn.Module, activations: list[Tensor], backprops: Tensor) -> LayerResult | None:
+def _linear(layer: nn.Module, activations: list[Tensor], backprops: Tensor, views: int) -> LayerResult | None:
     assert isinstance(layer, nn.Linear)
     if backprops.dim() != 2:
         return None
+    if views > 1:  # an example's views are its positions: the convolution's route, with T = K
+        return _views_linear(layer, activations[0].to(backprops.dtype), backprops, views)
     a = activations[0].to(backprops.dtype)
     g = backprops
     norms: dict[nn.Parameter, Tensor] = {}
@@ -137,6 +149,28 @@ def _empty(module: nn.Module) -> LayerResult:
     return norms, lambda coef: {p: torch.zeros_like(p) for p in params}
 
 
+def _views_linear(layer: nn.Linear, a: Tensor, g: Tensor, views: int) -> LayerResult:
+    a3 = _group_views(a.unsqueeze(-1), views)  # (B, d_in, K)
+    g3 = _group_views(g.unsqueeze(-1), views)
+    norms: dict[nn.Parameter, Tensor] = {}
+    weight_sum: Callable[[Tensor], Tensor] | None = None
+    if layer.weight.requires_grad:
+        norms[layer.weight], weight_sum = _weight_result(a3, g3, layer.weight.shape)
+    bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
+    if bias is not None:
+        norms[bias] = g3.sum(dim=2).norm(dim=1)
+
+    def clipped(coef: Tensor) -> dict[nn.Parameter, Tensor]:
+        out: dict[nn.Parameter, Tensor] = {}
+        if weight_sum is not None:
+            out[layer.weight] = weight_sum(coef)
+        if bias is not None:
+            out[bias] = torch.einsum("b,bo->o", coef.to(g3), g3.sum(dim=2))
+        return out
+
+    return norms, clipped
+
+
 #: Layer type -> handler; a handler returning ``None`` sends the layer to Opacus' per-sample samplers.
 LAYER_HANDLERS: dict[type[nn.Module], LayerHandler] = {nn.Conv2d: _conv2d, nn.Linear: _linear}
 
@@ -149,7 +183,9 @@ class BookKeepingGradSampleModule(GradSampleModuleFastGradientClipping):
     gradients, which :class:`BookKeepingDPOptimizer` calls before adding noise.
     """
 
-    def __init__(self, module: nn.Module, *, max_grad_norm: float, loss_reduction: str = "mean") -> None:
+    def __init__(
+        self, module: nn.Module, *, max_grad_norm: float, loss_reduction: str = "mean", views_per_example: int = 1
+    ) -> None:
         super().__init__(
             module,
             batch_first=True,
@@ -159,6 +195,11 @@ class BookKeepingGradSampleModule(GradSampleModuleFastGradientClipping):
         )
         self._pending: list[Callable[[Tensor], dict[nn.Parameter, Tensor]]] = []
         self._recording = False
+        if views_per_example < 1:
+            raise ValueError(f"views_per_example must be at least 1, got {views_per_example}")
+        #: augmentation multiplicity: each example arrives as this many consecutive rows (its augmented
+        #: views); its gradient is the mean over them, clipped once (De et al. 2022)
+        self.views_per_example = views_per_example
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The wrapped model's forward; when training, built so that backward skips the weight gradients.
@@ -206,12 +247,25 @@ class BookKeepingGradSampleModule(GradSampleModuleFastGradientClipping):
             module=module, backprops=backprops, loss_reduction=loss_reduction, batch_first=batch_first
         )
         handler = LAYER_HANDLERS.get(type(module))
-        if activations[0].shape[0] == 0:  # an empty Poisson batch: nothing to clip, the step adds noise only
+        views = self.views_per_example
+        rows = activations[0].shape[0]
+        if rows % views:
+            raise ValueError(
+                f"a batch of {rows} rows cannot hold {views} augmented views of each example; repeat every "
+                "example views_per_example times (consecutive rows) before the forward pass"
+            )
+        if views > 1:
+            backprops = backprops / views  # an example's gradient is the mean over its views
+        if rows == 0:  # an empty Poisson batch: nothing to clip, the step adds noise only
             result = _empty(module)
         else:
-            result = handler(module, activations, backprops) if handler is not None else None
+            result = handler(module, activations, backprops, views) if handler is not None else None
         if result is None:  # Opacus' per-sample gradients for this (small) layer
             grad_samples = self.GRAD_SAMPLERS[type(module)](module, activations, backprops)
+            if views > 1:
+                grad_samples = {
+                    p: gs.view(rows // views, views, *gs.shape[1:]).sum(1) for p, gs in grad_samples.items()
+                }
             norms = {p: gs.flatten(1).norm(dim=1) for p, gs in grad_samples.items()}
 
             def clipped(coef: Tensor, grad_samples: dict = grad_samples) -> dict[nn.Parameter, Tensor]:

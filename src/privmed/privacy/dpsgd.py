@@ -66,13 +66,15 @@ class GradSampleMode:
     Attributes
     ----------
     module
-        ``(model, loss_reduction, max_grad_norm) -> grad-sample module``.
+        ``(model, loss_reduction, max_grad_norm, views_per_example) -> grad-sample module``.
     optimizer
         ``(optimizer, grad_sample_module, **dp_optimizer_kwargs) -> DP optimizer``.
     """
 
-    module: Callable[[nn.Module, str, float], AbstractGradSampleModule]
+    module: Callable[[nn.Module, str, float, int], AbstractGradSampleModule]
     optimizer: Callable[..., DPOptimizer]
+    #: whether an example may arrive as several augmented views (augmentation multiplicity)
+    views: bool = False
 
 
 def _plain_dp_optimizer(optimizer: torch.optim.Optimizer, module: AbstractGradSampleModule, **kw: Any) -> DPOptimizer:
@@ -93,26 +95,27 @@ def _bookkeeping_optimizer(
 GRAD_SAMPLE_MODES: Mapping[str, GradSampleMode] = MappingProxyType(
     {
         "hooks": GradSampleMode(
-            lambda model, reduction, clip: GradSampleModule(model, batch_first=True, loss_reduction=reduction),
+            lambda model, reduction, clip, views: GradSampleModule(model, batch_first=True, loss_reduction=reduction),
             _plain_dp_optimizer,
         ),
         "functorch": GradSampleMode(
-            lambda model, reduction, clip: GradSampleModule(
+            lambda model, reduction, clip, views: GradSampleModule(
                 model, batch_first=True, loss_reduction=reduction, force_functorch=True
             ),
             _plain_dp_optimizer,
         ),
         "ew": GradSampleMode(
-            lambda model, reduction, clip: GradSampleModuleExpandedWeights(
+            lambda model, reduction, clip, views: GradSampleModuleExpandedWeights(
                 model, batch_first=True, loss_reduction=reduction
             ),
             _plain_dp_optimizer,
         ),
         "bk": GradSampleMode(
-            lambda model, reduction, clip: BookKeepingGradSampleModule(
-                model, max_grad_norm=clip, loss_reduction=reduction
+            lambda model, reduction, clip, views: BookKeepingGradSampleModule(
+                model, max_grad_norm=clip, loss_reduction=reduction, views_per_example=views
             ),
             _bookkeeping_optimizer,
+            views=True,
         ),
     }
 )
@@ -175,6 +178,7 @@ def make_private(
     accountant_state: AccountantState | None = None,
     noise_generator: torch.Generator | None = None,
     loss_reduction: str = "mean",
+    views_per_example: int = 1,
 ) -> tuple[AbstractGradSampleModule, DPOptimizer, DataLoader]:
     """Wrap model, optimizer and loader for DP-SGD (Abadi et al. 2016) with Opacus.
 
@@ -203,6 +207,11 @@ def make_private(
         Seeded generator for the noise (tests and reproducible runs). Not a cryptographically secure RNG.
     loss_reduction
         ``"mean"`` (the gradient is divided by the expected batch size) or ``"sum"``.
+    views_per_example
+        Augmentation multiplicity (De et al., "Unlocking high-accuracy differentially private image
+        classification through scale", 2022): every example of a batch arrives as this many consecutive
+        augmented copies, and its gradient is the mean over them, clipped once, so the privacy cost is that
+        of one example. Only modes that can group rows per example allow more than 1 (``"bk"``).
 
     Returns
     -------
@@ -228,7 +237,15 @@ def make_private(
 
     model.train()
     mode = GRAD_SAMPLE_MODES[grad_sample_mode]
-    gs_model = mode.module(model, loss_reduction, clip)
+    views = check_count("views_per_example", views_per_example, minimum=1)
+    if views > 1 and not mode.views:
+        able = ", ".join(name for name, m in GRAD_SAMPLE_MODES.items() if m.views)
+        raise PrivacyError(
+            f"augmentation multiplicity ({views} views per example) needs a grad_sample_mode that clips an "
+            f"example's views together ({able}); {grad_sample_mode!r} would clip every view as its own example, "
+            f"so one example could move the update {views} times as far as the accountant assumes"
+        )
+    gs_model = mode.module(model, loss_reduction, clip, views)
     if poisson_sampling:
         gs_model.forbid_grad_accumulation()
         dp_loader: DataLoader = DPDataLoader.from_data_loader(loader, generator=loader.generator)
