@@ -84,59 +84,50 @@ def _group_views(x: Tensor, views: int) -> Tensor:
     return x.view(n // views, views, d, t).permute(0, 2, 1, 3).reshape(n // views, d, views * t)
 
 
+def _product_layer(layer: nn.Module, a: Tensor, g: Tensor) -> LayerResult:
+    """A layer whose weight gradient is ``sum_t g_t a_t^T`` and bias gradient ``sum_t g_t``.
+
+    ``a: (B, d_in, T)`` are its inputs and ``g: (B, d_out, T)`` its output gradients at T positions
+    (convolution: output pixels; linear: T = 1; with augmentation multiplicity, times the views).
+    """
+    weight = layer.weight if layer.weight.requires_grad else None
+    bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
+    norms: dict[nn.Parameter, Tensor] = {}
+    weight_sum: Callable[[Tensor], Tensor] | None = None
+    if weight is not None:
+        norms[weight], weight_sum = _weight_result(a, g, weight.shape)
+    g_bias = g.sum(dim=2)
+    if bias is not None:
+        norms[bias] = g_bias.norm(dim=1)
+
+    def clipped(coef: Tensor) -> dict[nn.Parameter, Tensor]:
+        out: dict[nn.Parameter, Tensor] = {}
+        if weight is not None and weight_sum is not None:
+            out[weight] = weight_sum(coef)
+        if bias is not None:
+            out[bias] = torch.einsum("b,bo->o", coef.to(g_bias), g_bias)
+        return out
+
+    return norms, clipped
+
+
 def _conv2d(layer: nn.Module, activations: list[Tensor], backprops: Tensor, views: int) -> LayerResult | None:
     assert isinstance(layer, nn.Conv2d)
     if layer.groups != 1 or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
         return None
     x = activations[0].to(backprops.dtype)
-    batch = x.shape[0]
     a = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
-    g = backprops.reshape(batch, backprops.shape[1], a.shape[2])  # (B, d_out, T); T explicit for B = 0
-    a, g = _group_views(a, views), _group_views(g, views)
-    norms: dict[nn.Parameter, Tensor] = {}
-    weight_sum: Callable[[Tensor], Tensor] | None = None
-    if layer.weight.requires_grad:
-        norms[layer.weight], weight_sum = _weight_result(a, g, layer.weight.shape)
-    bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
-    if bias is not None:
-        norms[bias] = g.sum(dim=2).norm(dim=1)
-
-    def clipped(coef: Tensor) -> dict[nn.Parameter, Tensor]:
-        out: dict[nn.Parameter, Tensor] = {}
-        if weight_sum is not None:
-            out[layer.weight] = weight_sum(coef)
-        if bias is not None:
-            out[bias] = torch.einsum("b,bo->o", coef.to(g), g.sum(dim=2))
-        return out
-
-    return norms, clipped
+    g = backprops.reshape(x.shape[0], backprops.shape[1], a.shape[2])  # (B, d_out, T); T explicit for B = 0
+    return _product_layer(layer, _group_views(a, views), _group_views(g, views))
 
 
 def _linear(layer: nn.Module, activations: list[Tensor], backprops: Tensor, views: int) -> LayerResult | None:
     assert isinstance(layer, nn.Linear)
-    if backprops.dim() != 2:
+    if backprops.dim() != 2:  # sequences: Opacus' sampler
         return None
-    if views > 1:  # an example's views are its positions: the convolution's route, with T = K
-        return _views_linear(layer, activations[0].to(backprops.dtype), backprops, views)
-    a = activations[0].to(backprops.dtype)
-    g = backprops
-    norms: dict[nn.Parameter, Tensor] = {}
-    if layer.weight.requires_grad:
-        norms[layer.weight] = g.norm(dim=1) * a.norm(dim=1)
-    bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
-    if bias is not None:
-        norms[bias] = g.norm(dim=1)
-
-    def clipped(coef: Tensor) -> dict[nn.Parameter, Tensor]:
-        gc = g * coef.to(g)[:, None]
-        out: dict[nn.Parameter, Tensor] = {}
-        if layer.weight.requires_grad:
-            out[layer.weight] = gc.T @ a
-        if bias is not None:
-            out[bias] = gc.sum(dim=0)
-        return out
-
-    return norms, clipped
+    a = activations[0].to(backprops.dtype).unsqueeze(-1)  # (B, d_in, 1)
+    g = backprops.unsqueeze(-1)
+    return _product_layer(layer, _group_views(a, views), _group_views(g, views))
 
 
 def _is_float_tensor(x: Any) -> bool:
@@ -147,28 +138,6 @@ def _empty(module: nn.Module) -> LayerResult:
     params = [p for p in module.parameters(recurse=False) if p.requires_grad]
     norms = {p: p.new_zeros(0) for p in params}
     return norms, lambda coef: {p: torch.zeros_like(p) for p in params}
-
-
-def _views_linear(layer: nn.Linear, a: Tensor, g: Tensor, views: int) -> LayerResult:
-    a3 = _group_views(a.unsqueeze(-1), views)  # (B, d_in, K)
-    g3 = _group_views(g.unsqueeze(-1), views)
-    norms: dict[nn.Parameter, Tensor] = {}
-    weight_sum: Callable[[Tensor], Tensor] | None = None
-    if layer.weight.requires_grad:
-        norms[layer.weight], weight_sum = _weight_result(a3, g3, layer.weight.shape)
-    bias = layer.bias if layer.bias is not None and layer.bias.requires_grad else None
-    if bias is not None:
-        norms[bias] = g3.sum(dim=2).norm(dim=1)
-
-    def clipped(coef: Tensor) -> dict[nn.Parameter, Tensor]:
-        out: dict[nn.Parameter, Tensor] = {}
-        if weight_sum is not None:
-            out[layer.weight] = weight_sum(coef)
-        if bias is not None:
-            out[bias] = torch.einsum("b,bo->o", coef.to(g3), g3.sum(dim=2))
-        return out
-
-    return norms, clipped
 
 
 #: Layer type -> handler; a handler returning ``None`` sends the layer to Opacus' per-sample samplers.
