@@ -126,6 +126,7 @@ def summarise_run(results: dict[str, Any]) -> dict[str, Any]:
         "failures": results["failures_total"],
         "partition_sizes": results["partition_sizes"],
         "secagg": results.get("secagg"),
+        "grad_sample_mode": results["config"]["privacy"]["grad_sample_mode"],
     }
 
 
@@ -158,6 +159,12 @@ def aggregate(runs: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _pm(stat: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
+
+
+def _modes(runs: dict[str, Any]) -> str:
+    """Which clipping implementations the DP runs used (runs recorded before the field existed used hooks)."""
+    used = sorted({r.get("grad_sample_mode", "hooks") for k, r in runs.items() if "/dp-on/" in k and "error" not in r})
+    return " and ".join(f"`{m}`" for m in used) or "-"
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -193,7 +200,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"Config: `{Path(payload['preset']).name}` with {cfg}. DP = sample-level DP-SGD per client (Opacus, Poisson "
         "sampling), C = 7, σ calibrated per client for (ε = 6, δ = 1.9e-4) over all rounds; ε spent = the largest "
-        "over clients (RDP accountant). SecAgg+ = Flower's SecAggPlusWorkflow, reconstruction threshold 4.",
+        "over clients (RDP accountant); per-example clipping by "
+        f"{_modes(payload['runs'])} (the same clipping and noise). "
+        "SecAgg+ = Flower's SecAggPlusWorkflow, reconstruction threshold 4.",
         "",
         f"Machine: {m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']}, Python {m['python']}; Flower "
         "simulation engine (Ray), 2 CPUs, 1 CPU per client. Rounds are fewer than the study's to fit the machine.",
