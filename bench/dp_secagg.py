@@ -207,6 +207,10 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Machine: {m['processor']}, {m['cpu_count']} CPUs, torch {m['torch']}, Python {m['python']}; Flower "
         "simulation engine (Ray), 2 CPUs, 1 CPU per client. Rounds are fewer than the study's to fit the machine.",
     ]
+    smaller = [f"{d} at {c} clients uses data.min_examples = {n}" for (d, c), n in MIN_EXAMPLES.items()]
+    lines += ["", f"Partitions: Dirichlet(0.5) with at least 20 examples per client, except: {'; '.join(smaller)}."]
+    if payload.get("note"):
+        lines += ["", payload["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore runs stored by an earlier invocation")
     parser.add_argument("--tag", default="", help="write dp_secagg-<tag>.* (explorations apart from the study)")
     parser.add_argument("--quick", action="store_true", help="one tiny cell on phantom data: a check, not a result")
+    parser.add_argument("--note", default="", help="a sentence for the markdown (e.g. what else shared the machine)")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     stem = "dp_secagg-quick" if args.quick else ("dp_secagg" + (f"-{args.tag}" if args.tag else ""))
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "rows": aggregate(good),
         "runs": {**stored, **runs},
+        "note": args.note,
     }
     write_json_atomic(path, payload)
     (RESULTS_DIR / f"{stem}.md").write_text(markdown(payload))
