@@ -82,6 +82,9 @@ class FederationConfig:
     fraction_evaluate: float = 0.0
     min_evaluate_clients: int = 0
     local_epochs: int = 1
+    #: evaluate (and select by validation) an exponential moving average of the global model over rounds
+    #: with this decay; 0 evaluates the latest global model. Post-processing: free under DP.
+    ema_decay: float = 0.0
     #: simulation engine resources: CPUs per simulated client and CPUs given to Ray
     client_num_cpus: float = 1.0
     num_cpus: int = 2
@@ -103,7 +106,8 @@ class PrivacyConfig:
     #: set to override calibration; otherwise sigma is calibrated to (epsilon, delta) for the whole run
     noise_multiplier: float | None = None
     accountant: str = "rdp"
-    #: ``"sample"``: Opacus per-example gradients, ``"hooks"``, ``"ew"`` or ``"functorch"``
+    #: ``"sample"``: how per-example gradients are clipped: ``"hooks"``, ``"ew"``, ``"functorch"`` (Opacus'
+    #: per-sample gradients) or ``"bk"`` (book-keeping with ghost norms, :mod:`privmed.privacy.bookkeeping`)
     grad_sample_mode: str = "hooks"
     #: ``"client"``: who adds the noise; ``"central"`` (the server, to the aggregate) or ``"split"`` (every
     #: sampled client adds its share, so the server never sees an un-noised aggregate: use with SecAgg+)

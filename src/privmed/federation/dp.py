@@ -59,6 +59,7 @@ from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import client_app, server_app, task
 from privmed.federation.sampling import sampled_clients
+from privmed.federation.wrapping import StrategyWrapper
 from privmed.privacy import (
     AccountantState,
     DPSGDPlan,
@@ -200,45 +201,12 @@ def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) ->
     )
 
 
-class _Wrapper(Strategy):
-    """Delegates everything to ``self.strategy`` (the wrapped strategy; checkpoint code follows it)."""
-
-    def __init__(self, strategy: Strategy) -> None:
-        super().__init__()
-        self.strategy = strategy
-
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return self.strategy.initialize_parameters(client_manager)
-
-    def configure_fit(
-        self, server_round: int, parameters: Parameters, client_manager: ClientManager
-    ) -> list[tuple[ClientProxy, FitIns]]:
-        return self.strategy.configure_fit(server_round, parameters, client_manager)
-
-    def aggregate_fit(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, FitRes]],
-        failures: list[tuple[ClientProxy, FitRes] | BaseException],
-    ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        return self.strategy.aggregate_fit(server_round, results, failures)
-
-    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> Any:
-        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
-
-    def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
-        return self.strategy.aggregate_evaluate(server_round, results, failures)
-
-    def evaluate(self, server_round: int, parameters: Parameters) -> Any:
-        return self.strategy.evaluate(server_round, parameters)
-
-
 def _with_config(instructions: list[tuple[ClientProxy, FitIns]], extra: dict[str, Scalar]) -> None:
     for _, ins in instructions:
         ins.config = {**ins.config, **extra}
 
 
-class SampleLevelDP(_Wrapper):
+class SampleLevelDP(StrategyWrapper):
     """Server side of sample-level DP: plans every client's σ up front and mirrors their ledgers.
 
     Parameters
@@ -337,7 +305,7 @@ class SampleLevelDP(_Wrapper):
 
 
 # -- client-level DP -------------------------------------------------------------------------------
-class ClientLevelDP(_Wrapper):
+class ClientLevelDP(StrategyWrapper):
     """Server side of client-level DP with fixed clipping (McMahan et al. 2018).
 
     Sends the clipping norm C (and, for ``client_noise = "split"``, each client's noise share σ·C/√m) with

@@ -4,7 +4,8 @@
 (``LegacyContext`` + a ``DefaultWorkflow``) because SecAgg+ exists only there. The seams for privacy and
 secure aggregation are small registries:
 
-- :data:`STRATEGIES` builds the base strategy; :data:`STRATEGY_WRAPPERS` may wrap it (client-level DP);
+- :data:`STRATEGIES` builds the base strategy; :data:`STRATEGY_WRAPPERS` may wrap it (DP, :mod:`~privmed.federation.dp`;
+  the moving average of the global model, :mod:`~privmed.federation.ema`);
 - :data:`FIT_WORKFLOWS` picks the fit workflow (``"plain"``, or ``"secagg+"`` from :mod:`~privmed.federation.secagg`);
 - client mods live in :func:`privmed.federation.client_app.client_mods`.
 
@@ -610,4 +611,5 @@ app = make_server_app()
 
 # Plugins register themselves into the seams above when imported (kept last: they import this module).
 from privmed.federation import dp as _dp  # noqa: E402, F401
+from privmed.federation import ema as _ema  # noqa: E402, F401
 from privmed.federation import secagg as _secagg  # noqa: E402, F401
