@@ -161,6 +161,12 @@ def _pm(stat: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
     return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
 
 
+def _extra(config: dict[str, Any], key: str, default: str) -> str:
+    """The value an exploration's ``--set key=value`` gave ``key`` (the preset's ``default`` otherwise)."""
+    values = [item.split("=", 1)[1] for item in config.get("extra", []) if item.split("=", 1)[0].strip() == key]
+    return values[-1] if values else default
+
+
 def _modes(runs: dict[str, Any]) -> str:
     """Which clipping implementations the DP runs used (runs recorded before the field existed used hooks)."""
     used = sorted({r.get("grad_sample_mode", "hooks") for k, r in runs.items() if "/dp-on/" in k and "error" not in r})
@@ -199,7 +205,8 @@ def markdown(payload: dict[str, Any]) -> str:
         f"96.89%. {ANCHORS} Goal here: PneumoniaMNIST, 10 clients, ε = 6: test accuracy ≥ 88% and AUC ≥ 0.95.",
         "",
         f"Config: `{Path(payload['preset']).name}` with {cfg}. DP = sample-level DP-SGD per client (Opacus, Poisson "
-        "sampling), C = 7, σ calibrated per client for (ε = 6, δ = 1.9e-4) over all rounds; ε spent = the largest "
+        f"sampling), C = {_extra(cfg, 'privacy.max_grad_norm', '7')}, σ calibrated per client for (ε = 6, "
+        "δ = 1.9e-4) over all rounds; ε spent = the largest "
         "over clients (RDP accountant); per-example clipping by "
         f"{_modes(payload['runs'])} (the same clipping and noise). "
         "SecAgg+ = Flower's SecAggPlusWorkflow, reconstruction threshold 4.",
@@ -208,7 +215,11 @@ def markdown(payload: dict[str, Any]) -> str:
         "simulation engine (Ray), 2 CPUs, 1 CPU per client. Rounds are fewer than the study's to fit the machine.",
     ]
     smaller = [f"{d} at {c} clients uses data.min_examples = {n}" for (d, c), n in MIN_EXAMPLES.items()]
-    lines += ["", f"Partitions: Dirichlet(0.5) with at least 20 examples per client, except: {'; '.join(smaller)}."]
+    partitioner = _extra(cfg, "data.partitioner", "dirichlet").strip("'\"")
+    if partitioner == "dirichlet":
+        lines += ["", f"Partitions: Dirichlet(0.5) with at least 20 examples per client, except: {'; '.join(smaller)}."]
+    else:
+        lines += ["", f"Partitions: **{partitioner}** (set for this exploration; the study's are Dirichlet(0.5))."]
     if payload.get("note"):
         lines += ["", payload["note"]]
     return "\n".join(lines) + "\n"
