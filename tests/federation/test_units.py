@@ -291,10 +291,15 @@ def test_prepare_run_protects_existing_runs(tmp_path: Path) -> None:
 
 
 #: Official MedMNIST v2 train-split class counts, so presets are checked without the real files.
-TRAIN_CLASS_COUNTS = {"pneumoniamnist": (1214, 3494), "breastmnist": (147, 399)}
+TRAIN_CLASS_COUNTS = {
+    "pneumoniamnist": (1214, 3494),
+    "breastmnist": (147, 399),
+    "bloodmnist": (852, 2181, 1085, 2026, 849, 993, 2330, 1643),
+}
+PRESETS = sorted([*(REPO / "configs").glob("*-*c-a*.toml"), *(REPO / "configs").glob("*-dp-*.toml")])
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*-*c-a*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_real_presets_load_and_partition(path: Path) -> None:
     from privmed.data.partition import partition
 
@@ -311,4 +316,10 @@ def test_real_presets_load_and_partition(path: Path) -> None:
         **cfg.data.partition_options,
     )
     assert len(parts) == cfg.data.num_clients and sum(p.size for p in parts) == labels.size
-    build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
+    if cfg.privacy.mode == "sample":  # the server plans every partition from the data; plan them here
+        from privmed.federation.dp import client_plan
+
+        plans = [client_plan(cfg, p.size) for p in parts]
+        assert all(plan.epsilon <= cfg.privacy.epsilon * 1.01 for plan in plans)
+    else:
+        build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
