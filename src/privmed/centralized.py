@@ -1,10 +1,15 @@
-"""Centralised training: the non-private, non-federated baseline every other number is compared with.
+"""Centralised training: the non-federated baseline every other number is compared with, private or not.
 
 :func:`train_centralized` trains a model from a :class:`~privmed.config.Config` on the train split,
 evaluates every epoch on the validation split, keeps the checkpoint of the best validation epoch, and
 reports the test metrics of that checkpoint only (the test split never chooses anything). It saves
 ``last.pt`` after each epoch so a run can be resumed, ``best.pt`` for the chosen epoch, and returns a
 results record that :mod:`privmed.cli.train` writes as JSON. Uses only :mod:`privmed.train`.
+
+``privacy.mode = "sample"`` trains with DP-SGD (Abadi et al. 2016) by wrapping the model, optimizer and loader
+with :func:`privmed.privacy.make_private`, the same wrapper federated clients use: σ is calibrated so that the
+training split meets (ε, δ) over all ``train.epochs``, the accountant ledger is checkpointed with ``last.pt``
+(a resumed run continues it), and ε spent is recorded every epoch.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from privmed.config import Config
 from privmed.data import Dataset, load_dataset
 from privmed.errors import ConfigError
 from privmed.models import build_model, count_parameters
+from privmed.privacy import AccountantState
+from privmed.privacy.dpsgd import DPSGDPlan, make_private, plan_from_config
 from privmed.results import machine
 from privmed.train import evaluate, lr_at, make_loader, make_loss, make_optimizer, set_lr, set_seed, train_epoch
 
@@ -77,6 +84,42 @@ def check_train_config(cfg: Config, select: str) -> None:
     lr_at(t, step=1, total=t.epochs)  # an unknown schedule fails here, before anything is loaded
     if select not in SELECTORS:
         raise ConfigError(f"unknown selection metric {select!r}; choose one of: {', '.join(SELECTORS)}")
+    if cfg.privacy.mode not in PRIVACY_MODES:
+        raise ConfigError(
+            f"privacy.mode = {cfg.privacy.mode!r} cannot apply to centralised training: "
+            + PRIVACY_MODES_WHY.get(cfg.privacy.mode, f"choose one of {', '.join(PRIVACY_MODES)}")
+        )
+
+
+#: ``privacy.mode`` values centralised training honours.
+PRIVACY_MODES = ("none", "sample")
+PRIVACY_MODES_WHY = {
+    "client": "client-level DP protects a client's whole contribution, and there are no clients here; use "
+    "privacy.mode = 'sample' (DP-SGD, every training example protected) or `privmed federate`",
+}
+
+
+@dataclass
+class _Private:
+    """What DP-SGD adds to a centralised run: the plan (σ, q, steps), the ledger and the noise generator."""
+
+    plan: DPSGDPlan
+    ledger: AccountantState
+    noise: torch.Generator
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "mode": "sample",
+            "epsilon": self.ledger.epsilon(delta=self.plan.delta) if self.ledger.total_steps else 0.0,
+            "target_epsilon": self.plan.target_epsilon,
+            "delta": self.plan.delta,
+            "noise_multiplier": self.plan.noise_multiplier,
+            "max_grad_norm": self.plan.max_grad_norm,
+            "sample_rate": self.plan.sample_rate,
+            "steps": self.ledger.total_steps,
+            "planned_steps": self.plan.total_steps,
+            "accountant": self.plan.accountant,
+        }
 
 
 def _save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -98,8 +141,10 @@ def _clean(value: Any) -> Any:
 
 def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that must match to resume (extending ``epochs`` is allowed)."""
-    out = {k: dict(v) for k, v in cfg_dict.items() if k in ("data", "model", "train")}
-    out["train"].pop("epochs", None)
+    out = {k: dict(v) for k, v in cfg_dict.items() if k in ("data", "model", "train", "privacy")}
+    if out.get("privacy", {}).get("mode", "none") == "none":
+        out.pop("privacy", None)  # privacy settings without DP change nothing
+        out["train"].pop("epochs", None)  # under DP, sigma was calibrated for the epochs: they must not change
     return out
 
 
@@ -112,8 +157,9 @@ def _load_resume(path: Path, cfg: Config) -> dict[str, Any]:
         raise ConfigError(f"--resume: cannot read checkpoint {path} ({exc}); delete it and start again") from None
     if _comparable(ckpt.get("config", {})) != _comparable(cfg.to_dict()):
         raise ConfigError(
-            f"--resume: {path} was written with a different config (only train.epochs may change); "
-            "use another --out directory for a new config"
+            f"--resume: {path} was written with a different config (only train.epochs may change, and not "
+            "under DP, whose noise was calibrated for the planned epochs); use another --out directory for a new "
+            "config"
         )
     return ckpt
 
@@ -132,11 +178,12 @@ def train_centralized(
     Parameters
     ----------
     cfg
-        Uses ``[data]``, ``[model]`` and ``[train]``.
+        Uses ``[data]``, ``[model]``, ``[train]`` and ``[privacy]`` (``mode`` ``"none"`` or ``"sample"``).
     out_dir
         Where ``last.pt`` and ``best.pt`` go (created only once the inputs are known to be valid).
     resume
-        Continue from ``out_dir/last.pt`` (same config; ``train.epochs`` may be raised).
+        Continue from ``out_dir/last.pt`` (same config; ``train.epochs`` may be raised, except under DP-SGD,
+        whose σ was calibrated for the planned epochs). Under DP the ledger continues from the checkpoint.
     select
         Validation metric choosing the epoch, a key of :data:`SELECTORS`.
     dataset
@@ -149,7 +196,8 @@ def train_centralized(
     -------
     dict
         The results record (JSON-safe): config, machine, dataset, model, per-epoch history, chosen epoch,
-        val and test metrics of the chosen checkpoint, throughput.
+        val and test metrics of the chosen checkpoint, throughput, and ``privacy`` (``None`` without DP;
+        else σ, C, q, steps and the ε spent over the whole run, which bounds every epoch's checkpoint).
     """
     wall_start = time.perf_counter()
     cb = callbacks or Callbacks()
@@ -171,9 +219,42 @@ def train_centralized(
 
     history: list[dict[str, Any]] = []
     best_epoch, best_key = 0, None
-    if ckpt is not None:
+    if ckpt is not None:  # into the plain model and optimizer, before any DP wrapper
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+    plain_model, plain_optimizer = model, optimizer
+    private: _Private | None = None
+    if cfg.privacy.mode == "sample":
+        plan = plan_from_config(
+            cfg.privacy, dataset_size=len(dataset.train), batch_size=t.batch_size, rounds=t.epochs, local_epochs=1
+        )
+        saved = (ckpt or {}).get("privacy")
+        private = _Private(
+            plan,
+            AccountantState.from_dict(saved) if saved else AccountantState(accountant=plan.accountant),
+            torch.Generator(),
+        )
+        model, optimizer, train_loader = make_private(
+            model,
+            optimizer,
+            train_loader,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            grad_sample_mode=cfg.privacy.grad_sample_mode,
+            views_per_example=t.augment_multiplicity if t.augment else 1,
+            accountant_state=private.ledger,
+            noise_generator=private.noise,
+        )
+        log.info(
+            "DP-SGD: sigma %.4f, C = %.3g, q = %.4g, %d steps for (epsilon %.3g, delta %.3g)",
+            plan.noise_multiplier,
+            plan.max_grad_norm,
+            plan.sample_rate,
+            plan.total_steps,
+            plan.target_epsilon,
+            plan.delta,
+        )
+    if ckpt is not None:
         history = list(ckpt["history"])
         best_epoch = int(ckpt["best_epoch"])
         best_key = SELECTORS[select](history[best_epoch - 1]["val"]) if best_epoch else None
@@ -189,6 +270,8 @@ def train_centralized(
         # per-epoch seeds: a resumed run sees the same batches and augmentations as an uninterrupted one
         train_loader.generator.manual_seed(t.seed * 100_003 + epoch)
         torch.manual_seed(t.seed * 100_003 + epoch)
+        if private is not None:
+            private.noise.manual_seed(t.seed * 100_003 + epoch + 7919)
         set_lr(optimizer, lr_at(t, step=epoch, total=t.epochs))
         stats = train_epoch(
             model,
@@ -207,25 +290,29 @@ def train_centralized(
             "samples_per_s": stats["examples"] / stats["seconds"] if stats["seconds"] > 0 else None,
             "val": val,
         }
+        if private is not None:
+            record["epsilon"] = private.record()["epsilon"]
         history.append(record)
         key = SELECTORS[select](val)
         is_best = best_key is None or key > best_key
         if is_best:
             best_epoch, best_key = epoch, key
-            _save_atomic({"model": model.state_dict(), "epoch": epoch}, out / "best.pt")
+            _save_atomic({"model": plain_model.state_dict(), "epoch": epoch}, out / "best.pt")
         _save_atomic(
             {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "model": plain_model.state_dict(),
+                "optimizer": plain_optimizer.state_dict(),
                 "history": _clean(history),
                 "best_epoch": best_epoch,
                 "config": cfg.to_dict(),
+                **({"privacy": private.ledger.to_dict()} if private is not None else {}),
             },
             out / "last.pt",
         )
         if cb.on_epoch:
             cb.on_epoch(_clean(record), is_best)
 
+    model = plain_model
     model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"])
     val = evaluate(model, val_loader, info)
     test = evaluate(model, test_loader, info)
@@ -265,5 +352,6 @@ def train_centralized(
             "train_seconds": train_seconds,
             "wall_seconds": time.perf_counter() - wall_start,
             "checkpoints": {"best": str(out / "best.pt"), "last": str(out / "last.pt")},
+            "privacy": private.record() if private is not None else None,
         }
     )

@@ -70,6 +70,7 @@ def test_unknown_config_key_exits_2_without_output(tmp_path: Path, capsys: pytes
         ("train.epochs=0", ("epochs",)),
         ("data.name=nosuchmnist", ("nosuchmnist",)),
         ("data.options={colour = 3}", ("colour", "valid options")),
+        ("privacy.mode='client'", ("client-level DP", "no clients")),
     ],
 )
 def test_bad_values_exit_2_without_output(
@@ -79,6 +80,23 @@ def test_bad_values_exit_2_without_output(
     assert _train(out, "--set", override) == 2
     _assert_one_line_error(capsys, *words)
     assert not out.exists()
+
+
+def test_bad_dp_sgd_settings_exit_2_without_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bad"
+    assert _train(out, "--set", "privacy.mode='sample'", "--set", "privacy.epsilon=0") == 2
+    _assert_one_line_error(capsys, "privacy.epsilon")
+    assert _train(out, "--set", "privacy.mode='sample'", "--set", "privacy.max_grad_norm=-1") == 2
+    _assert_one_line_error(capsys, "max_grad_norm")
+    assert not out.exists()
+
+
+def test_dp_sgd_prints_epsilon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _train(tmp_path / "dp", "--set", SMALL, "--set", "train.epochs=1", "--set", "privacy.mode='sample'") == 0
+    err = capsys.readouterr().err
+    assert "ε" in err and "epsilon spent" in err
+    result = json.loads((tmp_path / "dp" / "results.json").read_text())
+    assert 0 < result["privacy"]["epsilon"] <= result["privacy"]["target_epsilon"] * 1.01
 
 
 def test_resume_without_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

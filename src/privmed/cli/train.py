@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             progress.console.print(
                 f"epoch {rec['epoch']:>3}/{epochs}  train loss {_fmt(rec['train_loss'])}  "
                 f"val acc {_fmt(v['accuracy'])}  auc {_fmt(v['auc'])}  f1 {_fmt(v['macro_f1'])}"
+                + (f"  ε {rec['epsilon']:.3f}" if "epsilon" in rec else "")
                 + ("  [green]best[/green]" if is_best else "")
             )
             progress.update(task, description=f"epoch {min(rec['epoch'] + 1, epochs)}/{epochs}")
@@ -113,5 +114,12 @@ def run(args: argparse.Namespace) -> int:
         f" · {result['samples_per_s'] or 0:.0f} train samples/s"
     )
     con.print(table)
+    if result.get("privacy"):
+        dp = result["privacy"]
+        con.print(
+            f"privacy (DP-SGD): epsilon spent {dp['epsilon']:.3f} of target {dp['target_epsilon']} at delta "
+            f"{dp['delta']:.2g} (sigma {dp['noise_multiplier']:.3f}, C = {dp['max_grad_norm']}, q = "
+            f"{dp['sample_rate']:.4g}, {dp['steps']} steps, {dp['accountant']})"
+        )
     con.print(f"results: {path}")
     return 0

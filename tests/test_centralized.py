@@ -1,0 +1,67 @@
+"""Centralised training under DP-SGD (privmed.centralized with privacy.mode = "sample")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from privmed.centralized import Callbacks, train_centralized
+from privmed.config import from_dict
+from privmed.errors import ConfigError
+from privmed.privacy import epsilon_for
+
+
+def _cfg(**privacy: object):
+    return from_dict(
+        {
+            "data": {"name": "phantom", "options": {"classes": 2, "n_train": 160, "n_val": 60, "n_test": 60}},
+            "model": {"name": "cnn", "width": 8},
+            "train": {"epochs": 2, "batch_size": 16, "lr": 0.1},
+            "privacy": {"mode": "sample", "epsilon": 4.0, "delta": 1e-3, "max_grad_norm": 1.0, **privacy},
+        }
+    )
+
+
+class _InterruptedError(Exception):
+    pass
+
+
+def test_dp_sgd_spends_the_target_epsilon_and_says_so(tmp_path: Path) -> None:
+    result = train_centralized(_cfg(), out_dir=tmp_path)
+    dp = result["privacy"]
+    assert dp["steps"] == dp["planned_steps"] == 2 * 10  # q = 16 / 160: 10 Poisson batches per epoch
+    assert dp["sample_rate"] == pytest.approx(0.1)
+    assert 3.8 <= dp["epsilon"] <= 4.0 * 1.01  # calibrated to the target, never above it (1% tolerance)
+    # ε from the run's ledger equals ε recomputed from (σ, q, steps, δ) alone
+    again = epsilon_for(
+        noise_multiplier=dp["noise_multiplier"], sample_rate=dp["sample_rate"], steps=dp["steps"], delta=dp["delta"]
+    )
+    assert dp["epsilon"] == pytest.approx(again, rel=1e-9)
+    eps = [h["epsilon"] for h in result["history"]]
+    assert 0 < eps[0] < eps[1] == pytest.approx(dp["epsilon"])
+
+
+def test_dp_sgd_resume_continues_the_ledger_and_the_noise(tmp_path: Path) -> None:
+    full = train_centralized(_cfg(), out_dir=tmp_path / "full")
+
+    def stop_after_first(record: dict, is_best: bool) -> None:
+        raise _InterruptedError
+
+    with pytest.raises(_InterruptedError):
+        train_centralized(_cfg(), out_dir=tmp_path / "part", callbacks=Callbacks(on_epoch=stop_after_first))
+    part = train_centralized(_cfg(), out_dir=tmp_path / "part", resume=True)
+    assert [h["train_loss"] for h in part["history"]] == [h["train_loss"] for h in full["history"]]
+    assert part["privacy"] == full["privacy"]
+    assert part["test"] == full["test"]
+
+
+def test_dp_sgd_refuses_more_epochs_on_resume_and_client_level_dp(tmp_path: Path) -> None:
+    train_centralized(_cfg(), out_dir=tmp_path)
+    more = _cfg()
+    more.train.epochs = 3
+    with pytest.raises(ConfigError, match="not under DP"):
+        train_centralized(more, out_dir=tmp_path, resume=True)
+    with pytest.raises(ConfigError, match="no clients here"):
+        train_centralized(_cfg(mode="client"), out_dir=tmp_path / "client")
+    assert not (tmp_path / "client").exists()
