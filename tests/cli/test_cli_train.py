@@ -88,6 +88,8 @@ def test_bad_dp_sgd_settings_exit_2_without_output(tmp_path: Path, capsys: pytes
     _assert_one_line_error(capsys, "privacy.epsilon")
     assert _train(out, "--set", "privacy.mode='sample'", "--set", "privacy.max_grad_norm=-1") == 2
     _assert_one_line_error(capsys, "max_grad_norm")
+    assert _train(out, "--set", "privacy.mode='sample'", "--set", "privacy.noise_multiplier=0.1") == 2
+    _assert_one_line_error(capsys, "noise_multiplier = 0.1 cannot reach the target", "use sigma >=")
     assert not out.exists()
 
 

@@ -97,10 +97,17 @@ def test_dp_sgd_refuses_fedprox_and_bad_privacy_settings() -> None:
             _local(cfg_with(SAMPLE), {}), cfg_with(SAMPLE, federation={"strategy": "fedprox", "proximal_mu": 0.1}), 0
         )
     sizes = [120, 120, 120]
-    bad_settings = [({"epsilon": 0.0}, "epsilon"), ({"delta": 0.0}, "delta"), ({"max_grad_norm": 0.0}, "max_grad_norm")]
+    bad_settings = [
+        ({"epsilon": 0.0}, "epsilon"),
+        ({"delta": 0.0}, "delta"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"noise_multiplier": 0.05}, "cannot reach the target"),
+    ]
     for bad, match in bad_settings:
         with pytest.raises(PrivacyError, match=match):
             dp.SampleLevelDP(FedAvg(), cfg_with({**SAMPLE, **bad}), partition_sizes=sizes)
+    with pytest.raises(PrivacyError, match=r"noise_multiplier = 0.05 cannot reach the target.*use sigma >= "):
+        dp.ClientLevelDP(FedAvg(), cfg_with({**SAMPLE, "mode": "client", "noise_multiplier": 0.05}))
     with pytest.warns(UserWarning, match="1/n"):
         dp.SampleLevelDP(FedAvg(), cfg_with({**SAMPLE, "delta": 0.01}), partition_sizes=sizes)
 

@@ -241,6 +241,17 @@ def test_plan_meets_the_budget_over_the_whole_run() -> None:
     assert fixed.epsilon == pytest.approx(plan.epsilon)
 
 
+def test_a_fixed_sigma_that_overspends_the_target_is_refused_with_the_sigma_needed() -> None:
+    kw = {"target_delta": 1e-5, "dataset_size": 1000, "batch_size": 50, "rounds": 5, "local_epochs": 1}
+    needed = plan_dpsgd(target_epsilon=6.0, max_grad_norm=1.0, **kw).noise_multiplier
+    with pytest.raises(PrivacyError, match=rf"cannot reach the target.*use sigma >= {needed:.4g}"):
+        plan_dpsgd(target_epsilon=6.0, noise_multiplier=0.5 * needed, max_grad_norm=1.0, **kw)
+    ok = plan_dpsgd(target_epsilon=6.0, noise_multiplier=1.5 * needed, max_grad_norm=1.0, **kw)
+    assert ok.epsilon < 6.0
+    report_only = plan_dpsgd(target_epsilon=None, noise_multiplier=0.5 * needed, max_grad_norm=1.0, **kw)
+    assert report_only.epsilon > 6.0  # without a target, a fixed sigma only reports the epsilon it spends
+
+
 def test_plan_warns_when_delta_is_not_below_one_over_n() -> None:
     with pytest.warns(PrivacyWarning, match=r"1/n = 0\.005 \(n = 200 records\)"):
         plan_dpsgd(

@@ -365,7 +365,8 @@ def plan_dpsgd(
     max_grad_norm
         C (validated here so bad configs fail before training).
     noise_multiplier
-        Override: use this σ and report the ε it gives instead of calibrating.
+        Override: use this σ and report the ε it gives instead of calibrating. With a ``target_epsilon`` too,
+        a σ that would spend more than the target over the run is refused, naming the σ the target needs.
     """
     delta = check_delta(target_delta, dataset_size=dataset_size, name="delta")
     clip = check_clipping_norm(max_grad_norm)
@@ -389,9 +390,14 @@ def plan_dpsgd(
         eps_target = None if target_epsilon is None else check_epsilon(target_epsilon)
         sigma = check_noise_multiplier(noise_multiplier)
     eps = epsilon_for(noise_multiplier=sigma, sample_rate=q, steps=total, delta=delta, accountant=accountant)
-    if eps_target is not None and eps > eps_target:
-        logger.warning(
-            "noise_multiplier=%.4g spends epsilon=%.3g over the run, above the target %.3g", sigma, eps, eps_target
+    if eps_target is not None and eps > eps_target * (1 + epsilon_tolerance):
+        needed = calibrate_noise(
+            target_epsilon=eps_target, target_delta=delta, sample_rate=q, steps=total, accountant=accountant
+        )
+        raise PrivacyError(
+            f"privacy.noise_multiplier = {sigma:g} cannot reach the target: over the run's {total} DP-SGD steps at "
+            f"q = {q:.4g} it spends epsilon = {eps:.4g}, above privacy.epsilon = {eps_target:g}; use sigma >= "
+            f"{needed:.4g} (or leave noise_multiplier unset to calibrate it), or raise privacy.epsilon"
         )
     return DPSGDPlan(
         noise_multiplier=sigma,
