@@ -13,7 +13,8 @@ validation and reports.
 
 so a round's weight decays by ``d`` per round (``d = 0.8`` averages roughly the last five rounds). Integer
 arrays (counters) are taken from the latest model. The average is part of the checkpointed strategy state,
-so ``--resume`` continues it.
+so ``--resume`` continues it: a round's ``weights.npz`` holds the latest global model (what training continues
+from) and its ``strategy.npz`` the average that was evaluated (keys ``"0.average.<i>"``).
 """
 
 from __future__ import annotations
