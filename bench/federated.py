@@ -112,6 +112,7 @@ def summarise(model: str, results: dict[str, Any], baseline: dict[str, Any] | No
         "test_balanced_accuracy": final["test"]["balanced_accuracy"],
         "test_macro_f1": final["test"]["macro_f1"],
         "val_selected_round": chosen["round"],
+        "val_selected_by": chosen.get("metric", "accuracy"),
         "val_selected_test_accuracy": chosen["test"]["accuracy"],
         "val_selected_test_auc": chosen["test"]["auc"],
         "startup_seconds": results["timing"]["startup_seconds"][0],

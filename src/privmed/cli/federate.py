@@ -15,6 +15,7 @@ from typing import Any
 
 from privmed.cli._common import console
 from privmed.config import load_config
+from privmed.plots import plot_rounds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,5 +98,6 @@ def run(args: argparse.Namespace) -> int:
             f"privacy ({details['mode']}-level DP): epsilon spent {spent:.3f} of target {details['target_epsilon']}"
             f" at delta {details['delta']:g}"
         )
-    con.print(f"results: {Path(results['out_dir']) / 'results.json'}")
+    figure = plot_rounds(results, Path(results["out_dir"]) / "rounds.png")
+    con.print(f"results: {Path(results['out_dir']) / 'results.json'}; per-round curves: {figure}")
     return 0

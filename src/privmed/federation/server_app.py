@@ -18,6 +18,7 @@ when ``federation.fraction_evaluate > 0``) replies, traffic and failures are met
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -539,14 +540,19 @@ def _call_if_defined(obj: Any, method: str) -> Any:
     return fn() if callable(fn) else None
 
 
+def _finite(value: Any) -> float:
+    """A metric for sorting: missing or NaN (e.g. AUC of a one-class split) sorts last."""
+    return float(value) if value is not None and not math.isnan(float(value)) else float("-inf")
+
+
 def results_payload(
     cfg: Config, info: Any, recorder: RunRecorder, *, status: str, parts: tuple[np.ndarray, ...]
 ) -> dict[str, Any]:
     """The results JSON of a federated run (see ``docs`` in the CLI for the fields)."""
     rounds = sorted(recorder.rounds, key=lambda r: r["round"])
-    best = max(
+    best = max(  # validation AUC, as privmed train and MedMNIST v2 choose (accuracy, then the earlier round)
         (r for r in rounds if "val" in r),
-        key=lambda r: (r["val"].get("accuracy", float("-inf")), -r["round"]),
+        key=lambda r: (_finite(r["val"].get("auc")), _finite(r["val"].get("accuracy")), -r["round"]),
         default=None,
     )
     steady = [r["wall_seconds"] for r in rounds[1:]]
@@ -570,7 +576,9 @@ def results_payload(
         "final": {"round": rounds[-1]["round"], "val": rounds[-1].get("val"), "test": rounds[-1].get("test")}
         if rounds
         else None,
-        "selected_by_val": {"round": best["round"], "val": best["val"], "test": best.get("test")} if best else None,
+        "selected_by_val": {"round": best["round"], "metric": "auc", "val": best["val"], "test": best.get("test")}
+        if best
+        else None,
         "timing": {
             "startup_seconds": [s.get("startup_seconds") for s in recorder.sessions],
             "round1_seconds": rounds[0]["wall_seconds"] if rounds else None,
