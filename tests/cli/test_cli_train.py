@@ -33,6 +33,7 @@ def test_smoke_preset_writes_results(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert result["test"]["accuracy"] > 0.7 and result["test"]["auc"] > 0.8
     assert result["samples_per_s"] > 0
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
+    assert (out / "epochs.png").read_bytes()[:4] == b"\x89PNG"
     err = capsys.readouterr().err
     assert "phantom (synthetic)" in err and "accuracy" in err
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from privmed.centralized import SELECTORS, Callbacks, check_train_config, default_out_dir, train_centralized
 from privmed.cli._common import console
 from privmed.config import load_config
+from privmed.plots import plot_epochs
 from privmed.results import write_json_atomic
 
 #: Metrics shown in the final table, in order.
@@ -121,5 +122,6 @@ def run(args: argparse.Namespace) -> int:
             f"{dp['delta']:.2g} (sigma {dp['noise_multiplier']:.3f}, C = {dp['max_grad_norm']}, q = "
             f"{dp['sample_rate']:.4g}, {dp['steps']} steps, {dp['accountant']})"
         )
-    con.print(f"results: {path}")
+    figure = plot_epochs(result, out / "epochs.png")
+    con.print(f"results: {path}; per-epoch curves: {figure}")
     return 0
