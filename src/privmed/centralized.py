@@ -142,9 +142,9 @@ def _clean(value: Any) -> Any:
 def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that must match to resume (extending ``epochs`` is allowed)."""
     out = {k: dict(v) for k, v in cfg_dict.items() if k in ("data", "model", "train", "privacy")}
-    if out.get("privacy", {}).get("mode", "none") == "none":
+    if out.get("privacy", {}).get("mode", "none") == "none":  # under DP, sigma was calibrated for the epochs
         out.pop("privacy", None)  # privacy settings without DP change nothing
-        out["train"].pop("epochs", None)  # under DP, sigma was calibrated for the epochs: they must not change
+        out["train"].pop("epochs", None)  # so only a non-private run may extend them
     return out
 
 

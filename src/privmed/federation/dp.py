@@ -64,7 +64,7 @@ from privmed.privacy import (
     AccountantState,
     DPSGDPlan,
     add_gaussian_noise,
-    client_level_epsilon,
+    check_fixed_noise,
     client_level_noise_multiplier,
     client_level_noise_std,
     clip_update,
@@ -355,29 +355,15 @@ class ClientLevelDP(StrategyWrapper):
             )
         else:
             self.sigma = float(privacy.noise_multiplier)
-            spent = client_level_epsilon(
+            check_fixed_noise(
                 noise_multiplier=self.sigma,
-                num_sampled_clients=self.m,
-                num_total_clients=n,
-                rounds=cfg.federation.rounds,
-                delta=privacy.delta,
+                target_epsilon=privacy.epsilon,
+                target_delta=privacy.delta,
+                sample_rate=min(1.0, self.m / n),
+                steps=cfg.federation.rounds,
                 accountant=privacy.accountant,
+                schedule=f"{cfg.federation.rounds} rounds of {self.m} of {n} clients",
             )
-            if spent > privacy.epsilon * 1.01:
-                needed = client_level_noise_multiplier(
-                    target_epsilon=privacy.epsilon,
-                    target_delta=privacy.delta,
-                    num_sampled_clients=self.m,
-                    num_total_clients=n,
-                    rounds=cfg.federation.rounds,
-                    accountant=privacy.accountant,
-                )
-                raise PrivacyError(
-                    f"privacy.noise_multiplier = {self.sigma:g} cannot reach the target: over "
-                    f"{cfg.federation.rounds} rounds of {self.m} of {n} clients it spends epsilon = {spent:.4g}, "
-                    f"above privacy.epsilon = {privacy.epsilon:g}; use sigma >= {needed:.4g} (or leave "
-                    "noise_multiplier unset to calibrate it), or raise privacy.epsilon"
-                )
         self.ledger_json = json.dumps(AccountantState(accountant=privacy.accountant).to_dict())
         log.info(
             "client-level DP: sigma %.3f, C = %.3g, %s noise, q = %d/%d clients per round",

@@ -263,6 +263,50 @@ def calibrate_noise(
     return float(high)
 
 
+def check_fixed_noise(
+    *,
+    noise_multiplier: float,
+    target_epsilon: float,
+    target_delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+    epsilon_tolerance: float = 0.01,
+    schedule: str = "",
+) -> float:
+    """ε a user-fixed σ spends over ``steps`` steps at rate q; refused when it exceeds the target.
+
+    ``schedule`` describes the steps for the message (e.g. ``"the run's 160 DP-SGD steps at q = 0.125"``).
+
+    Raises
+    ------
+    PrivacyError
+        When ε > ``target_epsilon · (1 + epsilon_tolerance)``, naming the ε it would spend and the σ the
+        target needs (:func:`calibrate_noise`).
+    """
+    eps = epsilon_for(
+        noise_multiplier=noise_multiplier,
+        sample_rate=sample_rate,
+        steps=steps,
+        delta=target_delta,
+        accountant=accountant,
+    )
+    if eps > target_epsilon * (1 + epsilon_tolerance):
+        needed = calibrate_noise(
+            target_epsilon=target_epsilon,
+            target_delta=target_delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+        raise PrivacyError(
+            f"privacy.noise_multiplier = {noise_multiplier:g} cannot reach the target: over {schedule} it spends "
+            f"epsilon = {eps:.4g}, above privacy.epsilon = {target_epsilon:g}; use sigma >= {needed:.4g} (or leave "
+            "noise_multiplier unset to calibrate it), or raise privacy.epsilon"
+        )
+    return eps
+
+
 def steps_per_epoch(*, sample_rate: float) -> int:
     """Steps in one epoch of Poisson sampling at rate q: ``int(1/q)``, exactly as Opacus' sampler counts."""
     return int(1 / check_sample_rate(sample_rate))

@@ -44,6 +44,7 @@ from privmed.privacy.accounting import (
     AccountantState,
     calibrate_noise,
     check_accountant_name,
+    check_fixed_noise,
     epsilon_for,
     steps_per_run,
 )
@@ -389,16 +390,19 @@ def plan_dpsgd(
     else:
         eps_target = None if target_epsilon is None else check_epsilon(target_epsilon)
         sigma = check_noise_multiplier(noise_multiplier)
-    eps = epsilon_for(noise_multiplier=sigma, sample_rate=q, steps=total, delta=delta, accountant=accountant)
-    if eps_target is not None and eps > eps_target * (1 + epsilon_tolerance):
-        needed = calibrate_noise(
-            target_epsilon=eps_target, target_delta=delta, sample_rate=q, steps=total, accountant=accountant
+    if eps_target is not None and noise_multiplier is not None:
+        eps = check_fixed_noise(
+            noise_multiplier=sigma,
+            target_epsilon=eps_target,
+            target_delta=delta,
+            sample_rate=q,
+            steps=total,
+            accountant=accountant,
+            epsilon_tolerance=epsilon_tolerance,
+            schedule=f"the run's {total} DP-SGD steps at q = {q:.4g}",
         )
-        raise PrivacyError(
-            f"privacy.noise_multiplier = {sigma:g} cannot reach the target: over the run's {total} DP-SGD steps at "
-            f"q = {q:.4g} it spends epsilon = {eps:.4g}, above privacy.epsilon = {eps_target:g}; use sigma >= "
-            f"{needed:.4g} (or leave noise_multiplier unset to calibrate it), or raise privacy.epsilon"
-        )
+    else:
+        eps = epsilon_for(noise_multiplier=sigma, sample_rate=q, steps=total, delta=delta, accountant=accountant)
     return DPSGDPlan(
         noise_multiplier=sigma,
         sample_rate=q,
