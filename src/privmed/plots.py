@@ -5,18 +5,36 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def _series(rounds: list[dict[str, Any]], split: str, metric: str) -> tuple[list[int], list[float]]:
+def _series(
+    records: list[dict[str, Any]], x_key: str, get: Callable[[dict[str, Any]], Any]
+) -> tuple[list[int], list[float]]:
+    """``(x, value)`` pairs of the records whose value is present and not NaN."""
     xs, ys = [], []
-    for record in rounds:
-        value = (record.get(split) or {}).get(metric)
+    for record in records:
+        value = get(record)
         if value is not None and not math.isnan(float(value)):
-            xs.append(int(record["round"]))
+            xs.append(int(record[x_key]))
             ys.append(float(value))
     return xs, ys
+
+
+def _metric(split: str, metric: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda record: (record.get(split) or {}).get(metric)
+
+
+def _line(
+    ax: Any, records: list[dict[str, Any]], x_key: str, get: Callable[[dict[str, Any]], Any], style: str, label: str
+) -> list[float]:
+    """Plot one series (when it has any point); its values."""
+    xs, ys = _series(records, x_key, get)
+    if xs:
+        ax.plot(xs, ys, style, marker="o", markersize=3, label=label)
+    return ys
 
 
 def _epsilon_axis(
@@ -52,41 +70,67 @@ def _save(fig: Any, out: Path) -> Path:
     return out
 
 
+def _figure() -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    return fig, fig.subplots()
+
+
+def _finish(
+    fig: Any,
+    ax: Any,
+    results: dict[str, Any],
+    records: list[dict[str, Any]],
+    *,
+    x_key: str,
+    chosen: int | None,
+    target: float | None,
+    epsilon_label: str,
+    out: Path,
+) -> Path:
+    """What both figures share: the chosen mark, integer x ticks, the ε axis, title, legend, the atomic save."""
+    from matplotlib.ticker import MaxNLocator
+
+    if chosen:
+        ax.axvline(chosen, color="0.5", linestyle=":", label=f"chosen on val ({x_key} {chosen})")
+    ax.set_xlabel(x_key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = _epsilon_axis(ax, records, x_key, target, epsilon_label)
+    dataset = (results.get("dataset") or {}).get("display_name", "")
+    model = (results.get("model") or {}).get("name", "")
+    ax.set_title(f"{dataset} · {model} · {len(records)} {x_key}s", fontsize=10)
+    ax.legend(handles, labels, fontsize=7, loc="lower right")
+    return _save(fig, out)
+
+
 def plot_rounds(results: dict[str, Any], path: str | Path) -> Path:
     """Validation and test AUC and accuracy per round, with the ε spent so far when the run is private.
 
     ``results`` is a federated run's ``results.json`` payload. The round chosen on validation is marked, and
     rounds that failed (e.g. SecAgg+ could not unmask) are shaded. The image is written atomically.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    out = Path(path)
     rounds = list(results.get("rounds") or [])
-    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _figure()
     styles = {("val", "auc"): "C0-", ("test", "auc"): "C0--", ("val", "accuracy"): "C1-", ("test", "accuracy"): "C1--"}
     for (split, metric), style in styles.items():
-        xs, ys = _series(rounds, split, metric)
-        if xs:
-            ax.plot(xs, ys, style, marker="o", markersize=3, label=f"{split} {metric}")
-    chosen = (results.get("selected_by_val") or {}).get("round")
-    if chosen:
-        ax.axvline(chosen, color="0.5", linestyle=":", label=f"chosen on val (round {chosen})")
+        _line(ax, rounds, "round", _metric(split, metric), style, f"{split} {metric}")
     for record in rounds:
         if record.get("round_failed"):
             ax.axvspan(record["round"] - 0.5, record["round"] + 0.5, color="red", alpha=0.12)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("metric (global model, server-side evaluation)")
     ax.set_ylim(0.0, 1.02)
-    target = (results.get("privacy_details") or {}).get("target_epsilon")
-    handles, labels = _epsilon_axis(ax, rounds, "round", target, "ε spent (worst client)")
-    dataset = (results.get("dataset") or {}).get("display_name", "")
-    model = (results.get("model") or {}).get("name", "")
-    ax.set_title(f"{dataset} · {model} · {len(rounds)} rounds", fontsize=10)
-    ax.legend(handles, labels, fontsize=7, loc="lower right")
-    return _save(fig, out)
+    return _finish(
+        fig,
+        ax,
+        results,
+        rounds,
+        x_key="round",
+        chosen=(results.get("selected_by_val") or {}).get("round"),
+        target=(results.get("privacy_details") or {}).get("target_epsilon"),
+        epsilon_label="ε spent (worst client)",
+        out=Path(path),
+    )
 
 
 def plot_epochs(results: dict[str, Any], path: str | Path) -> Path:
@@ -94,31 +138,21 @@ def plot_epochs(results: dict[str, Any], path: str | Path) -> Path:
 
     ``results`` is the run's ``results.json`` payload; the epoch chosen on validation is marked.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     history = list(results.get("history") or [])
-    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _figure()
     for metric, style in (("auc", "C0-"), ("accuracy", "C1-")):
-        xs, ys = _series([{**h, "round": h["epoch"]} for h in history], "val", metric)
-        if xs:
-            ax.plot(xs, ys, style, marker="o", markersize=3, label=f"val {metric}")
-    losses = [(int(h["epoch"]), float(h["train_loss"])) for h in history if h.get("train_loss") is not None]
-    losses = [(e, v) for e, v in losses if not math.isnan(v)]
-    if losses:
-        ax.plot(*zip(*losses, strict=True), "C2-", marker="o", markersize=3, label="train loss")
-    chosen = results.get("chosen_epoch")
-    if chosen:
-        ax.axvline(chosen, color="0.5", linestyle=":", label=f"chosen on val (epoch {chosen})")
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _line(ax, history, "epoch", _metric("val", metric), style, f"val {metric}")
+    losses = _line(ax, history, "epoch", lambda h: h.get("train_loss"), "C2-", "train loss")
     ax.set_ylabel("validation metric / training loss")
-    ax.set_ylim(0.0, max(1.02, *(v * 1.05 for _, v in losses)) if losses else 1.02)
-    target = (results.get("privacy") or {}).get("target_epsilon")
-    handles, labels = _epsilon_axis(ax, history, "epoch", target, "ε spent")
-    dataset = (results.get("dataset") or {}).get("display_name", "")
-    model = (results.get("model") or {}).get("name", "")
-    ax.set_title(f"{dataset} · {model} · {len(history)} epochs", fontsize=10)
-    ax.legend(handles, labels, fontsize=7, loc="lower right")
-    return _save(fig, Path(path))
+    ax.set_ylim(0.0, max(1.02, *(v * 1.05 for v in losses)) if losses else 1.02)
+    return _finish(
+        fig,
+        ax,
+        results,
+        history,
+        x_key="epoch",
+        chosen=results.get("chosen_epoch"),
+        target=(results.get("privacy") or {}).get("target_epsilon"),
+        epsilon_label="ε spent",
+        out=Path(path),
+    )
