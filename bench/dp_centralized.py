@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delta", type=float, default=1.9e-4)
     parser.add_argument("--data-dir", default=os.environ.get("PRIVMED_DATA_DIR", DEFAULT_DATA_DIR))
     parser.add_argument("--quick", action="store_true", help="2 epochs, one seed, phantom data: a check")
+    parser.add_argument("--tag", default="", help="suffix of the output files (an exploration beside the anchor)")
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.batch = 2, args.seeds[:1], 64
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
     }
     stem = "dp_centralized-quick" if args.quick else "dp_centralized"
+    if args.tag:
+        stem = f"{stem}-{args.tag}"
     RESULTS_DIR.mkdir(exist_ok=True)
     write_json_atomic(RESULTS_DIR / f"{stem}.json", payload)
     write_markdown(payload, RESULTS_DIR / f"{stem}.md")

@@ -96,6 +96,8 @@ PRIVACY_MODES = ("none", "sample")
 PRIVACY_MODES_WHY = {
     "client": "client-level DP protects a client's whole contribution, and there are no clients here; use "
     "privacy.mode = 'sample' (DP-SGD, every training example protected) or `privmed federate`",
+    "distributed": "it splits DP-SGD's noise across federated clients under SecAgg+, and there are no clients "
+    "here; centralised DP-SGD is privacy.mode = 'sample' (the same mechanism with one party adding the noise)",
 }
 
 

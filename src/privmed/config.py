@@ -93,7 +93,10 @@ class FederationConfig:
 @dataclass
 class PrivacyConfig:
     """Differential privacy. ``mode`` is ``"none"``, ``"sample"`` (DP-SGD per client: every example of a
-    client is protected) or ``"client"`` (client-level DP: a client's whole contribution is protected).
+    client is protected), ``"client"`` (client-level DP: a client's whole contribution is protected) or
+    ``"distributed"`` (one DP-SGD step per round over the union of the clients' examples, the noise split
+    across clients under SecAgg+: :mod:`privmed.federation.dp_distributed`; ``train.batch_size`` is then the
+    expected batch of the whole federation).
 
     ``epsilon`` and ``delta`` are the target for the whole run; ``max_grad_norm`` is C, the per-example
     gradient clipping norm (``"sample"``) or the update clipping norm (``"client"``).

@@ -17,6 +17,13 @@ from privmed.cli._common import console
 from privmed.config import load_config
 from privmed.plots import plot_rounds
 
+#: ``privacy.mode`` -> how the summary line names it.
+PRIVACY_LABELS = {
+    "sample": "sample-level DP per client",
+    "client": "client-level DP",
+    "distributed": "sample-level DP over the federation, noise split across clients",
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -95,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if details:
         spent = (results["rounds"][-1].get("epsilon") if results["rounds"] else None) or 0.0
         con.print(
-            f"privacy ({details['mode']}-level DP): epsilon spent {spent:.3f} of target {details['target_epsilon']}"
+            f"privacy ({PRIVACY_LABELS.get(details['mode'], details['mode'])}): epsilon spent {spent:.3f} of target "
+            f"{details['target_epsilon']}"
             f" at delta {details['delta']:g}"
         )
     figure = plot_rounds(results, Path(results["out_dir"]) / "rounds.png")

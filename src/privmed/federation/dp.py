@@ -90,7 +90,7 @@ CLIENT_NOISE = ("central", "split")
 PRIVATE_METRICS = frozenset({"train_loss"})
 
 
-def _check_no_client_evaluation(cfg: Config) -> None:
+def check_no_client_evaluation(cfg: Config) -> None:
     if cfg.federation.fraction_evaluate > 0:
         raise ConfigError(
             f"federation.fraction_evaluate = {cfg.federation.fraction_evaluate} asks every client for its accuracy on "
@@ -112,7 +112,7 @@ def client_plan(cfg: Config, dataset_size: int) -> DPSGDPlan:
     )
 
 
-def _check_sample_mode(cfg: Config) -> None:
+def check_sample_mode(cfg: Config) -> None:
     mode = cfg.privacy.grad_sample_mode
     if mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(
@@ -127,7 +127,8 @@ def _check_sample_mode(cfg: Config) -> None:
         )
     if cfg.federation.proximal_mu > 0:
         raise ConfigError(
-            f"federation.proximal_mu = {cfg.federation.proximal_mu} cannot be used with privacy.mode = 'sample': "
+            f"federation.proximal_mu = {cfg.federation.proximal_mu} cannot be used with privacy.mode = "
+            f"'{cfg.privacy.mode}': "
             "Opacus rebuilds each gradient from the clipped per-example gradients of the data loss, so FedProx's "
             "proximal term would silently have no effect; use federation.strategy = 'fedavg' (proximal_mu = 0)"
         )
@@ -142,7 +143,7 @@ def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) ->
         When this round would take the client past the steps its σ was calibrated for (the budget is
         spent), or for invalid privacy settings.
     """
-    _check_sample_mode(cfg)
+    check_sample_mode(cfg)
     n = len(local.loader.dataset)  # type: ignore[arg-type]
     plan = client_plan(cfg, n)
     saved = local.state.get(LEDGER_KEY)
@@ -227,8 +228,8 @@ class SampleLevelDP(StrategyWrapper):
 
     def __init__(self, strategy: Strategy, cfg: Config, *, partition_sizes: list[int]) -> None:
         super().__init__(strategy)
-        _check_sample_mode(cfg)
-        _check_no_client_evaluation(cfg)
+        check_sample_mode(cfg)
+        check_no_client_evaluation(cfg)
         check_privacy_config(cfg.privacy, dataset_size=min(partition_sizes))  # warns once, for the smallest client
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PrivacyWarning)
@@ -323,7 +324,7 @@ class ClientLevelDP(StrategyWrapper):
 
     def __init__(self, strategy: Strategy, cfg: Config) -> None:
         super().__init__(strategy)
-        _check_no_client_evaluation(cfg)
+        check_no_client_evaluation(cfg)
         privacy = cfg.privacy
         n = cfg.data.num_clients
         check_privacy_config(privacy, dataset_size=n)
@@ -509,3 +510,6 @@ task.TRAINING_WRAPPERS["sample"] = dp_sgd_wrapper
 server_app.STRATEGY_WRAPPERS["dp-sample"] = _sample_strategy
 server_app.STRATEGY_WRAPPERS["dp-client"] = _client_strategy
 client_app.MOD_FACTORIES["dp"] = _client_mods
+
+# The distributed-noise mode builds on the checks above; it registers itself when imported (kept last).
+from privmed.federation import dp_distributed as _dp_distributed  # noqa: E402, F401

@@ -29,10 +29,11 @@ from typing import Any
 
 import torch
 from opacus import GradSampleModule
-from opacus.data_loader import DPDataLoader
+from opacus.data_loader import DPDataLoader, dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.grad_sample import AbstractGradSampleModule
 from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from opacus.validators.errors import IllegalModuleConfigurationError
 from torch import nn
@@ -55,6 +56,7 @@ from privmed.privacy.validation import (
     check_delta,
     check_epsilon,
     check_noise_multiplier,
+    check_sample_rate,
 )
 
 logger = logging.getLogger(__name__)
@@ -180,6 +182,8 @@ def make_private(
     noise_generator: torch.Generator | None = None,
     loss_reduction: str = "mean",
     views_per_example: int = 1,
+    sample_rate: float | None = None,
+    steps: int | None = None,
 ) -> tuple[AbstractGradSampleModule, DPOptimizer, DataLoader]:
     """Wrap model, optimizer and loader for DP-SGD (Abadi et al. 2016) with Opacus.
 
@@ -213,6 +217,11 @@ def make_private(
         classification through scale", 2022): every example of a batch arrives as this many consecutive
         augmented copies, and its gradient is the mean over them, clipped once, so the privacy cost is that
         of one example. Only modes that can group rows per example allow more than 1 (``"bk"``).
+    sample_rate
+        Poisson rate q instead of ``1 / len(loader)`` (federated DP-SGD with distributed noise: every client
+        samples at the federation's common rate). The expected batch size is then q·n, not rounded.
+    steps
+        Batches per pass over the Poisson loader instead of ``⌈1/q⌉`` (``1``: one DP-SGD step).
 
     Returns
     -------
@@ -247,9 +256,22 @@ def make_private(
             f"so one example could move the update {views} times as far as the accountant assumes"
         )
     gs_model = mode.module(model, loss_reduction, clip, views)
+    if (sample_rate is not None or steps is not None) and not poisson_sampling:
+        raise PrivacyError("sample_rate and steps describe Poisson sampling; keep poisson_sampling=True")
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    if sample_rate is not None:  # a given rate: the expected batch is exactly q·n (not rounded)
+        rate = check_sample_rate(sample_rate)
+        expected_batch_size: float = n * rate
+    else:
+        rate = 1 / len(loader)
+        expected_batch_size = max(1, int(n * rate))
     if poisson_sampling:
         gs_model.forbid_grad_accumulation()
-        dp_loader: DataLoader = DPDataLoader.from_data_loader(loader, generator=loader.generator)
+        if sample_rate is None and steps is None:
+            dp_loader: DataLoader = DPDataLoader.from_data_loader(loader, generator=loader.generator)
+            rate = 1 / len(dp_loader)
+        else:
+            dp_loader = poisson_loader(loader, sample_rate=rate, steps=steps)
     else:
         msg = (
             "poisson_sampling=False: fixed-size shuffled batches are accounted as if Poisson-sampled, which is "
@@ -258,8 +280,7 @@ def make_private(
         logger.warning(msg)
         warnings.warn(msg, stacklevel=2)
         dp_loader = loader
-    sample_rate = 1 / len(dp_loader)
-    expected_batch_size = max(1, int(len(loader.dataset) * sample_rate))  # type: ignore[arg-type]
+        rate = 1 / len(dp_loader)
     dp_optimizer = mode.optimizer(
         optimizer,
         gs_model,
@@ -273,20 +294,44 @@ def make_private(
         state = accountant_state
 
         def record_step(opt: DPOptimizer) -> None:
-            state.step(
-                noise_multiplier=opt.noise_multiplier, sample_rate=sample_rate * opt.accumulated_iterations, steps=1
-            )
+            state.step(noise_multiplier=opt.noise_multiplier, sample_rate=rate * opt.accumulated_iterations, steps=1)
 
         dp_optimizer.attach_step_hook(record_step)
     logger.debug(
-        "DP-SGD: sigma=%.4f C=%.4g q=%.4g expected batch %d, mode %s",
+        "DP-SGD: sigma=%.4f C=%.4g q=%.4g expected batch %.1f, mode %s",
         sigma,
         clip,
-        sample_rate,
+        rate,
         expected_batch_size,
         grad_sample_mode,
     )
     return gs_model, dp_optimizer, dp_loader
+
+
+def poisson_loader(loader: DataLoader, *, sample_rate: float, steps: int | None = None) -> DataLoader:
+    """A loader over ``loader.dataset`` whose batches are Poisson samples at rate q (Opacus' sampler).
+
+    Like Opacus' ``DPDataLoader.from_data_loader`` (same collate function, empty batches allowed, the
+    loader's generator), but with q given rather than ``1 / len(loader)`` and ``steps`` batches per pass
+    (default ``int(1/q)``, as Opacus).
+    """
+    q = check_sample_rate(sample_rate)
+    if steps is not None:
+        check_count("steps", steps, minimum=1)
+    dataset = loader.dataset
+    first = dataset[0]  # type: ignore[index]
+    sampler = UniformWithReplacementSampler(
+        num_samples=len(dataset),  # type: ignore[arg-type]
+        sample_rate=q,
+        generator=loader.generator,
+        steps=steps,
+    )
+    collate = wrap_collate_with_empty(
+        collate_fn=loader.collate_fn,
+        sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+        dtypes=[dtype_safe(x) for x in first],
+    )
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=loader.num_workers)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

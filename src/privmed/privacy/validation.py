@@ -116,7 +116,7 @@ def check_count(name: str, value: int, *, minimum: int = 0) -> int:
 
 
 #: Values of ``privacy.mode``.
-PRIVACY_MODES = ("none", "sample", "client")
+PRIVACY_MODES = ("none", "sample", "client", "distributed")
 
 
 def check_privacy_config(privacy: object, *, dataset_size: int | None = None) -> None:
