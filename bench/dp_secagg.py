@@ -173,6 +173,28 @@ def _modes(runs: dict[str, Any]) -> str:
     return " and ".join(f"`{m}`" for m in used) or "-"
 
 
+def _dp_sentence(payload: dict[str, Any]) -> str:
+    """What "DP" means in this table: the privacy mode of its DP runs (the preset's, or an override)."""
+    cfg = payload["config"]
+    clip = _extra(cfg, "privacy.max_grad_norm", "7")
+    runs = [r for k, r in payload["runs"].items() if "/dp-on/" in k and "error" not in r]
+    modes = {(r.get("privacy_details") or {}).get("mode", "sample") for r in runs}
+    if modes == {"distributed"}:
+        d = runs[0]["privacy_details"]
+        return (
+            "DP = sample-level DP-SGD over the union of the clients' images with the noise split across clients "
+            f"under SecAgg+ (`privacy.mode = 'distributed'`): one step per round at Poisson rate q = "
+            f"{d['sample_rate']:.4f} (expected batch {d['expected_batch_size']:.0f} of {d['total_examples']}), "
+            f"C = {clip}, σ = {d['noise_multiplier']:.3f} calibrated for (ε = 6, δ = 1.9e-4) over all rounds, each "
+            f"client adding σ·C/√{d['sampled_clients']}; ε spent = every image's (RDP accountant)"
+        )
+    return (
+        "DP = sample-level DP-SGD per client (Opacus, Poisson sampling), "
+        f"C = {clip}, σ calibrated per client for (ε = 6, δ = 1.9e-4) over all rounds; ε spent = the largest over "
+        "clients (RDP accountant)"
+    )
+
+
 def markdown(payload: dict[str, Any]) -> str:
     m = payload["machine"]
     lines = [f"# DP + SecAgg+ study (DPResNet, FedAvg, non-IID) — privmed ({m['date']})", ""]
@@ -204,10 +226,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Study anchors: BloodMNIST 10 clients 98.11% (DP-/SecAgg+), 97.78% (DP+/SecAgg+); 20 clients 97.01% / "
         f"96.89%. {ANCHORS} Goal here: PneumoniaMNIST, 10 clients, ε = 6: test accuracy ≥ 88% and AUC ≥ 0.95.",
         "",
-        f"Config: `{Path(payload['preset']).name}` with {cfg}. DP = sample-level DP-SGD per client (Opacus, Poisson "
-        f"sampling), C = {_extra(cfg, 'privacy.max_grad_norm', '7')}, σ calibrated per client for (ε = 6, "
-        "δ = 1.9e-4) over all rounds; ε spent = the largest "
-        "over clients (RDP accountant); per-example clipping by "
+        f"Config: `{Path(payload['preset']).name}` with {cfg}. {_dp_sentence(payload)}; per-example clipping by "
         f"{_modes(payload['runs'])} (the same clipping and noise). "
         "SecAgg+ = Flower's SecAggPlusWorkflow, reconstruction threshold 4.",
         "",

@@ -321,5 +321,12 @@ def test_real_presets_load_and_partition(path: Path) -> None:
 
         plans = [client_plan(cfg, p.size) for p in parts]
         assert all(plan.epsilon <= cfg.privacy.epsilon * 1.01 for plan in plans)
+    elif cfg.privacy.mode == "distributed":  # calibrated for the union of the partitions
+        from flwr.server.strategy import FedAvg
+
+        from privmed.federation.dp_distributed import DistributedDP
+
+        wrapper = DistributedDP(FedAvg(), cfg, partition_sizes=[int(p.size) for p in parts])
+        assert wrapper.epsilon_planned <= cfg.privacy.epsilon * 1.01 and 0 < wrapper.sample_rate < 1
     else:
         build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
