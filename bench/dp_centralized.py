@@ -1,19 +1,21 @@
 """Centralised DP-SGD on PneumoniaMNIST: the anchor for the federated DP runs of ``bench/dp_secagg.py``.
 
 One model trained with DP-SGD on all 4,708 training images at the federated runs' budget (ε = 6,
-δ = 1.9e-4, σ calibrated for the whole run by :func:`privmed.privacy.plan_dpsgd`), with the same small
-GroupNorm CNN, clipping norm, optimiser and schedule as the setting chosen for the federated runs
-(``configs/pneumonia-dp-tuned.toml``), per-example clipping by privmed's ``bk``. The epoch is chosen on
-validation AUC; test metrics are those of the chosen epoch, at the arg-max and at the decision threshold
-chosen on validation. The gap between this and the federated table is what federation (10 non-IID clients,
-each accounting ε over its own ~470 images) costs on top of DP.
+δ = 1.9e-4, σ calibrated for the whole run by :func:`privmed.privacy.plan_dpsgd`) by the code behind
+``privmed train`` (:func:`privmed.centralized.train_centralized`), with the same small GroupNorm CNN,
+clipping norm, optimiser and schedule as the federated runs it anchors (``--batch 256``:
+``configs/pneumonia-dp-tuned.toml``, DP-SGD inside each client; ``--batch 1024 --lr 1``:
+``configs/pneumonia-dp-distributed.toml``, one step per round over the federation), per-example clipping by
+privmed's ``bk``. The epoch is chosen on validation AUC; test metrics are those of the chosen epoch, at the
+arg-max and at the decision threshold chosen on validation.
 
-Writes ``bench/results/dp_centralized.json`` and ``.md``; ``--quick`` (2 epochs, one seed, phantom data)
-writes ``dp_centralized-quick.*``: a check that the script runs, not a result.
+Writes ``bench/results/dp_centralized[-<tag>].json`` and ``.md``; ``--quick`` (2 epochs, one seed, phantom
+data) writes ``dp_centralized-quick.*``: a check that the script runs, not a result.
 
 Usage::
 
     python bench/dp_centralized.py                  # 3 seeds x 20 epochs, ~8 min on 2 CPU cores
+    python bench/dp_centralized.py --batch 1024 --lr 1.0 --tag b1024-lr1.0
     python bench/dp_centralized.py --quick
 """
 
@@ -23,29 +25,17 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from privmed.config import TrainConfig
+from privmed.centralized import Callbacks, train_centralized
+from privmed.config import from_dict
 from privmed.data import load_dataset
-from privmed.metrics.threshold import metrics_at_threshold, validation_threshold
-from privmed.models import build_model
-from privmed.privacy.dpsgd import make_private, plan_dpsgd
 from privmed.results import machine, write_json_atomic
-from privmed.train import (
-    lr_at,
-    make_loader,
-    make_loss,
-    make_optimizer,
-    output_metrics,
-    predict,
-    set_lr,
-    set_seed,
-    train_epoch,
-)
 
 DEFAULT_DATA_DIR = "/work/shared/data/medmnist"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -54,63 +44,52 @@ NON_PRIVATE = {"accuracy": 0.890, "auc": 0.956}
 
 
 def run_one(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    """One DP-SGD run; per-epoch validation/test metrics and the validation-chosen epoch."""
+    """One DP-SGD run of :func:`privmed.centralized.train_centralized` (the code behind ``privmed train``)."""
     if args.quick:
         ds = load_dataset("phantom", classes=2, n_train=400, n_val=100, n_test=100)
     else:
         ds = load_dataset("pneumoniamnist", root=args.data_dir, download=False)
-    set_seed(seed)
-    cfg = TrainConfig(batch_size=args.batch, lr=args.lr, momentum=args.momentum, lr_schedule=args.schedule, seed=seed)
-    model = build_model("cnn", in_channels=ds.info.n_channels, num_classes=2, width=args.width)
-    optimizer = make_optimizer(model, cfg)
-    loader = make_loader(ds.train, ds.info, batch_size=args.batch, shuffle=True, seed=seed)
-    plan = plan_dpsgd(
-        target_epsilon=args.epsilon,
-        target_delta=args.delta,
-        dataset_size=len(ds.train),
-        batch_size=args.batch,
-        rounds=args.epochs,
-        local_epochs=1,
-        max_grad_norm=args.clip,
+    cfg = from_dict(
+        {
+            "data": {"name": ds.info.name},
+            "model": {"name": "cnn", "width": args.width},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": args.batch,
+                "lr": args.lr,
+                "momentum": args.momentum,
+                "lr_schedule": args.schedule,
+                "seed": seed,
+            },
+            "privacy": {
+                "mode": "sample",
+                "epsilon": args.epsilon,
+                "delta": args.delta,
+                "max_grad_norm": args.clip,
+                "grad_sample_mode": "bk",
+            },
+        },
+        source="bench/dp_centralized.py",
     )
-    model, optimizer, loader = make_private(
-        model,
-        optimizer,
-        loader,
-        noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=args.clip,
-        grad_sample_mode="bk",
-        noise_generator=torch.Generator().manual_seed(seed),
-    )
-    val_loader = make_loader(ds.val, ds.info, batch_size=512, shuffle=False)
-    test_loader = make_loader(ds.test, ds.info, batch_size=512, shuffle=False)
-    loss_fn = make_loss(ds.info)
-    epochs, best, start = [], None, time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        set_lr(optimizer, lr_at(cfg, step=epoch, total=args.epochs))
-        train_epoch(model, loader, optimizer, loss_fn)
-        val_logits, val_y = predict(model, val_loader)
-        test_logits, test_y = predict(model, test_loader)
-        val = output_metrics(val_logits, val_y, ds.info)
-        test = output_metrics(test_logits, test_y, ds.info)
-        threshold = validation_threshold(val_logits, val_y, ds.info)
-        at_thr = metrics_at_threshold(test_logits, test_y, ds.info, threshold) if threshold is not None else {}
-        row = {"epoch": epoch, "val": val, "test": test, "threshold": threshold, "test_at_val_threshold": at_thr}
-        epochs.append(row)
-        if best is None or val["auc"] > best["val"]["auc"]:
-            best = row
-        print(f"  seed {seed} epoch {epoch}: val AUC {val['auc']:.3f}, test AUC {test['auc']:.3f}", file=sys.stderr)
-    assert best is not None
+
+    def on_epoch(record: dict[str, Any], best: bool) -> None:
+        print(f"  seed {seed} epoch {record['epoch']}: val AUC {record['val']['auc']:.3f}", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory(prefix="privmed-dpc-") as out:
+        result = train_centralized(cfg, out_dir=out, dataset=ds, callbacks=Callbacks(on_epoch=on_epoch))
+    dp = result["privacy"]
     return {
         "seed": seed,
         "train_size": len(ds.train),
-        "noise_multiplier": plan.noise_multiplier,
-        "sample_rate": plan.sample_rate,
-        "epsilon": plan.epsilon,
-        "chosen_epoch": best["epoch"],
-        "chosen": best,
-        "epochs": epochs,
-        "seconds": time.perf_counter() - start,
+        "noise_multiplier": dp["noise_multiplier"],
+        "sample_rate": dp["sample_rate"],
+        "epsilon": dp["epsilon"],
+        "chosen_epoch": result["chosen_epoch"],
+        "val": result["val"],
+        "test": result["test"],
+        "history": [{"epoch": h["epoch"], "val": h["val"], "epsilon": h.get("epsilon")} for h in result["history"]],
+        "samples_per_s": result["samples_per_s"],
+        "seconds": result["wall_seconds"],
     }
 
 
@@ -121,7 +100,7 @@ def _mean_std(values: list[float]) -> str:
 
 def write_markdown(payload: dict[str, Any], path: Path) -> None:
     runs = payload["runs"]
-    chosen = [r["chosen"] for r in runs]
+    chosen = runs
     auc = [c["test"]["auc"] for c in chosen]
     auc_std = statistics.stdev(auc) if len(auc) > 1 else 0.0
     a = payload["args"]
@@ -143,12 +122,13 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         f"| {_mean_std([c['test']['balanced_accuracy'] for c in chosen])} "
         f"| {_mean_std([c['test']['macro_f1'] for c in chosen])} "
         f"| {statistics.mean(auc):.3f} ± {auc_std:.3f} "
-        f"| {_mean_std([c['test_at_val_threshold']['accuracy'] for c in chosen])} "
-        f"| {_mean_std([c['test_at_val_threshold']['balanced_accuracy'] for c in chosen])} "
+        f"| {_mean_std([c['test']['vt_accuracy'] for c in chosen])} "
+        f"| {_mean_std([c['test']['vt_balanced_accuracy'] for c in chosen])} "
         f"| {', '.join(str(r['chosen_epoch']) for r in runs)} "
         f"| {statistics.mean(r['seconds'] for r in runs):.0f} |",
         "",
-        f"DP-SGD (Opacus optimizer, per-example clipping by privmed's `bk`, Poisson sampling), C = {a['clip']}, "
+        f"`privmed train` (privmed.centralized.train_centralized) with DP-SGD (Opacus optimizer, per-example "
+        f"clipping by privmed's `bk`, Poisson sampling), C = {a['clip']}, "
         f"batch {a['batch']} (expected), SGD lr {a['lr']} momentum {a['momentum']}, {a['schedule']} schedule over "
         f"epochs, no augmentation; σ calibrated for the whole run (RDP). Epoch chosen on validation AUC; test "
         "metrics of that epoch only, mean ± std over seeds; *@ val thr.*: at the decision threshold that "

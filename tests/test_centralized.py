@@ -65,3 +65,34 @@ def test_dp_sgd_refuses_more_epochs_on_resume_and_client_level_dp(tmp_path: Path
     with pytest.raises(ConfigError, match="no clients here"):
         train_centralized(_cfg(mode="client"), out_dir=tmp_path / "client")
     assert not (tmp_path / "client").exists()
+
+
+def test_binary_results_report_the_test_metrics_at_the_validation_threshold(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from privmed.data import load_dataset
+    from privmed.data.base import to_torch
+    from privmed.models import build_model
+
+    cfg = _cfg()
+    cfg.privacy.mode = "none"
+    result = train_centralized(cfg, out_dir=tmp_path)
+    # recompute from the chosen checkpoint, by hand: threshold maximising validation balanced accuracy
+    ds = load_dataset("phantom", classes=2, n_train=160, n_val=60, n_test=60)
+    model = build_model("cnn", in_channels=ds.info.n_channels, num_classes=2, width=8)
+    model.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=True)["model"])
+    model.eval()
+
+    def probs(split) -> tuple[np.ndarray, np.ndarray]:
+        x, y = to_torch(split, ds.info).tensors
+        with torch.no_grad():
+            return torch.softmax(model(x), 1)[:, 1].numpy(), y.numpy()
+
+    pv, yv = probs(ds.val)
+    thr = result["val"]["threshold"]
+    bal = lambda p, y, t: np.mean([np.mean((p[y == c] >= t) == c) for c in (0, 1)])  # noqa: E731
+    assert bal(pv, yv, thr) >= max(bal(pv, yv, t) for t in np.unique(pv)) - 1e-9
+    pt, yt = probs(ds.test)
+    assert result["test"]["vt_accuracy"] == pytest.approx(np.mean((pt >= thr) == yt), abs=1e-6)
+    assert result["test"]["vt_balanced_accuracy"] == pytest.approx(bal(pt, yt, thr), abs=1e-6)

@@ -32,7 +32,17 @@ from privmed.models import build_model, count_parameters
 from privmed.privacy import AccountantState
 from privmed.privacy.dpsgd import DPSGDPlan, make_private, plan_from_config
 from privmed.results import machine
-from privmed.train import evaluate, lr_at, make_loader, make_loss, make_optimizer, set_lr, set_seed, train_epoch
+from privmed.train import (
+    evaluate,
+    evaluate_val_test,
+    lr_at,
+    make_loader,
+    make_loss,
+    make_optimizer,
+    set_lr,
+    set_seed,
+    train_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +326,8 @@ def train_centralized(
 
     model = plain_model
     model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"])
-    val = evaluate(model, val_loader, info)
-    test = evaluate(model, test_loader, info)
+    # binary tasks: also the validation threshold and the test metrics at it (vt_*), as privmed federate reports
+    val, test = evaluate_val_test(model, val_loader, test_loader, info)
     train_examples = sum(len(dataset.train) for _ in history)
     train_seconds = sum(h["train_seconds"] for h in history)
     return _clean(

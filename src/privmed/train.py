@@ -268,6 +268,28 @@ def output_metrics(logits: Tensor, targets: Tensor, info: DatasetInfo) -> dict[s
     return {"loss": loss, **metrics, "examples": float(n)}
 
 
+def evaluate_val_test(
+    model: nn.Module, val_loader: DataLoader, test_loader: DataLoader, info: DatasetInfo
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``model``'s metrics on validation and test, plus, for a binary task, its validation threshold.
+
+    For binary tasks ``val["threshold"]`` is the probability threshold that maximises validation balanced
+    accuracy (:func:`privmed.metrics.threshold.youden_threshold`), and ``test`` also holds ``vt_accuracy``,
+    ``vt_balanced_accuracy`` and ``vt_macro_f1``: the test metrics at that threshold. Test is never used to
+    choose anything.
+    """
+    from privmed.metrics.threshold import metrics_at_threshold, validation_threshold
+
+    val_out, test_out = predict(model, val_loader), predict(model, test_loader)
+    val_metrics, test_metrics = output_metrics(*val_out, info), output_metrics(*test_out, info)
+    threshold = validation_threshold(*val_out, info)
+    if threshold is not None and test_out[0].shape[0]:
+        val_metrics["threshold"] = threshold
+        at = metrics_at_threshold(*test_out, info, threshold)
+        test_metrics.update({f"vt_{k}": v for k, v in at.items()})
+    return val_metrics, test_metrics
+
+
 def get_weights(model: nn.Module) -> list[np.ndarray]:
     """The model's state (parameters and buffers) as NumPy arrays, in ``state_dict`` order."""
     return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]

@@ -115,6 +115,13 @@ def run(args: argparse.Namespace) -> int:
         f" · {result['samples_per_s'] or 0:.0f} train samples/s"
     )
     con.print(table)
+    if "threshold" in result["val"]:
+        test = result["test"]
+        con.print(
+            f"at the decision threshold chosen on validation ({result['val']['threshold']:.3f}): test accuracy "
+            f"{test['vt_accuracy']:.4f}, balanced accuracy {test['vt_balanced_accuracy']:.4f}, macro-F1 "
+            f"{test['vt_macro_f1']:.4f}"
+        )
     if result.get("privacy"):
         dp = result["privacy"]
         con.print(

@@ -28,7 +28,6 @@ from privmed.config import Config, DataConfig
 from privmed.data import Dataset, DatasetInfo, Split, load_dataset
 from privmed.data.partition import partition_dataset
 from privmed.errors import ConfigError, DataError
-from privmed.metrics.threshold import metrics_at_threshold, validation_threshold
 from privmed.models import build_model
 from privmed.train import (
     evaluate,
@@ -36,12 +35,11 @@ from privmed.train import (
     make_loader,
     make_loss,
     make_optimizer,
-    output_metrics,
-    predict,
     set_seed,
     set_weights,
     train_epoch,
 )
+from privmed.train import evaluate_val_test as evaluate_model_val_test
 
 log = logging.getLogger(__name__)
 
@@ -263,22 +261,10 @@ def evaluate_weights(cfg: Config, weights: Sequence[np.ndarray], info: DatasetIn
 def evaluate_val_test(
     cfg: Config, weights: Sequence[np.ndarray], info: DatasetInfo, val: Split, test: Split
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """The global model's metrics on validation and test, plus, for a binary task, its validation threshold.
-
-    For binary tasks ``val["threshold"]`` is the probability threshold that maximises validation balanced
-    accuracy (:func:`privmed.metrics.threshold.youden_threshold`), and ``test`` also holds ``vt_accuracy``,
-    ``vt_balanced_accuracy`` and ``vt_macro_f1``: the test metrics at that threshold. Test is never used to
-    choose anything.
-    """
+    """The global model's metrics on validation and test (:func:`privmed.train.evaluate_val_test`: with the
+    validation threshold and the test metrics at it, ``vt_*``, for binary tasks)."""
     model = new_model(cfg, info)
     set_weights(model, weights)
     batch = max(cfg.train.batch_size, 256)
-    val_out = predict(model, make_loader(val, info, batch_size=batch, shuffle=False))
-    test_out = predict(model, make_loader(test, info, batch_size=batch, shuffle=False))
-    val_metrics, test_metrics = output_metrics(*val_out, info), output_metrics(*test_out, info)
-    threshold = validation_threshold(*val_out, info)
-    if threshold is not None and test_out[0].shape[0]:
-        val_metrics["threshold"] = threshold
-        at = metrics_at_threshold(*test_out, info, threshold)
-        test_metrics.update({f"vt_{k}": v for k, v in at.items()})
-    return val_metrics, test_metrics
+    val_loader = make_loader(val, info, batch_size=batch, shuffle=False)
+    return evaluate_model_val_test(model, val_loader, make_loader(test, info, batch_size=batch, shuffle=False), info)
