@@ -25,6 +25,10 @@ Models"; Flower's fixed-clipping DP)
     :class:`ClientLevelDP` (a server strategy wrapper) sends C and the noise share, adds the central noise,
     and accounts ε with client sampling q = m/N as the subsampling rate (one step per round).
 
+A third kind, ``"distributed"`` (sample-level DP over the union of all clients' data, one DP-SGD step per
+round, the noise split across clients under SecAgg+), lives in :mod:`privmed.federation.dp_distributed` and
+reuses the checks below.
+
 Noise here comes from seeded pseudo-random generators so runs are reproducible; a production deployment
 needs a cryptographically secure RNG.
 """
