@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -21,6 +23,7 @@ from privmed.privacy.dpsgd import (
     make_private,
     plan_dpsgd,
     plan_from_config,
+    poisson_loader,
     unwrap,
 )
 from privmed.privacy.validation import PrivacyWarning, check_privacy_config
@@ -343,3 +346,51 @@ def test_privacy_config_bad_input(changes: dict, match: str) -> None:
 def test_privacy_config_ok_and_off() -> None:
     check_privacy_config(PrivacyConfig(mode="sample"), dataset_size=1000)
     check_privacy_config(PrivacyConfig(mode="none", epsilon=-1.0))  # DP off: nothing else matters
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 60), q=st.floats(0.01, 1.0), steps=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_poisson_loader_takes_the_given_rate_and_steps(n: int, q: float, steps: int, seed: int) -> None:
+    ds = data(n)
+    batches = list(poisson_loader(loader(ds, seed=seed), sample_rate=q, steps=steps))
+    assert len(batches) == steps
+    for x, y in batches:  # empty batches keep the example shape (Opacus' collate for empty batches)
+        assert x.shape[1:] == (1, 8, 8) and x.shape[0] == y.shape[0] <= n
+
+
+def test_poisson_loader_includes_each_example_with_probability_q() -> None:
+    ds = TensorDataset(torch.arange(200).float().view(200, 1), torch.zeros(200, dtype=torch.long))
+    q, steps = 0.3, 400
+    counts = torch.zeros(200)
+    for x, _ in poisson_loader(loader(ds), sample_rate=q, steps=steps):
+        counts[x.view(-1).long()] += 1
+    # Binomial(400, 0.3) per example; the total over all examples is within 4 standard deviations of 200*400*q
+    total = float(counts.sum())
+    assert abs(total - 200 * steps * q) < 4 * math.sqrt(200 * steps * q * (1 - q))
+    assert int(counts.max()) <= steps  # never twice in one batch
+
+
+def test_a_given_rate_scales_the_step_by_the_exact_expected_batch() -> None:
+    # mean reduction divides the noised clipped sum by q*n (not rounded): here 0.37 * 64 = 23.68
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _, dopt, dl = make_private(
+        model, opt, loader(data()), noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.37, steps=1,
+        grad_sample_mode="bk",
+    )  # fmt: skip
+    assert dopt.expected_batch_size == pytest.approx(0.37 * 64) and len(dl) == 1
+    # the accountant records the given rate, not 1 / len(loader)
+    model = tiny_net()
+    ledger = AccountantState()
+    gm, dopt, dl = make_private(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), loader(data()), noise_multiplier=1.0,
+        max_grad_norm=1.0, sample_rate=0.37, steps=1, accountant_state=ledger,
+    )  # fmt: skip
+    for x, y in dl:
+        dopt.zero_grad()
+        nn.functional.cross_entropy(gm(x), y).backward()
+        dopt.step()
+    assert ledger.total_steps == 1
+    assert ledger.epsilon(delta=1e-5) == pytest.approx(
+        epsilon_for(noise_multiplier=1.0, sample_rate=0.37, steps=1, delta=1e-5), rel=1e-9
+    )
