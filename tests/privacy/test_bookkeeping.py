@@ -184,3 +184,29 @@ def test_multiplicity_is_refused_where_views_would_be_clipped_apart() -> None:
     )
     with pytest.raises(ValueError, match="cannot hold 2 augmented views"):
         nn.functional.cross_entropy(gm(x[:7]), y[:7]).backward()
+
+
+class _FrozenFrontEnd(nn.Module):
+    """A fixed feature extractor run under no_grad, then a trainable head (breaks bk's input-gradient trick)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.front = nn.Conv2d(1, 4, 3)
+        self.front.requires_grad_(False)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.front(x)
+        return self.head(x)
+
+
+def test_a_forward_that_cuts_the_graph_is_a_clear_error() -> None:
+    model = _FrozenFrontEnd()
+    data = TensorDataset(torch.randn(8, 1, 8, 8), torch.randint(0, 2, (8,)))
+    gm, _, _ = make_private(
+        model, torch.optim.SGD(model.head.parameters(), lr=0.1), DataLoader(data, batch_size=4),
+        noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="bk",
+    )  # fmt: skip
+    with pytest.raises(PrivacyError, match="cuts the graph"):
+        gm(torch.randn(4, 1, 8, 8))

@@ -36,6 +36,8 @@ from opacus.optimizers import DPOptimizerFastGradientClipping
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from privmed.errors import PrivacyError
+
 logger = logging.getLogger(__name__)
 
 #: What a layer hands over after the backward pass: per-parameter per-example norms, and a function
@@ -186,11 +188,19 @@ class BookKeepingGradSampleModule(GradSampleModuleFastGradientClipping):
         try:
             for p in params:
                 p.requires_grad_(False)
-            return self._module(*args, **kwargs)
+            out = self._module(*args, **kwargs)
         finally:
             for p in params:
                 p.requires_grad_(True)
             self._recording = False
+        if isinstance(out, Tensor) and not out.requires_grad:
+            raise PrivacyError(
+                "grad_sample_mode = 'bk' lets the gradient flow from the model's input to its layers, but this "
+                "model's output does not depend on its input through autograd (its forward cuts the graph, e.g. a "
+                "feature extractor under torch.no_grad() or .detach()); drop the no_grad/detach or use "
+                "grad_sample_mode = 'hooks'"
+            )
+        return out
 
     def capture_activations_hook(self, module: nn.Module, forward_input: Any, _forward_output: Any) -> None:
         """Store the layer's input (parameters are frozen during :meth:`forward`, so Opacus' check is skipped)."""
