@@ -58,9 +58,9 @@ def step(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, clip:
 
 
 @pytest.mark.parametrize("clip", [1e-3, 0.5, 1e6])  # every example clipped / some / none
-@pytest.mark.parametrize("net", ["mixed", "dpresnet"])
+@pytest.mark.parametrize("net", ["mixed", "dpresnet", "scatternet"])
 def test_norms_and_clipped_sum_match_opacus_hooks(net: str, clip: float) -> None:
-    make = mixed_net if net == "mixed" else lambda seed=0: _dpresnet(seed)
+    make = mixed_net if net == "mixed" else lambda seed=0: _built(net, seed)
     x, y = batch() if net == "mixed" else (torch.randn(12, 1, 28, 28), torch.randint(0, 2, (12,)))
     _, ref = step("hooks", make(seed=0), x, y, clip=clip)
     gm, bk = step("bk", make(seed=0), x, y, clip=clip)
@@ -71,9 +71,9 @@ def test_norms_and_clipped_sum_match_opacus_hooks(net: str, clip: float) -> None
         torch.testing.assert_close(p.grad, p_ref.grad.view_as(p), rtol=1e-4, atol=1e-7)
 
 
-def _dpresnet(seed: int) -> nn.Module:
+def _built(name: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return build_model("dpresnet", in_channels=1, num_classes=2, width=8)
+    return build_model(name, in_channels=1, num_classes=2, width=8)
 
 
 def test_noise_is_sigma_c_on_the_clipped_sum() -> None:

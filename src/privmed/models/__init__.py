@@ -12,9 +12,10 @@ from torch import nn
 from privmed.errors import ConfigError
 from privmed.models.cnn import SmallCNN
 from privmed.models.dpresnet import DPResNet
+from privmed.models.scatternet import ScatterNet
 
 #: Model name -> class. A new model is one file and one entry here.
-MODELS: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "dpresnet": DPResNet}
+MODELS: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "dpresnet": DPResNet, "scatternet": ScatterNet}
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, width: int | None = None) -> nn.Module:
@@ -29,7 +30,7 @@ def build_model(name: str, *, in_channels: int, num_classes: int, width: int | N
     num_classes
         Number of outputs.
     width
-        Base width; ``None`` takes the model's default (``SmallCNN``: 32, ``DPResNet``: 64).
+        Base width; ``None`` takes the model's default (``SmallCNN``: 32, ``DPResNet``: 64, ``ScatterNet``: 32).
 
     Raises
     ------
@@ -51,4 +52,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "DPResNet", "SmallCNN", "build_model", "count_parameters"]
+__all__ = ["MODELS", "DPResNet", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
