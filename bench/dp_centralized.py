@@ -52,7 +52,7 @@ def run_one(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     cfg = from_dict(
         {
             "data": {"name": ds.info.name},
-            "model": {"name": "cnn", "width": args.width},
+            "model": {"name": args.model, "width": args.width},
             "train": {
                 "epochs": args.epochs,
                 "batch_size": args.batch,
@@ -116,7 +116,8 @@ def write_markdown(payload: dict[str, Any], path: Path) -> None:
         "| acc % @ val thr. | bal. acc % @ val thr. | chosen epochs | s/run |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         f"| {'phantom' if a['quick'] else 'pneumoniamnist'} (all {runs[0]['train_size']} train) "
-        f"| cnn w{a['width']} | {runs[0]['epsilon']:.2f} ({a['delta']:g}) | {runs[0]['noise_multiplier']:.3f} "
+        f"| {a.get('model', 'cnn')} w{a['width']} | {runs[0]['epsilon']:.2f} ({a['delta']:g}) "
+        f"| {runs[0]['noise_multiplier']:.3f} "
         f"| {runs[0]['sample_rate']:.4f} | {a['epochs']} | {len(runs)} "
         f"| {_mean_std([c['test']['accuracy'] for c in chosen])} "
         f"| {_mean_std([c['test']['balanced_accuracy'] for c in chosen])} "
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--schedule", default="cosine")
     parser.add_argument("--clip", type=float, default=1.0)
+    parser.add_argument("--model", default="cnn", help="a privmed model name (cnn, scatternet, dpresnet)")
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--epsilon", type=float, default=6.0)
     parser.add_argument("--delta", type=float, default=1.9e-4)
