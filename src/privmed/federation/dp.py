@@ -68,12 +68,11 @@ from privmed.privacy import (
     AccountantState,
     DPSGDPlan,
     add_gaussian_noise,
-    check_fixed_noise,
-    client_level_noise_multiplier,
     client_level_noise_std,
     clip_update,
     epsilon_for,
     make_private,
+    noise_for_target,
     plan_from_config,
 )
 from privmed.privacy.dpsgd import GRAD_SAMPLE_MODES
@@ -310,15 +309,17 @@ class SampleLevelDP(StrategyWrapper):
         }
 
 
-# -- client-level DP -------------------------------------------------------------------------------
-class ClientLevelDP(StrategyWrapper):
-    """Server side of client-level DP with fixed clipping (McMahan et al. 2018).
+# -- a run-wide ledger on the server ----------------------------------------------------------------
+def split_noise_multiplier(sigma: float, *, survivors: int, sampled: int) -> float:
+    """σ the aggregate carries when each of ``sampled`` clients adds σ/√sampled and ``survivors`` reply."""
+    return sigma * math.sqrt(min(survivors, sampled) / sampled)
 
-    Sends the clipping norm C (and, for ``client_noise = "split"``, each client's noise share σ·C/√m) with
-    the fit instructions; checks that every reply was clipped and carries weight 1; adds N(0, (σ·C/m')²) to
-    the average of the m' replies when the noise is central. ε is accounted per round as one step of the
-    sampled Gaussian mechanism with q = m/N and the noise multiplier the aggregate actually carried (with
-    split noise and dropouts, only the survivors' shares: σ·√(m'/m)).
+
+class ServerLedgerDP(StrategyWrapper):
+    """A strategy wrapper that accounts one sampled Gaussian step per aggregated round in a run-wide ledger.
+
+    Base of :class:`ClientLevelDP` and :class:`privmed.federation.dp_distributed.DistributedDP`, whose server
+    sees one noised aggregate per round.
 
     Attributes
     ----------
@@ -326,8 +327,39 @@ class ClientLevelDP(StrategyWrapper):
         The run's accountant ledger as JSON (a string, so checkpoints keep it).
     """
 
-    def __init__(self, strategy: Strategy, cfg: Config) -> None:
+    def __init__(self, strategy: Strategy, *, accountant: str, delta: float) -> None:
         super().__init__(strategy)
+        self.delta = delta
+        self.ledger_json = json.dumps(AccountantState(accountant=accountant).to_dict())
+
+    @property
+    def ledger(self) -> AccountantState:
+        return AccountantState.from_dict(json.loads(self.ledger_json))
+
+    def account_round(self, *, noise_multiplier: float, sample_rate: float) -> float:
+        """Record this round's step and return ε so far."""
+        ledger = self.ledger
+        ledger.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=1)
+        self.ledger_json = json.dumps(ledger.to_dict())
+        return ledger.epsilon(delta=self.delta)
+
+    def round_report(self) -> dict[str, Any]:
+        """For the round's record: ε spent so far."""
+        return {"epsilon": self.ledger.epsilon(delta=self.delta)}
+
+
+# -- client-level DP -------------------------------------------------------------------------------
+class ClientLevelDP(ServerLedgerDP):
+    """Server side of client-level DP with fixed clipping (McMahan et al. 2018).
+
+    Sends the clipping norm C (and, for ``client_noise = "split"``, each client's noise share σ·C/√m) with
+    the fit instructions; checks that every reply was clipped and carries weight 1; adds N(0, (σ·C/m')²) to
+    the average of the m' replies when the noise is central. ε is accounted per round as one step of the
+    sampled Gaussian mechanism with q = m/N and the noise multiplier the aggregate actually carried (with
+    split noise and dropouts, only the survivors' shares: σ·√(m'/m)); the ledger is :class:`ServerLedgerDP`'s.
+    """
+
+    def __init__(self, strategy: Strategy, cfg: Config) -> None:
         check_no_client_evaluation(cfg)
         privacy = cfg.privacy
         n = cfg.data.num_clients
@@ -342,34 +374,22 @@ class ClientLevelDP(StrategyWrapper):
                 "only post-processes the noised average): the clipping bound holds for the plain average of clipped "
                 "updates"
             )
+        super().__init__(strategy, accountant=privacy.accountant, delta=privacy.delta)
         self.m = sampled_clients(cfg)
         self.n = n
         self.clip = privacy.max_grad_norm
-        self.delta = privacy.delta
         self.split = privacy.client_noise == "split"
         self.seed = cfg.train.seed
         self.target_epsilon = privacy.epsilon
-        if privacy.noise_multiplier is None:
-            self.sigma = client_level_noise_multiplier(
-                target_epsilon=privacy.epsilon,
-                target_delta=privacy.delta,
-                num_sampled_clients=self.m,
-                num_total_clients=n,
-                rounds=cfg.federation.rounds,
-                accountant=privacy.accountant,
-            )
-        else:
-            self.sigma = float(privacy.noise_multiplier)
-            check_fixed_noise(
-                noise_multiplier=self.sigma,
-                target_epsilon=privacy.epsilon,
-                target_delta=privacy.delta,
-                sample_rate=min(1.0, self.m / n),
-                steps=cfg.federation.rounds,
-                accountant=privacy.accountant,
-                schedule=f"{cfg.federation.rounds} rounds of {self.m} of {n} clients",
-            )
-        self.ledger_json = json.dumps(AccountantState(accountant=privacy.accountant).to_dict())
+        self.sigma, _ = noise_for_target(
+            target_epsilon=privacy.epsilon,
+            target_delta=privacy.delta,
+            sample_rate=self.sample_rate,
+            steps=cfg.federation.rounds,
+            accountant=privacy.accountant,
+            noise_multiplier=privacy.noise_multiplier,
+            schedule=f"{cfg.federation.rounds} rounds of {self.m} of {n} clients",
+        )
         log.info(
             "client-level DP: sigma %.3f, C = %.3g, %s noise, q = %d/%d clients per round",
             self.sigma,
@@ -380,8 +400,9 @@ class ClientLevelDP(StrategyWrapper):
         )
 
     @property
-    def ledger(self) -> AccountantState:
-        return AccountantState.from_dict(json.loads(self.ledger_json))
+    def sample_rate(self) -> float:
+        """q = m/N: the chance that a client is sampled in a round."""
+        return min(1.0, self.m / self.n)
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -419,22 +440,15 @@ class ClientLevelDP(StrategyWrapper):
             return None, metrics
         survivors = len(results)
         if self.split:
-            sigma_eff = self.sigma * math.sqrt(min(survivors, self.m) / self.m)
+            sigma_eff = split_noise_multiplier(self.sigma, survivors=survivors, sampled=self.m)
         else:
             std = self.sigma * self.clip / survivors
             rng = np.random.default_rng([self.seed, server_round, 7919])
             noised = add_gaussian_noise(parameters_to_ndarrays(parameters), std=std, generator=rng)
             parameters = ndarrays_to_parameters(noised)
             sigma_eff = self.sigma
-        ledger = self.ledger
-        ledger.step(noise_multiplier=sigma_eff, sample_rate=min(1.0, self.m / self.n), steps=1)
-        self.ledger_json = json.dumps(ledger.to_dict())
-        epsilon = ledger.epsilon(delta=self.delta)
+        epsilon = self.account_round(noise_multiplier=sigma_eff, sample_rate=self.sample_rate)
         return parameters, {**metrics, "epsilon": epsilon, "noise_multiplier": sigma_eff}
-
-    def round_report(self) -> dict[str, Any]:
-        """For the round's record: ε of client-level DP so far."""
-        return {"epsilon": self.ledger.epsilon(delta=self.delta)}
 
     def summary(self) -> dict[str, Any]:
         """σ, C and the sampling for the results JSON."""

@@ -40,7 +40,6 @@ What the guarantee assumes, and what it does not cover:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -55,10 +54,15 @@ from flwr.server.strategy import Strategy
 from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import server_app, task
-from privmed.federation.dp import PRIVATE_METRICS, check_no_client_evaluation, check_sample_mode
+from privmed.federation.dp import (
+    PRIVATE_METRICS,
+    ServerLedgerDP,
+    check_no_client_evaluation,
+    check_sample_mode,
+    split_noise_multiplier,
+)
 from privmed.federation.sampling import sampled_clients
-from privmed.federation.wrapping import StrategyWrapper
-from privmed.privacy import AccountantState, calibrate_noise, check_fixed_noise, epsilon_for, make_private
+from privmed.privacy import make_private, noise_for_target
 from privmed.privacy.validation import PrivacyWarning, check_privacy_config
 
 log = logging.getLogger(__name__)
@@ -138,9 +142,9 @@ def distributed_dp_wrapper(local: task.LocalTraining, cfg: Config, partition_id:
     )
 
 
-class DistributedDP(StrategyWrapper):
+class DistributedDP(ServerLedgerDP):
     """Server side of ``privacy.mode = "distributed"``: calibrates σ for the union, sends q and the noise
-    shares, and keeps the run's ledger.
+    shares, and keeps the run's ledger (:class:`~privmed.federation.dp.ServerLedgerDP`).
 
     Parameters
     ----------
@@ -150,15 +154,9 @@ class DistributedDP(StrategyWrapper):
         The run's config.
     partition_sizes
         Training examples per client; their sum N gives q = ``train.batch_size`` / N.
-
-    Attributes
-    ----------
-    ledger_json
-        The run's accountant ledger as JSON (a string, so checkpoints keep it).
     """
 
     def __init__(self, strategy: Strategy, cfg: Config, *, partition_sizes: list[int]) -> None:
-        super().__init__(strategy)
         check_distributed(cfg)
         privacy = cfg.privacy
         self.total_examples = int(sum(partition_sizes))
@@ -170,44 +168,26 @@ class DistributedDP(StrategyWrapper):
                 f"all {self.total_examples} training examples of the federation each round; choose "
                 f"1..{self.total_examples}"
             )
+        super().__init__(strategy, accountant=privacy.accountant, delta=privacy.delta)
         self.sample_rate = batch / self.total_examples
         self.rounds = cfg.federation.rounds
         self.m = sampled_clients(cfg)
         self.clip = privacy.max_grad_norm
-        self.delta = privacy.delta
         self.target_epsilon = privacy.epsilon
         self.accountant = privacy.accountant
         schedule = f"{self.rounds} rounds, one step each at q = {self.sample_rate:.4g}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PrivacyWarning)  # check_privacy_config has warned once
-            if privacy.noise_multiplier is None:
-                self.sigma = calibrate_noise(
-                    target_epsilon=privacy.epsilon,
-                    target_delta=privacy.delta,
-                    sample_rate=self.sample_rate,
-                    steps=self.rounds,
-                    accountant=privacy.accountant,
-                )
-            else:
-                self.sigma = float(privacy.noise_multiplier)
-                check_fixed_noise(
-                    noise_multiplier=self.sigma,
-                    target_epsilon=privacy.epsilon,
-                    target_delta=privacy.delta,
-                    sample_rate=self.sample_rate,
-                    steps=self.rounds,
-                    accountant=privacy.accountant,
-                    schedule=schedule,
-                )
+            self.sigma, self.epsilon_planned = noise_for_target(
+                target_epsilon=privacy.epsilon,
+                target_delta=privacy.delta,
+                sample_rate=self.sample_rate,
+                steps=self.rounds,
+                accountant=privacy.accountant,
+                noise_multiplier=privacy.noise_multiplier,
+                schedule=schedule,
+            )
         self.share = self.sigma / math.sqrt(self.m)
-        self.epsilon_planned = epsilon_for(
-            noise_multiplier=self.sigma,
-            sample_rate=self.sample_rate,
-            steps=self.rounds,
-            delta=self.delta,
-            accountant=self.accountant,
-        )
-        self.ledger_json = json.dumps(AccountantState(accountant=privacy.accountant).to_dict())
         log.info(
             "distributed DP-SGD: sigma %.3f over the union of %d examples (%s), C = %.3g; each of %d clients adds "
             "noise share sigma/sqrt(%d) = %.3f; planned epsilon %.3f at delta %.3g",
@@ -221,10 +201,6 @@ class DistributedDP(StrategyWrapper):
             self.epsilon_planned,
             self.delta,
         )
-
-    @property
-    def ledger(self) -> AccountantState:
-        return AccountantState.from_dict(json.loads(self.ledger_json))
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -246,11 +222,8 @@ class DistributedDP(StrategyWrapper):
         if parameters is None:
             return None, metrics
         survivors = len(results)
-        sigma_eff = self.sigma * math.sqrt(min(survivors, self.m) / self.m)
-        ledger = self.ledger
-        ledger.step(noise_multiplier=sigma_eff, sample_rate=self.sample_rate, steps=1)
-        self.ledger_json = json.dumps(ledger.to_dict())
-        epsilon = ledger.epsilon(delta=self.delta)
+        sigma_eff = split_noise_multiplier(self.sigma, survivors=survivors, sampled=self.m)
+        epsilon = self.account_round(noise_multiplier=sigma_eff, sample_rate=self.sample_rate)
         if sigma_eff < self.sigma:
             log.warning(
                 "round %d: %d of %d clients survived, so the aggregate carried noise sigma %.3f instead of %.3f; "
@@ -267,11 +240,6 @@ class DistributedDP(StrategyWrapper):
                 "epsilon %.3f is above the target %.3g (dropouts reduced the noise)", epsilon, self.target_epsilon
             )
         return parameters, {**metrics, "epsilon": epsilon, "noise_multiplier": sigma_eff}
-
-    def round_report(self) -> dict[str, Any]:
-        """For the round's record: ε of the union's examples so far."""
-        ledger = self.ledger
-        return {"epsilon": ledger.epsilon(delta=self.delta) if ledger.total_steps else 0.0}
 
     def summary(self) -> dict[str, Any]:
         """σ, q, the noise shares and the plan, for the results JSON."""

@@ -18,6 +18,7 @@ from privmed.privacy.accounting import (
     epsilon_for,
     epsilon_from_history,
     get_accountant,
+    noise_for_target,
     steps_per_run,
 )
 from privmed.privacy.clipping import (
@@ -59,6 +60,7 @@ __all__ = [
     "get_accountant",
     "global_norm",
     "make_private",
+    "noise_for_target",
     "plan_dpsgd",
     "plan_from_config",
     "steps_per_run",

@@ -307,6 +307,60 @@ def check_fixed_noise(
     return eps
 
 
+def noise_for_target(
+    *,
+    target_epsilon: float | None,
+    target_delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str = "rdp",
+    noise_multiplier: float | None = None,
+    epsilon_tolerance: float = 0.01,
+    schedule: str = "",
+) -> tuple[float, float]:
+    """σ for a whole run and the ε it spends: calibrated to the target, or a fixed σ checked against it.
+
+    With ``noise_multiplier = None`` σ is :func:`calibrate_noise`'s; a fixed σ is refused when it overspends
+    the target (:func:`check_fixed_noise`, whose message names the run by ``schedule``), and only reported
+    when there is no target.
+
+    Returns
+    -------
+    tuple
+        ``(σ, ε)``: the noise multiplier and the ε of ``steps`` steps at rate q with it, at ``target_delta``.
+    """
+    if noise_multiplier is None:
+        if target_epsilon is None:
+            raise PrivacyError("give a target epsilon (privacy.epsilon) or a fixed privacy.noise_multiplier")
+        sigma = calibrate_noise(
+            target_epsilon=check_epsilon(target_epsilon),
+            target_delta=target_delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=epsilon_tolerance,
+        )
+    else:
+        target = None if target_epsilon is None else check_epsilon(target_epsilon)
+        sigma = check_noise_multiplier(noise_multiplier)
+        if target is not None:
+            eps = check_fixed_noise(
+                noise_multiplier=sigma,
+                target_epsilon=target,
+                target_delta=target_delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=epsilon_tolerance,
+                schedule=schedule,
+            )
+            return sigma, eps
+    eps = epsilon_for(
+        noise_multiplier=sigma, sample_rate=sample_rate, steps=steps, delta=target_delta, accountant=accountant
+    )
+    return sigma, eps
+
+
 def steps_per_epoch(*, sample_rate: float) -> int:
     """Steps in one epoch of Poisson sampling at rate q: ``int(1/q)``, exactly as Opacus' sampler counts."""
     return int(1 / check_sample_rate(sample_rate))

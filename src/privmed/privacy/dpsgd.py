@@ -43,10 +43,8 @@ from privmed.config import PrivacyConfig
 from privmed.errors import PrivacyError
 from privmed.privacy.accounting import (
     AccountantState,
-    calibrate_noise,
     check_accountant_name,
-    check_fixed_noise,
-    epsilon_for,
+    noise_for_target,
     steps_per_run,
 )
 from privmed.privacy.bookkeeping import BookKeepingDPOptimizer, BookKeepingGradSampleModule
@@ -420,34 +418,17 @@ def plan_dpsgd(
     q = loader_sample_rate(dataset_size=dataset_size, batch_size=batch_size, drop_last=drop_last)
     total = steps_per_run(rounds=rounds, local_epochs=local_epochs, sample_rate=q)
     per_round = steps_per_run(rounds=1, local_epochs=local_epochs, sample_rate=q)
-    if noise_multiplier is None:
-        if target_epsilon is None:
-            raise PrivacyError("give a target epsilon (privacy.epsilon) or a fixed privacy.noise_multiplier")
-        eps_target = check_epsilon(target_epsilon)
-        sigma = calibrate_noise(
-            target_epsilon=eps_target,
-            target_delta=delta,
-            sample_rate=q,
-            steps=total,
-            accountant=accountant,
-            epsilon_tolerance=epsilon_tolerance,
-        )
-    else:
-        eps_target = None if target_epsilon is None else check_epsilon(target_epsilon)
-        sigma = check_noise_multiplier(noise_multiplier)
-    if eps_target is not None and noise_multiplier is not None:
-        eps = check_fixed_noise(
-            noise_multiplier=sigma,
-            target_epsilon=eps_target,
-            target_delta=delta,
-            sample_rate=q,
-            steps=total,
-            accountant=accountant,
-            epsilon_tolerance=epsilon_tolerance,
-            schedule=f"the run's {total} DP-SGD steps at q = {q:.4g}",
-        )
-    else:
-        eps = epsilon_for(noise_multiplier=sigma, sample_rate=q, steps=total, delta=delta, accountant=accountant)
+    sigma, eps = noise_for_target(
+        target_epsilon=target_epsilon,
+        target_delta=delta,
+        sample_rate=q,
+        steps=total,
+        accountant=accountant,
+        noise_multiplier=noise_multiplier,
+        epsilon_tolerance=epsilon_tolerance,
+        schedule=f"the run's {total} DP-SGD steps at q = {q:.4g}",
+    )
+    eps_target = None if target_epsilon is None else check_epsilon(target_epsilon)
     return DPSGDPlan(
         noise_multiplier=sigma,
         sample_rate=q,
