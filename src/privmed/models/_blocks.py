@@ -6,6 +6,8 @@ import math
 
 from torch import nn
 
+from privmed.errors import ConfigError
+
 #: Preferred number of GroupNorm groups; the actual count is the largest divisor of the channel count
 #: not above it, so any width works.
 DEFAULT_GROUPS = 16
@@ -28,3 +30,11 @@ def conv_gn_relu(c_in: int, c_out: int, *, stride: int = 1, groups: int = DEFAUL
         nn.GroupNorm(group_count(c_out, groups), c_out),
         nn.ReLU(),
     )
+
+
+def check_dims(model: str, in_channels: int, num_classes: int, width: int) -> None:
+    """Refuse a model built with a non-positive channel count, class count or width."""
+    if in_channels < 1 or num_classes < 1 or width < 1:
+        raise ConfigError(
+            f"{model} needs positive in_channels, num_classes and width; got {in_channels}, {num_classes}, {width}"
+        )

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from privmed.errors import ConfigError
-from privmed.models._blocks import DEFAULT_GROUPS, conv_gn_relu
+from privmed.models._blocks import DEFAULT_GROUPS, check_dims, conv_gn_relu
 
 
 class Residual(nn.Module):
@@ -65,10 +64,7 @@ class DPResNet(nn.Module):
         logit_scale: float = 0.125,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or num_classes < 1 or width < 1:
-            raise ConfigError(
-                f"DPResNet needs positive in_channels, num_classes and width; got {in_channels}, {num_classes}, {width}"
-            )
+        check_dims("DPResNet", in_channels, num_classes, width)
         w = width
         self.width = width
         self.logit_scale = logit_scale

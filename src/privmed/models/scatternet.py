@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from privmed.errors import ConfigError
-from privmed.models._blocks import DEFAULT_GROUPS, conv_gn_relu
+from privmed.models._blocks import DEFAULT_GROUPS, check_dims, conv_gn_relu
 
 #: Scattering settings (Tramèr & Boneh use J = 2, L = 8 for 28 x 28 and 32 x 32 images).
 SCALES = 2
@@ -77,11 +77,7 @@ class ScatterNet(nn.Module):
         logit_scale: float = 0.25,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or num_classes < 1 or width < 1:
-            raise ConfigError(
-                f"ScatterNet needs positive in_channels, num_classes and width; got {in_channels}, {num_classes}, "
-                f"{width}"
-            )
+        check_dims("ScatterNet", in_channels, num_classes, width)
         self.width = width
         self.logit_scale = logit_scale
         maps = MAPS_PER_CHANNEL * in_channels
