@@ -31,7 +31,7 @@ from privmed.errors import ConfigError
 from privmed.models import build_model, count_parameters
 from privmed.privacy import AccountantState
 from privmed.privacy.dpsgd import DPSGDPlan, make_private, plan_from_config
-from privmed.results import machine
+from privmed.results import machine, sortable
 from privmed.train import (
     evaluate,
     evaluate_val_test,
@@ -49,17 +49,13 @@ log = logging.getLogger(__name__)
 #: Validation metric used to choose the epoch -> sort key (larger is better; ties broken by the others).
 #: ``auc`` is MedMNIST v2's choice of model-selection metric.
 SELECTORS: dict[str, Callable[[dict[str, float]], tuple[float, ...]]] = {
-    "auc": lambda m: (_num(m["auc"]), _num(m["accuracy"]), -_num(m["loss"], bad=math.inf)),
-    "accuracy": lambda m: (_num(m["accuracy"]), _num(m["auc"]), -_num(m["loss"], bad=math.inf)),
-    "loss": lambda m: (-_num(m["loss"], bad=math.inf), _num(m["auc"])),
+    "auc": lambda m: (sortable(m["auc"]), sortable(m["accuracy"]), -sortable(m["loss"], bad=math.inf)),
+    "accuracy": lambda m: (sortable(m["accuracy"]), sortable(m["auc"]), -sortable(m["loss"], bad=math.inf)),
+    "loss": lambda m: (-sortable(m["loss"], bad=math.inf), sortable(m["auc"])),
 }
 
 #: Batch size for evaluation (no gradients, so larger batches are cheap).
 EVAL_BATCH = 256
-
-
-def _num(x: float | None, *, bad: float = -math.inf) -> float:
-    return bad if x is None or math.isnan(x) else float(x)
 
 
 @dataclass
@@ -122,7 +118,7 @@ class _Private:
     def record(self) -> dict[str, Any]:
         return {
             "mode": "sample",
-            "epsilon": self.ledger.epsilon(delta=self.plan.delta) if self.ledger.total_steps else 0.0,
+            "epsilon": self.ledger.epsilon(delta=self.plan.delta),
             "target_epsilon": self.plan.target_epsilon,
             "delta": self.plan.delta,
             "noise_multiplier": self.plan.noise_multiplier,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -13,6 +14,11 @@ from typing import Any
 import torch
 
 from privmed import __version__
+
+
+def sortable(value: float | None, *, bad: float = -math.inf) -> float:
+    """A metric as a sort key: missing or NaN (e.g. the AUC of a one-class split) becomes ``bad``."""
+    return bad if value is None or math.isnan(float(value)) else float(value)
 
 
 def machine() -> dict[str, Any]:

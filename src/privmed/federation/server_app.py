@@ -18,7 +18,6 @@ when ``federation.fraction_evaluate > 0``) replies, traffic and failures are met
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -48,7 +47,7 @@ from privmed.federation import checkpoint, task
 from privmed.federation.config_bridge import FlatConfig, RunOptions, flatten_config, unflatten_config
 from privmed.federation.metering import MeteredGrid, RoundTraffic
 from privmed.federation.sampling import SeededClientManager
-from privmed.results import machine, write_json_atomic
+from privmed.results import machine, sortable, write_json_atomic
 from privmed.train import lr_at
 
 log = logging.getLogger(__name__)
@@ -540,11 +539,6 @@ def _call_if_defined(obj: Any, method: str) -> Any:
     return fn() if callable(fn) else None
 
 
-def _finite(value: Any) -> float:
-    """A metric for sorting: missing or NaN (e.g. AUC of a one-class split) sorts last."""
-    return float(value) if value is not None and not math.isnan(float(value)) else float("-inf")
-
-
 def results_payload(
     cfg: Config, info: Any, recorder: RunRecorder, *, status: str, parts: tuple[np.ndarray, ...]
 ) -> dict[str, Any]:
@@ -552,7 +546,7 @@ def results_payload(
     rounds = sorted(recorder.rounds, key=lambda r: r["round"])
     best = max(  # validation AUC, as privmed train and MedMNIST v2 choose (accuracy, then the earlier round)
         (r for r in rounds if "val" in r),
-        key=lambda r: (_finite(r["val"].get("auc")), _finite(r["val"].get("accuracy")), -r["round"]),
+        key=lambda r: (sortable(r["val"].get("auc")), sortable(r["val"].get("accuracy")), -r["round"]),
         default=None,
     )
     steady = [r["wall_seconds"] for r in rounds[1:]]
