@@ -128,7 +128,8 @@ def plot_rounds(results: dict[str, Any], path: str | Path) -> Path:
         x_key="round",
         chosen=(results.get("selected_by_val") or {}).get("round"),
         target=(results.get("privacy_details") or {}).get("target_epsilon"),
-        epsilon_label="ε spent (worst client)",
+        # per-client DP-SGD reports the largest ε of any client; the other modes have one ε for the run
+        epsilon_label="ε spent (worst client)" if results.get("privacy") == "sample" else "ε spent",
         out=Path(path),
     )
 
