@@ -38,7 +38,8 @@ SCATTER_GROUPS = 27
 
 def _scattering(shape: tuple[int, int]) -> Any:
     """Kymatio's 2-D scattering (torch) for images of ``shape``, or a ConfigError saying how to install it."""
-    try:  # the 2-D front end only: kymatio.torch also imports the 3-D code, which breaks with SciPy >= 1.15
+    try:  # the 2-D front end only: kymatio.torch also imports the 3-D code, which needs scipy.special.sph_harm
+        # (gone from SciPy 1.17, the version installed here)
         from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
     except ImportError as exc:  # pragma: no cover - kymatio is a dependency
         raise ConfigError(f"model 'scatternet' needs Kymatio (pip install kymatio): {exc}") from None
