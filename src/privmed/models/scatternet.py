@@ -58,7 +58,7 @@ class ScatterNet(nn.Module):
     num_classes
         Number of outputs.
     width
-        Base width of the trainable head (its convolutions have ``2 * width`` channels); 32 gives ~85k
+        Base width of the trainable head (its convolutions have ``2 * width`` channels); 32 gives ~84k
         trainable parameters for grey images.
     groups
         Preferred GroupNorm group count of the head.
