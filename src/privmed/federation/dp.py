@@ -206,7 +206,8 @@ def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) ->
     )
 
 
-def _with_config(instructions: list[tuple[ClientProxy, FitIns]], extra: dict[str, Scalar]) -> None:
+def add_fit_config(instructions: list[tuple[ClientProxy, FitIns]], extra: dict[str, Scalar]) -> None:
+    """Add ``extra`` to every fit instruction's config (what the DP wrappers send beside the global model)."""
     for _, ins in instructions:
         ins.config = {**ins.config, **extra}
 
@@ -253,7 +254,7 @@ class SampleLevelDP(StrategyWrapper):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
-        _with_config(instructions, {KEY_STEPS: self.steps_json})
+        add_fit_config(instructions, {KEY_STEPS: self.steps_json})
         return instructions
 
     def aggregate_fit(
@@ -418,7 +419,7 @@ class ClientLevelDP(ServerLedgerDP):
             if self.split
             else 0.0
         )
-        _with_config(instructions, {KEY_CLIP: self.clip, KEY_NOISE_STD: share, KEY_NOISE_SEED: self.seed})
+        add_fit_config(instructions, {KEY_CLIP: self.clip, KEY_NOISE_STD: share, KEY_NOISE_SEED: self.seed})
         return instructions
 
     def aggregate_fit(

@@ -57,6 +57,7 @@ from privmed.federation import server_app, task
 from privmed.federation.dp import (
     PRIVATE_METRICS,
     ServerLedgerDP,
+    add_fit_config,
     check_no_client_evaluation,
     check_sample_mode,
     split_noise_multiplier,
@@ -206,8 +207,7 @@ class DistributedDP(ServerLedgerDP):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
-        for _, ins in instructions:
-            ins.config = {**ins.config, KEY_SAMPLE_RATE: self.sample_rate, KEY_NOISE_SHARE: self.share}
+        add_fit_config(instructions, {KEY_SAMPLE_RATE: self.sample_rate, KEY_NOISE_SHARE: self.share})
         return instructions
 
     def aggregate_fit(
