@@ -21,13 +21,13 @@ from flwr.client import ClientApp, NumPyClient
 
 from privmed.config import Config
 from privmed.errors import ConfigError
-from privmed.federation import task
+from privmed.federation import registry, task
 from privmed.federation.config_bridge import FlatConfig, RunOptions, unflatten_config
+from privmed.federation.registry import MOD_FACTORIES, Mod
 
 log = logging.getLogger(__name__)
 
 #: A Flower client mod: ``(message, context, call_next) -> message``.
-Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 
 #: Name of the ConfigRecord in ``context.state`` that holds privmed's persistent client state (JSON).
@@ -122,7 +122,6 @@ class PrivmedClient(NumPyClient):
 
 #: ``(cfg) -> mods`` factories; privacy and SecAgg+ register here (e.g. ``secaggplus_mod`` when
 #: ``secagg.enabled``, the client-level DP clipping mod).
-MOD_FACTORIES: dict[str, Callable[[Config], list[Mod]]] = {}
 
 #: The order of the factories' mods, outermost first; factories not named here follow in registration order.
 #: SecAgg+ is outermost: ``secaggplus_mod`` must mask the reply as it finally leaves the client, so mods that
@@ -196,6 +195,5 @@ def _bind(mod: Mod, call_next: Callable[[Message, Context], Message]) -> Callabl
 
 app = make_client_app()
 
-# Plugins register themselves into the seams above when imported (kept last: they import this module).
-from privmed.federation import dp as _dp  # noqa: E402, F401
-from privmed.federation import secagg as _secagg  # noqa: E402, F401
+# The plug-ins (DP, SecAgg+) register themselves into the registries when imported.
+registry.load_plugins()

@@ -61,7 +61,7 @@ from flwr.server.strategy import Strategy
 
 from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
-from privmed.federation import client_app, server_app, task
+from privmed.federation import registry, task
 from privmed.federation.sampling import sampled_clients
 from privmed.federation.wrapping import StrategyWrapper
 from privmed.privacy import (
@@ -521,14 +521,11 @@ def _client_strategy(strategy: Strategy, cfg: Config) -> Strategy:
     return ClientLevelDP(strategy, cfg) if cfg.privacy.mode == "client" else strategy
 
 
-def _client_mods(cfg: Config) -> list[client_app.Mod]:
+def _client_mods(cfg: Config) -> list[registry.Mod]:
     return [client_dp_mod] if cfg.privacy.mode == "client" else []
 
 
-task.TRAINING_WRAPPERS["sample"] = dp_sgd_wrapper
-server_app.STRATEGY_WRAPPERS["dp-sample"] = _sample_strategy
-server_app.STRATEGY_WRAPPERS["dp-client"] = _client_strategy
-client_app.MOD_FACTORIES["dp"] = _client_mods
-
-# The distributed-noise mode builds on the checks above; it registers itself when imported (kept last).
-from privmed.federation import dp_distributed as _dp_distributed  # noqa: E402, F401
+registry.TRAINING_WRAPPERS["sample"] = dp_sgd_wrapper
+registry.STRATEGY_WRAPPERS["dp-sample"] = _sample_strategy
+registry.STRATEGY_WRAPPERS["dp-client"] = _client_strategy
+registry.MOD_FACTORIES["dp"] = _client_mods

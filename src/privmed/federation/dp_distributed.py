@@ -53,7 +53,7 @@ from flwr.server.strategy import Strategy
 
 from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
-from privmed.federation import server_app, task
+from privmed.federation import registry, task
 from privmed.federation.dp import (
     PRIVATE_METRICS,
     ServerLedgerDP,
@@ -267,5 +267,5 @@ def _strategy(strategy: Strategy, cfg: Config) -> Strategy:
     return DistributedDP(strategy, cfg, partition_sizes=[int(p.size) for p in parts])
 
 
-task.TRAINING_WRAPPERS[MODE] = distributed_dp_wrapper
-server_app.STRATEGY_WRAPPERS["dp-distributed"] = _strategy
+registry.TRAINING_WRAPPERS[MODE] = distributed_dp_wrapper
+registry.STRATEGY_WRAPPERS["dp-distributed"] = _strategy

@@ -27,7 +27,7 @@ from flwr.server.strategy import Strategy
 
 from privmed.config import Config
 from privmed.errors import ConfigError
-from privmed.federation import server_app
+from privmed.federation import registry
 from privmed.federation.wrapping import StrategyWrapper
 
 
@@ -97,4 +97,4 @@ def _ema_strategy(strategy: Strategy, cfg: Config) -> Strategy:
     return EMAEvaluation(strategy, decay=decay)
 
 
-server_app.STRATEGY_WRAPPERS["ema"] = _ema_strategy
+registry.STRATEGY_WRAPPERS["ema"] = _ema_strategy

@@ -54,7 +54,7 @@ from flwr.serverapp import Grid
 
 from privmed.config import Config
 from privmed.errors import ConfigError
-from privmed.federation import client_app, server_app, task
+from privmed.federation import registry, task
 from privmed.federation.sampling import sampled_clients
 
 log = logging.getLogger(__name__)
@@ -528,16 +528,16 @@ class UploadRecorder:
         return reply
 
 
-def client_mods(cfg: Config) -> list[client_app.Mod]:
+def client_mods(cfg: Config) -> list[registry.Mod]:
     """``[secaggplus_mod, ClippingGuard]`` when ``secagg.enabled`` (outermost of the run's mods), else none."""
     if not cfg.secagg.enabled:
         return []
     return [secaggplus_mod, ClippingGuard(cfg)]
 
 
-def _fit_workflow(cfg: Config) -> server_app.Workflow:
+def _fit_workflow(cfg: Config) -> registry.Workflow:
     return build_workflow(cfg)
 
 
-server_app.FIT_WORKFLOWS["secagg+"] = _fit_workflow
-client_app.MOD_FACTORIES["secagg+"] = client_mods
+registry.FIT_WORKFLOWS["secagg+"] = _fit_workflow
+registry.MOD_FACTORIES["secagg+"] = client_mods

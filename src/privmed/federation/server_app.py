@@ -43,9 +43,10 @@ from flwr.serverapp import Grid
 
 from privmed.config import Config
 from privmed.errors import ConfigError, PrivmedError
-from privmed.federation import checkpoint, task
+from privmed.federation import checkpoint, registry, task
 from privmed.federation.config_bridge import FlatConfig, RunOptions, flatten_config, unflatten_config
 from privmed.federation.metering import MeteredGrid, RoundTraffic
+from privmed.federation.registry import FIT_WORKFLOWS, STRATEGY_WRAPPERS, Workflow
 from privmed.federation.sampling import SeededClientManager
 from privmed.results import machine, sortable, write_json_atomic
 from privmed.train import lr_at
@@ -53,7 +54,6 @@ from privmed.train import lr_at
 log = logging.getLogger(__name__)
 
 #: A legacy workflow step: ``(grid, legacy_context) -> None``.
-Workflow = Callable[[Grid, Any], None]
 #: ``(event, payload) -> None``; events ``"start"`` and ``"round"`` (used by the CLI's progress bar).
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -100,7 +100,6 @@ STRATEGIES: dict[str, Callable[[Config, dict[str, Any]], Strategy]] = {
 #: (the DP wrappers of :mod:`privmed.federation.dp` register here). A wrapper may define ``round_report()``
 #: (merged into every round's record, e.g. the epsilon spent so far) and ``summary()`` (the results JSON's
 #: ``"privacy_details"``: sigma, clipping norm, per-client plans).
-STRATEGY_WRAPPERS: dict[str, Callable[[Strategy, Config], Strategy]] = {}
 
 
 def strategy_reports(strategy: Strategy | None, method: str) -> dict[str, Any]:
@@ -118,7 +117,7 @@ def _plain_fit(cfg: Config) -> Workflow:
 
 
 #: Fit workflow name -> builder. ``"secagg+"`` (:mod:`privmed.federation.secagg`) registers here.
-FIT_WORKFLOWS: dict[str, Callable[[Config], Workflow]] = {"plain": _plain_fit}
+FIT_WORKFLOWS["plain"] = _plain_fit
 
 
 def fit_workflow_name(cfg: Config) -> str:
@@ -611,7 +610,5 @@ def make_server_app(run_config: FlatConfig | None = None, *, progress: Progress 
 
 app = make_server_app()
 
-# Plugins register themselves into the seams above when imported (kept last: they import this module).
-from privmed.federation import dp as _dp  # noqa: E402, F401
-from privmed.federation import ema as _ema  # noqa: E402, F401
-from privmed.federation import secagg as _secagg  # noqa: E402, F401
+# The plug-ins (DP, the model average, SecAgg+) register themselves into the registries when imported.
+registry.load_plugins()

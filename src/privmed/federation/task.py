@@ -3,9 +3,9 @@
 The Flower apps (:mod:`~privmed.federation.client_app`, :mod:`~privmed.federation.server_app`) stay thin;
 everything that touches datasets, partitions and torch lives here and calls :mod:`privmed.train`.
 
-Differential privacy plugs in through :data:`TRAINING_WRAPPERS`: a function that may wrap the model,
-optimizer and loader before local training (Opacus' ``make_private`` for sample-level DP), chosen by
-``privacy.mode``. Training code never branches on privacy.
+Differential privacy plugs in through :data:`~privmed.federation.registry.TRAINING_WRAPPERS`: a function
+that may wrap the model, optimizer and loader before local training (Opacus' ``make_private`` for
+sample-level DP), chosen by ``privacy.mode``. Training code never branches on privacy.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from privmed.config import Config, DataConfig
 from privmed.data import Dataset, DatasetInfo, Split, load_dataset
 from privmed.data.partition import partition_dataset
 from privmed.errors import ConfigError, DataError
+from privmed.federation import registry
+from privmed.federation.registry import TRAINING_WRAPPERS, TrainingWrapper
 from privmed.models import build_model
 from privmed.train import (
     evaluate,
@@ -65,10 +67,6 @@ class LocalTraining:
     withheld: set[str] = field(default_factory=set)
 
 
-#: A training wrapper: ``(local, cfg, partition_id) -> local``, applied before local training.
-TrainingWrapper = Callable[[LocalTraining, Config, int], LocalTraining]
-
-
 def _no_wrapper(local: LocalTraining, cfg: Config, partition_id: int) -> LocalTraining:
     return local
 
@@ -76,11 +74,12 @@ def _no_wrapper(local: LocalTraining, cfg: Config, partition_id: int) -> LocalTr
 #: ``privacy.mode`` -> how local training is wrapped. ``"client"`` (client-level DP) leaves local training
 #: alone: its clipping and noise come from a strategy wrapper and a client mod. Sample-level DP
 #: (``"sample"``, Opacus) registers here.
-TRAINING_WRAPPERS: dict[str, TrainingWrapper] = {"none": _no_wrapper, "client": _no_wrapper}
+TRAINING_WRAPPERS.update({"none": _no_wrapper, "client": _no_wrapper})
 
 
 def training_wrapper(cfg: Config) -> TrainingWrapper:
     """The wrapper registered for ``cfg.privacy.mode``, or a :class:`ConfigError` naming the valid modes."""
+    registry.load_plugins()
     mode = cfg.privacy.mode
     if mode not in TRAINING_WRAPPERS:
         raise ConfigError(

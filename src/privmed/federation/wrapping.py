@@ -2,7 +2,7 @@
 
 Wrappers add behaviour around a base strategy (FedAvg, FedProx, FedAvgM) without touching it: the DP wrappers
 of :mod:`privmed.federation.dp` and the model average of :mod:`privmed.federation.ema`. They register in
-:data:`privmed.federation.server_app.STRATEGY_WRAPPERS`; checkpoints follow the chain through ``.strategy``.
+:data:`privmed.federation.registry.STRATEGY_WRAPPERS`; checkpoints follow the chain through ``.strategy``.
 """
 
 from __future__ import annotations
