@@ -112,3 +112,28 @@ def test_ground_truth_stays_beside_the_record(tmp_path):
     x2, y2 = load_truth(tmp_path / "truth.npz")
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y, y2)
+
+
+def test_the_attack_registry_refuses_unknown_names_and_settings():
+    from privmed.attacks.base import Attack, Reconstruction, get_attack, register_attack
+    from privmed.errors import ConfigError
+
+    @register_attack
+    class Echo(Attack):
+        name = "echo-test"
+        defaults = {"scale": 1.0}
+
+        def run(self, record, *, seed=None):
+            return Reconstruction(inputs=np.zeros((1, *record.data["input_shape"])))
+
+    try:
+        out = get_attack("echo-test", scale=2.0).run(_record())
+        assert out.inputs.shape == (1, 1, 28, 28)
+        with pytest.raises(ConfigError, match="no setting 'lr'"):
+            get_attack("echo-test", lr=1.0)
+        with pytest.raises(ConfigError, match="unknown attack"):
+            get_attack("no-such-attack")
+    finally:
+        from privmed.attacks.base import ATTACKS
+
+        ATTACKS.pop(Echo.name)
