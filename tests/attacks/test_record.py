@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def test_the_attack_registry_refuses_unknown_names_and_settings():
     @register_attack
     class Echo(Attack):
         name = "echo-test"
-        defaults = {"scale": 1.0}
+        defaults: ClassVar[dict[str, float]] = {"scale": 1.0}
 
         def run(self, record, *, seed=None):
             return Reconstruction(inputs=np.zeros((1, *record.data["input_shape"])))
