@@ -1,9 +1,9 @@
 """Run configuration: TOML files with one table per stage, checked strictly.
 
 A config file has the tables ``[data]``, ``[model]``, ``[train]``, ``[federation]``, ``[privacy]``,
-``[secagg]`` and ``[malicious]`` (threat-model experiments); each maps to a dataclass below. Unknown tables or keys are refused with the list of valid
-ones, so a typo never silently falls back to a default. Presets live in the repository's ``configs/``
-folder and can be named without the path (``privmed train smoke``).
+``[secagg]`` and ``[malicious]`` (threat-model experiments); each maps to a dataclass below. Unknown tables
+or keys are refused with the list of valid ones, so a typo never silently falls back to a default. Presets
+live in the repository's ``configs/`` folder and can be named without the path (``privmed train smoke``).
 """
 
 from __future__ import annotations

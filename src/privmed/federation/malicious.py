@@ -122,7 +122,7 @@ def _imprint(cfg: Config) -> Tamper:
         "seed": int(options["seed"]),
     }
     model = ImprintModel(**kwargs)
-    log.info("malicious server: imprint block with %d bins at brightness N(%.4f, %.4f^2)", kwargs["num_bins"], mean, std)
+    log.info("malicious server: imprint block, %d bins at brightness N(%.4f, %.4f^2)", kwargs["num_bins"], mean, std)
     return Tamper(
         spec={"name": "imprint", "kwargs": kwargs},
         model=model,
@@ -140,8 +140,9 @@ def weighted_average(results: list[tuple[ClientProxy, FitRes]]) -> list[np.ndarr
     total = sum(res.num_examples for _, res in results)
     arrays = [parameters_to_ndarrays(res.parameters) for _, res in results]
     return [
-        (sum(res.num_examples * a[i].astype(np.float64) for (_, res), a in zip(results, arrays, strict=True)) / total)
-        .astype(arrays[0][i].dtype)
+        (
+            sum(res.num_examples * a[i].astype(np.float64) for (_, res), a in zip(results, arrays, strict=True)) / total
+        ).astype(arrays[0][i].dtype)
         for i in range(len(arrays[0]))
     ]
 
@@ -214,8 +215,8 @@ class MaliciousServer(StrategyWrapper):
         else:
             replies = [(None, weighted_average(results), examples)]
             replies += [
-                (str(res.metrics.get("partition_id", proxy.cid)), parameters_to_ndarrays(res.parameters), res.num_examples)
-                for proxy, res in results
+                (str(res.metrics.get("partition_id", p.cid)), parameters_to_ndarrays(res.parameters), res.num_examples)
+                for p, res in results
             ]
         for client, arrays, examples in replies:
             record = self.record(server_round, keys, sent, arrays, client=client, examples=examples, n=len(results))

@@ -57,4 +57,4 @@ from privmed.attacks.imprint import ImprintModel  # noqa: E402  (it imports buil
 
 MODELS["imprint"] = ImprintModel
 
-__all__ = ["MODELS", "ImprintModel", "DPResNet", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
+__all__ = ["MODELS", "DPResNet", "ImprintModel", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
