@@ -18,6 +18,7 @@ A new tampered model is one builder in :data:`TAMPERED_MODELS`: ``(cfg) -> Tampe
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -66,12 +67,12 @@ class Tamper:
 
 #: Keys of ``malicious.options`` for ``model = "imprint"`` and their defaults.
 IMPRINT_OPTIONS: dict[str, Any] = {
-    "bins": 256,  # k; about (1 - 1/k)^(n-1) of n images fall alone in a bin
+    "bins": 512,  # k; about (1 - 1/k)^(n-1) of n images fall alone in a bin
     "stats": "validation",  # where the bins go: a key of BIN_STATISTICS
     "mean": 0.0,  # stats = "fixed": the assumed brightness mean / std (model input scale, [-1, 1])
     "std": 0.5,
     "gain": 1e-3,
-    "scale": 2.0,
+    "scale": 4.0,
     "seed": 0,
 }
 
@@ -287,4 +288,8 @@ def _malicious_strategy(strategy: Strategy, cfg: Config) -> Strategy:
     return MaliciousServer(strategy, cfg, TAMPERED_MODELS[name](cfg))
 
 
+# Outermost wrapper: the plug-ins before this one in registry.PLUGINS register first, whoever is imported first
+# (the DP ledgers inside must see the global model's part only).
+for _name in registry.PLUGINS[: registry.PLUGINS.index("malicious")]:
+    importlib.import_module(f"privmed.federation.{_name}")
 registry.STRATEGY_WRAPPERS["malicious"] = _malicious_strategy
