@@ -21,6 +21,7 @@ from privmed.errors import ConfigError
 from privmed.federation import malicious, registry, task
 from privmed.federation.server_app import build_strategy, fit_config
 from privmed.models import MODELS, build_model
+from privmed.train import set_weights
 
 #: 3 clients x 8 phantom images: each client's local epoch is one step on one batch of 8.
 CASE = {
@@ -106,6 +107,17 @@ def test_one_clients_update_gives_its_isolated_images_back_exactly(tmp_path: Pat
     assert alone >= 4  # 8 images in 512 bins: most are alone
     assert int((scores > 100).sum()) == alone, scores  # exactly the isolated ones, to float precision
     assert record.build_model(), "the record rebuilds the tampered model"
+
+
+def test_a_client_that_pins_its_architecture_cannot_load_the_tampered_model() -> None:
+    """The defence: a client that builds its own model and ignores the server's model spec fails the round."""
+    cfg = case_cfg()
+    info = task.load_federated_data(cfg)[0].info
+    start = task.initial_weights(cfg, info)
+    server = build_strategy(cfg, initial_weights=start)
+    assert isinstance(server, malicious.MaliciousServer)
+    with pytest.raises(ValueError, match="arrays for a model with"):
+        set_weights(task.new_model(cfg, info), server.tamper.wrap(start))
 
 
 def test_the_attack_refuses_a_record_of_an_honest_model() -> None:
