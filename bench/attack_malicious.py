@@ -231,12 +231,14 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{m.get('platform', '?')} ({m.get('cpu_count', '?')} CPUs, shared), torch {m.get('torch', '?')}, "
         f"flwr {m.get('flwr', '?')}, {m.get('date', '?')}; seeds {payload['seeds']}.",
         "",
-        f"Real Flower simulations: {CLIENTS} clients x {BATCH} BreastMNIST training images (a fixed subset of 80, "
+        f"Real Flower simulations: {CLIENTS} clients x {BATCH} BreastMNIST training images (80 drawn per seed, "
         f"IID), batch {BATCH}, one local epoch = one SGD step (lr 0.05, momentum 0.9), model `cnn`. In round 1 "
         f"the server sends the global model behind an imprint block of {BINS} bins on the mean brightness "
         "(Gaussian quantiles of its own validation split's brightness), then strips it and trains on. The attack "
         "reads the update records the server kept. Each of the 80 images is scored against its best-matching "
-        "recovered image; the floor is the PSNR of the mean training image against it.",
+        "recovered image; the floor is the PSNR of the mean training image against it. 'Chance' counts the "
+        "images of the same number that took no part in the round (BreastMNIST test images) for which the same "
+        "recovered images beat the floor.",
         "",
         "| scenario | what the server sees | images >= 40 dB (mean, min–max over seeds) | above the floor, "
         "max per seed (total; chance) | median PSNR dB | SSIM | floor dB | epsilon | per-client replies: >= 40 dB |",
@@ -259,7 +261,7 @@ def markdown(payload: dict[str, Any]) -> str:
             f"{_fmt(s['floor_psnr_mean'])} | {_fmt(s['epsilon'], 2)} | "
             f"{'–' if per_client is None else f'{100 * per_client:.0f}%'} |"
         )
-    lines += ["", "## Findings", "", *[f"- {f}" for f in payload["findings"]], "", "## Runs", ""]
+    lines += ["", "## Findings", "", *[f"- {f}" for f in payload["findings"]], "", *WHY, "", "## Runs", ""]
     lines.append(
         "| scenario | seed | >= 40 dB | above floor | chance: non-participants above floor | median dB | max dB | "
         "candidates | run s | attack s |"
@@ -310,6 +312,24 @@ def findings(summary: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+WHY = [
+    "## Why: what SecAgg+ alone does not stop, and what DP does",
+    "",
+    "- **SecAgg+ hides who sent an update, not what the sum of updates says.** The malicious server chose the "
+    "model: every bin of the imprint block collects, for every image brighter than its threshold, that image times "
+    "one number (the loss gradient reaching the block). FedAvg's aggregate of one-step updates is a weighted sum "
+    "over all 80 images, so it is again such a per-bin sum, and the difference of two neighbouring bins is "
+    "exactly one image when only one of the 80 fell between their thresholds. The weights, the learning rate "
+    "and the batch average cancel in the ratio; SecAgg+ adds only its quantisation noise and the collisions "
+    "between clients (images of different clients in one bin).",
+    "- **DP bounds what one image can write, whatever the model.** Per-example clipping limits each image's "
+    "whole gradient to norm C, and that gradient is spread over the hundreds of bins the image fires; Gaussian "
+    "noise of standard deviation sigma*C on every coordinate of the sum (sample-level DP-SGD in each client, or "
+    "the shares of distributed noise that add up to it under SecAgg+) is far larger than any bin's share. "
+    "The ratio of a noisy bin difference to a noisy bias difference is then noise; the guarantee holds for a "
+    "tampered model as for the honest one, because the clients clip and noise their own gradients.",
+]
+
 NOTES = [
     "Notes:",
     "",
@@ -336,7 +356,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--quick", action="store_true", help="one seed, write attack_malicious-quick.*")
+    parser.add_argument("--report", type=Path, help="only rewrite the markdown of this results JSON")
     args = parser.parse_args(argv)
+    if args.report:
+        import json
+
+        payload = json.loads(args.report.read_text())
+        payload["summary"] = summarise(payload["rows"])
+        payload["findings"], payload["notes"] = findings(payload["summary"]), NOTES
+        write_json_atomic(args.report, payload)
+        args.report.with_suffix(".md").write_text(markdown(payload))
+        return 0
     if not os.environ.get("PRIVMED_DATA_DIR"):
         parser.error("set PRIVMED_DATA_DIR to the folder holding the official breastmnist.npz")
     seeds = args.seeds[:1] if args.quick else args.seeds
