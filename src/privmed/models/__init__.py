@@ -13,9 +13,17 @@ from privmed.errors import ConfigError
 from privmed.models.cnn import SmallCNN
 from privmed.models.dpresnet import DPResNet
 from privmed.models.scatternet import ScatterNet
+from privmed.models.tabular import SeriesCNN, TabularMLP
 
 #: Model name -> class. A new model is one file and one entry here.
-MODELS: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "dpresnet": DPResNet, "scatternet": ScatterNet}
+MODELS: dict[str, type[nn.Module]] = {
+    "cnn": SmallCNN,
+    "dpresnet": DPResNet,
+    "scatternet": ScatterNet,
+    # tables and series: in_channels = features per row / per time step
+    "tabular-mlp": TabularMLP,
+    "series-cnn": SeriesCNN,
+}
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, width: int | None = None) -> nn.Module:
@@ -52,4 +60,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "DPResNet", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
+__all__ = [
+    "MODELS",
+    "DPResNet",
+    "ScatterNet",
+    "SeriesCNN",
+    "SmallCNN",
+    "TabularMLP",
+    "build_model",
+    "count_parameters",
+]
