@@ -83,6 +83,7 @@ def make_tabular_case(
     width: int | None = None,
     split: str = "train",
     dp: DPStep | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[UpdateRecord, np.ndarray, np.ndarray]:
     """A FedSGD record of one batch of ``dataset`` and its ground truth ``(inputs, labels)``.
 
@@ -102,6 +103,8 @@ def make_tabular_case(
         Where the batch comes from.
     dp
         One DP-SGD step instead of the plain gradient.
+    model_kwargs
+        More model arguments (e.g. ``{"steps": 48}`` for an MLP on a flattened series).
     """
     part = dataset.split(split)
     if not 1 <= batch_size <= len(part):
@@ -113,6 +116,7 @@ def make_tabular_case(
     kwargs: dict[str, Any] = {"in_channels": dataset.info.n_channels, "num_classes": dataset.info.n_labels}
     if width is not None:
         kwargs["width"] = width
+    kwargs.update(model_kwargs or {})
     torch.manual_seed(seed)
     net = MODELS[model](**kwargs)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)

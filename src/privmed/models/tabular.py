@@ -32,24 +32,28 @@ def _activation(name: str) -> nn.Module:
 
 
 class TabularMLP(nn.Module):
-    """A two-hidden-layer perceptron for a table ``(B, F)``.
+    """A two-hidden-layer perceptron for a table ``(B, F)`` or a flattened series ``(B, T, F)``.
 
     Parameters
     ----------
     in_channels
-        Features per row ``F``.
+        Features per row (or per time step) ``F``.
     num_classes
         Outputs.
     width
         Hidden units per layer.
     activation
         A key of :data:`ACTIVATIONS`.
+    steps
+        Time steps ``T`` of a series (1 for a table); the input layer sees all ``T · F`` values.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 64, activation: str = "silu") -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, width: int = 64, activation: str = "silu", steps: int = 1
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(in_channels, width),
+            nn.Linear(in_channels * steps, width),
             _activation(activation),
             nn.Linear(width, width),
             _activation(activation),
