@@ -87,3 +87,26 @@ def test_labels_of_a_batch_are_counted_from_the_bias_gradient(table) -> None:
     record, _, y = make_tabular_case(table, model="tabular-mlp", batch_size=8, seed=2, width=16)
     result = get_attack("tabular-gm", iterations=1).run(record, seed=0)
     assert np.bincount(result.labels, minlength=2).tolist() == np.bincount(y, minlength=2).tolist()
+
+
+def test_bayesian_optimisation_resumes_from_its_sqlite_study(table, tmp_path) -> None:
+    from privmed.attacks.tune_tabular import plot_history, tune_tabular
+
+    record, x, _ = make_tabular_case(table, model="tabular-mlp", batch_size=1, seed=0, width=8)
+    base = {"iterations": 20}
+    first = tune_tabular(record, storage=tmp_path / "s.db", n_trials=2, base_settings=base, truth=x)
+    assert len(first.trials) == 2 and "fmse" in first.trials[0]
+    again = tune_tabular(record, storage=tmp_path / "s.db", n_trials=3, base_settings=base, truth=x)
+    assert [t["number"] for t in again.trials] == [0, 1, 2]  # resumed: one more trial, not three
+    assert set(again.best_settings) >= {"lr", "alpha_tv", "alpha_bc", "alpha_nn", "iterations"}
+    assert plot_history(again, tmp_path / "history.png").stat().st_size > 0
+
+
+def test_bayesian_optimisation_refuses_a_budget_of_zero(table, tmp_path) -> None:
+    from privmed.attacks.tune_tabular import tune_tabular
+
+    record, _, _ = make_tabular_case(table, model="tabular-mlp", batch_size=1, seed=0, width=8)
+    with pytest.raises(ConfigError, match="budget of 0 trials"):
+        tune_tabular(record, storage=tmp_path / "s.db", n_trials=0)
+    with pytest.raises(ConfigError, match="needs the ground truth"):
+        tune_tabular(record, storage=tmp_path / "s.db", n_trials=1, objective="fmse")
