@@ -80,10 +80,10 @@ def prior_mean_row(record: UpdateRecord, truth: np.ndarray) -> dict[str, Any]:
 
 
 def attack_row(
-    name: str, record: UpdateRecord, truth: tuple[np.ndarray, np.ndarray], settings: dict[str, Any], seed: int
+    name: str, record: UpdateRecord, case: tuple[np.ndarray, np.ndarray], settings: dict[str, Any], seed: int
 ) -> dict:
-    """One attack run and its scores against ``truth = (inputs, labels)`` (kept out of the record)."""
-    truth, labels = truth
+    """One attack run and its scores against ``case = (inputs, labels)``, the truth kept out of the record."""
+    truth, labels = case
     result = get_attack("tabular-gm", **settings).run(record, seed=seed)
     return {
         "row": name,
