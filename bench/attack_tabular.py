@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="attack_tabular")
     parser.add_argument("--quick", action="store_true", help="20 iterations, 2 trials: plumbing only")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the .json (with the notes)")
+    parser.add_argument("--keep", action="store_true", help="keep the other data sets already in the .json")
     args = parser.parse_args(argv)
     if args.render:
         payload = json.loads((RESULTS_DIR / f"{args.out}.json").read_text())
@@ -245,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         "datasets": {},
         "notes": NOTES,
     }
+    previous = RESULTS_DIR / f"{args.out}.json"
+    if args.keep and previous.is_file():
+        old = json.loads(previous.read_text())
+        payload["datasets"] = old["datasets"]
+        payload["runs"] = [*old.get("runs", [old["config"]]), payload["config"]]
     for name in args.datasets:
         payload["datasets"][name] = run_dataset(name, args)
         payload["seconds"] = round(time.time() - start, 1)
