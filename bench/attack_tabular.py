@@ -120,7 +120,13 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     data_name, options, model, kwargs, iters = CASES[name]
     iters = args.iterations or iters
     dataset = load_dataset(data_name, **options)
-    out: dict[str, Any] = {"display_name": dataset.info.display_name, "model": model, "model_kwargs": kwargs}
+    out: dict[str, Any] = {
+        "display_name": dataset.info.display_name,
+        "model": model,
+        "model_kwargs": kwargs,
+        "iterations": iters,
+        "trials": args.trials,
+    }
     out["batches"], chosen_b1 = {}, None
     for batch in args.batches:
         record, x, y = make_tabular_case(dataset, model=model, batch_size=batch, seed=args.seed, model_kwargs=kwargs)
@@ -166,7 +172,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"Machine: {payload['machine']['processor']}, {payload['machine']['cpu_count']} CPUs shared, torch "
         f"{payload['machine']['torch']} (1 thread), {payload['machine']['date']}. Seeds: case {payload['seed']} "
-        f"(batch, model init, DP noise), attack 0, TPE sampler 0; {payload['trials']} TPE trials per study. "
+        "(batch, model init, DP noise), attack 0, TPE sampler 0. "
         "One case per cell (one batch, one fresh model): the numbers are single measurements, not averages.",
         "",
         "FedSGD case: a fresh model's mean cross-entropy gradient on one batch; the attacker knows the model, "
@@ -178,6 +184,8 @@ def markdown(payload: dict[str, Any]) -> str:
     ]
     for data in payload["datasets"].values():
         lines += [f"## {data['display_name']} — model {data['model']} {data['model_kwargs']}", ""]
+        if "iterations" in data:
+            lines += [f"{data['iterations']} iterations per attack, {data['trials']} TPE trials per study.", ""]
         lines += [
             "| batch | row | decay | α_TV | α_BC | α_NN | lr | FMSE | similarity | binary acc | categorical acc |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
