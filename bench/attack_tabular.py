@@ -161,6 +161,11 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _sim(v: float | None) -> str:
+    """Similarity with enough digits to tell 0.9999 from 0.999999."""
+    return "–" if v is None else f"{v:.6f}"
+
+
 def _alpha(row: dict, key: str) -> str:
     return _fmt(row.get("settings", {}).get(key)) if "settings" in row else "–"
 
@@ -196,7 +201,7 @@ def markdown(payload: dict[str, Any]) -> str:
                 lines.append(
                     f"| {batch} | {r['row']} | {s.get('schedule', '–')} | {_alpha(r, 'alpha_tv')} | "
                     f"{_alpha(r, 'alpha_bc')} | {_alpha(r, 'alpha_nn')} | {_alpha(r, 'lr')} | {_fmt(r['fmse'])} | "
-                    f"{_fmt(r['similarity'])} | {_fmt(r['binary_accuracy'])} | {_fmt(r['categorical_accuracy'])} |"
+                    f"{_sim(r['similarity'])} | {_fmt(r['binary_accuracy'])} | {_fmt(r['categorical_accuracy'])} |"
                 )
         lines += ["", f"DP-SGD, batch 1, the batch-1 BO pick ({data['display_name']}):", ""]
         lines += [
@@ -206,8 +211,8 @@ def markdown(payload: dict[str, Any]) -> str:
         for r in data["dp"]:
             p = r["prior_mean"]
             lines.append(
-                f"| {r['epsilon']:g} | {r['noise_multiplier']:.3g} | {_fmt(r['fmse'])} | {_fmt(r['similarity'])} | "
-                f"{_fmt(p['fmse'])} | {_fmt(p['similarity'])} |"
+                f"| {r['epsilon']:g} | {r['noise_multiplier']:.3g} | {_fmt(r['fmse'])} | {_sim(r['similarity'])} | "
+                f"{_fmt(p['fmse'])} | {_sim(p['similarity'])} |"
             )
         lines.append("")
     lines += ["## Notes", "", *payload.get("notes", []), ""]
