@@ -28,9 +28,9 @@ from privmed.models import MODELS
 from privmed.privacy.accounting import calibrate_noise
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DPStep:
-    """One DP-SGD step's parameters (keyword-only by construction of :func:`make_tabular_case`)."""
+    """One DP-SGD step's privacy parameters (keyword-only): ``DPStep(epsilon=6.0, delta=1e-5, max_grad_norm=1.0)``."""
 
     epsilon: float
     delta: float = 1e-5
