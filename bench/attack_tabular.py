@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", choices=list(CASES), default=list(CASES)[:2])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 6.0, 100.0, 1e4])
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=0, help="override the per-data-set iterations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--storage", type=Path, default=STUDIES)

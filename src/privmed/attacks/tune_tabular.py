@@ -73,6 +73,7 @@ def tune_tabular(
     objective: str = "match",
     truth: np.ndarray | None = None,
     seed: int = 0,
+    startup_trials: int | None = None,
 ) -> TuneResult:
     """Run (or resume) a TPE study of ``attack`` on ``record``; ``n_trials`` is the study's total budget.
 
@@ -98,6 +99,9 @@ def tune_tabular(
         The batch's ground truth, for per-trial truth metrics (and the ``"fmse"`` objective).
     seed
         Seeds the sampler and every trial's attack.
+    startup_trials
+        Random trials before TPE models the objective (Optuna's default is 10, which would make a small budget
+        a random search); ``max(2, n_trials // 3)`` by default.
     """
     import optuna
 
@@ -112,7 +116,7 @@ def tune_tabular(
         storage=url,
         load_if_exists=True,
         direction="minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials or max(2, n_trials // 3)),
     )
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     missing = max(n_trials - done, 0)
