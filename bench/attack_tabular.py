@@ -27,11 +27,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +138,7 @@ def bo_rows(record: UpdateRecord, truth: np.ndarray, study: str, args: argparse.
     return rows
 
 
-def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_dataset(name: str, args: argparse.Namespace, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     data_name, options, model, kwargs, iters = CASES[name]
     iters = args.iterations or iters
     dataset = load_dataset(data_name, **options)
@@ -154,6 +156,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
                                                       {**NAIVE, "iterations": iters}, args.seed)]  # fmt: skip
         rows += bo_rows(record, x, f"{name}-b{batch}", args, iters)
         out["batches"][str(batch)] = rows
+        save(out)  # a partial result survives an interrupted run
         chosen_b1 = rows[2]["settings"] if batch == 1 else chosen_b1
         log.info("%s batch %d: %s", name, batch, [(r["row"], r["fmse"], r["similarity"]) for r in rows])
     out["dp"] = run_dp(dataset, model, kwargs, chosen_b1 or {**BO_BASE, "iterations": iters}, args)
@@ -228,7 +231,7 @@ def markdown(payload: dict[str, Any]) -> str:
             "| ε | σ | FMSE | similarity | prior-mean FMSE | prior-mean similarity |",
             "|---|---|---|---|---|---|",
         ]
-        for r in data["dp"]:
+        for r in data.get("dp", []):
             p = r["prior_mean"]
             lines.append(
                 f"| {r['epsilon']:g} | {r['noise_multiplier']:.3g} | {_fmt(r['fmse'])} | {_sim(r['similarity'])} | "
@@ -284,10 +287,15 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(previous.read_text())
         payload["datasets"] = old["datasets"]
         payload["runs"] = [*old.get("runs", [old["config"]]), payload["config"]]
-    for name in args.datasets:
-        payload["datasets"][name] = run_dataset(name, args)
+
+    def save(name: str, out: dict[str, Any]) -> None:
+        payload["datasets"][name] = out
         payload["seconds"] = round(time.time() - start, 1)
         write_json_atomic(RESULTS_DIR / f"{args.out}.json", payload)
+        (RESULTS_DIR / f"{args.out}.md").write_text(markdown(payload))
+
+    for name in args.datasets:
+        save(name, run_dataset(name, args, functools.partial(save, name)))
     (RESULTS_DIR / f"{args.out}.md").write_text(markdown(payload))
     return 0
 
