@@ -73,8 +73,9 @@ NOTES: list[str] = [
     "the poster does not name: a reference, not a like-for-like comparison.",
     "- The ICU model here is an MLP over the flattened 48 × 76 series (width 64): its first layer's weight gradient "
     "is each example's input times a per-unit factor, so one example is identifiable, and a batch up to the width "
-    "in principle (Wang, Lee & Lei 2022). The 1-D CNN that federated training uses on series is a separate case "
-    "(`--datasets icu-synthetic-cnn`), where convolution sums over time and the same attack recovers far less.",
+    "in principle (Wang, Lee & Lei 2022). The 1-D CNN that federated training uses on series (convolution sums "
+    "over time, so its first-layer gradient mixes the steps) is a case of its own (`--datasets icu-synthetic-cnn`) "
+    "that was not measured in this run (2 shared cores ran out of time).",
     "- The BO row is the attacker's own choice: the TPE trial with the lowest final gradient-matching loss, no "
     "truth used. The oracle row picks by FMSE against the truth: an upper bound, like the poster's 'best'.",
     "- The table has no binary columns and no time axis: α_BC and α_TV do nothing there (TPE still samples them); "
