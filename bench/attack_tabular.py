@@ -77,7 +77,7 @@ NOTES: list[str] = [
     "over time, so its first-layer gradient mixes the steps) is a case of its own (`--datasets icu-synthetic-cnn`), "
     "measured at batch 1 only with 4 trials × 1000 iterations in [attack_tabular-cnn.md](attack_tabular-cnn.md): "
     "FMSE 0.178 / similarity 0.653 for the BO pick against the prior mean's 0.134 / 0.665, i.e. nothing recovered "
-    "beyond the prior at that budget (the 32-step conv features of width 64 do not pin the 48 × 76 input down).",
+    "beyond the prior at that budget; whether more iterations or a wider CNN change that was not measured.",
     "- The BO row is the attacker's own choice: the TPE trial with the lowest final gradient-matching loss, no "
     "truth used. The oracle row picks by FMSE against the truth: an upper bound, like the poster's 'best'.",
     "- The table has no binary columns and no time axis: α_BC and α_TV do nothing there (TPE still samples them); "
