@@ -31,3 +31,6 @@ __all__ = [
     "register_regularizer",
     "save_truth",
 ]
+
+# attacks register themselves on import (one file each)
+from privmed.attacks import tabular as _tabular  # noqa: F401  (tabular-gm and the tabular regularizers)

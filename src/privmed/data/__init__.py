@@ -4,7 +4,9 @@ One entry point, :func:`load_dataset`, resolves a name through :data:`LOADERS`:
 
 - ``"phantom"`` -> :func:`privmed.data.phantom.make_phantom` (options: classes, channels, n_train, ...),
 - any MedMNIST 2D name (``"pneumoniamnist"``, ``"bloodmnist"``, ...) -> :func:`privmed.data.medmnist.load_medmnist`,
-- ``"folder"`` -> :func:`privmed.data.folder.load_folder` (option ``path``: one sub-folder of images per class).
+- ``"folder"`` -> :func:`privmed.data.folder.load_folder` (option ``path``: one sub-folder of images per class),
+- ``"breast-cancer-table"``, ``"icu-synthetic"``, ``"mimic3-ihm"`` -> :mod:`privmed.data.tabular` (a clinical
+  table, synthetic ICU stays, the real MIMIC-III benchmark episodes).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from privmed.data.folder import load_folder
 from privmed.data.medmnist import INFO, load_medmnist, verify_medmnist
 from privmed.data.partition import PARTITIONERS, label_histogram, partition, partition_dataset
 from privmed.data.phantom import make_phantom
+from privmed.data.tabular import TabularSchema, load_breast_cancer_table, load_mimic3_ihm, make_icu_series
 from privmed.errors import ConfigError, DataError
 
 #: Dataset name -> loader taking ``size=`` and keyword options. A new source is one function and one entry.
@@ -26,6 +29,9 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "phantom": make_phantom,
     "folder": load_folder,
     **{name: functools.partial(load_medmnist, name) for name in INFO},
+    "breast-cancer-table": load_breast_cancer_table,
+    "icu-synthetic": make_icu_series,
+    "mimic3-ihm": load_mimic3_ihm,
 }
 
 
@@ -66,6 +72,7 @@ __all__ = [
     "Dataset",
     "DatasetInfo",
     "Split",
+    "TabularSchema",
     "label_histogram",
     "load_dataset",
     "load_folder",

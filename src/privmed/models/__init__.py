@@ -13,9 +13,17 @@ from privmed.errors import ConfigError
 from privmed.models.cnn import SmallCNN
 from privmed.models.dpresnet import DPResNet
 from privmed.models.scatternet import ScatterNet
+from privmed.models.tabular import SeriesCNN, TabularMLP
 
 #: Model name -> class. A new model is one file and one entry here.
-MODELS: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "dpresnet": DPResNet, "scatternet": ScatterNet}
+MODELS: dict[str, type[nn.Module]] = {
+    "cnn": SmallCNN,
+    "dpresnet": DPResNet,
+    "scatternet": ScatterNet,
+    # tables and series: in_channels = features per row / per time step
+    "tabular-mlp": TabularMLP,
+    "series-cnn": SeriesCNN,
+}
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, width: int | None = None) -> nn.Module:
@@ -57,4 +65,14 @@ from privmed.attacks.imprint import ImprintModel  # noqa: E402  (it imports buil
 
 MODELS["imprint"] = ImprintModel
 
-__all__ = ["MODELS", "DPResNet", "ImprintModel", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
+__all__ = [
+    "MODELS",
+    "DPResNet",
+    "ImprintModel",
+    "ScatterNet",
+    "SeriesCNN",
+    "SmallCNN",
+    "TabularMLP",
+    "build_model",
+    "count_parameters",
+]
