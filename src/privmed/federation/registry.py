@@ -41,7 +41,7 @@ MOD_FACTORIES: dict[str, Callable[[Config], list[Mod]]] = {}
 
 #: Plug-in modules of :mod:`privmed.federation`, imported in this order (the order of
 #: :data:`STRATEGY_WRAPPERS`: DP ledgers innermost, then the model average).
-PLUGINS: tuple[str, ...] = ("dp", "dp_distributed", "ema", "secagg")
+PLUGINS: tuple[str, ...] = ("dp", "dp_distributed", "ema", "secagg", "audit")
 
 
 def load_plugins() -> None:
