@@ -41,7 +41,7 @@ from torch import nn
 from privmed.audit.canaries import CanarySet, RoundView, load_canaries, save_round
 from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
-from privmed.federation import registry, task
+from privmed.federation import dp, dp_distributed, registry, task
 from privmed.federation.wrapping import StrategyWrapper
 
 log = logging.getLogger(__name__)
@@ -88,9 +88,14 @@ def _plant(
         step[0] += 1
         sampled = mine[rng.random(mine.size) < rate]
         with torch.no_grad():
-            for j in sampled:
-                grad = params[int(canaries.tensor[j])].grad
-                grad.view(-1)[int(canaries.offset[j])] += float(canaries.sign[j]) * clip
+            for tensor in np.unique(canaries.tensor[sampled]):
+                here = sampled[canaries.tensor[sampled] == tensor]
+                grad = params[int(tensor)].grad.view(-1)
+                grad.index_add_(
+                    0,
+                    torch.as_tensor(canaries.offset[here]),
+                    torch.as_tensor(canaries.sign[here] * clip, dtype=grad.dtype),
+                )
 
     optimizer.add_noise = add_noise
 
@@ -126,10 +131,17 @@ class AuditRecorder(StrategyWrapper):
     def __init__(self, strategy: Strategy, cfg: Config) -> None:
         super().__init__(strategy)
         self.work_dir = cfg.audit.work_dir
-        self.canaries = load_canaries(self.work_dir, secret=False)
+        self._canaries: CanarySet | None = None  # read at the first round (the run's checks build us earlier)
         self.default_lr = cfg.train.lr
         self._global: np.ndarray | None = None
         self._lr = cfg.train.lr
+
+    @property
+    def canaries(self) -> CanarySet:
+        """The canaries' public half (coordinates, signs, holders): never the coins."""
+        if self._canaries is None:
+            self._canaries = load_canaries(self.work_dir, secret=False)
+        return self._canaries
 
     def _at_canaries(self, weights: list[np.ndarray]) -> np.ndarray:
         c = self.canaries
@@ -177,6 +189,9 @@ def _recorder(strategy: Strategy, cfg: Config) -> Strategy:
 
 
 def _register() -> None:
+    """Wrap the DP training wrappers (``dp`` and ``dp_distributed`` are imported above, so they are there)."""
+    assert "sample" in registry.TRAINING_WRAPPERS and dp.dp_sgd_wrapper is not None
+    assert dp_distributed.MODE in registry.TRAINING_WRAPPERS
     for mode in CANARY_MODES:
         if mode in registry.TRAINING_WRAPPERS and mode not in ORIGINAL_WRAPPERS:
             ORIGINAL_WRAPPERS[mode] = registry.TRAINING_WRAPPERS[mode]
@@ -198,6 +213,7 @@ def replay_noise(
     """
     from privmed.train import make_loader, make_optimizer, set_seed
 
+    registry.load_plugins()
     info, split = task.client_partition(cfg, partition_id, cfg.data.num_clients)
     seed = task.round_seed(cfg.train.seed, server_round, partition_id)
     set_seed(seed)

@@ -128,13 +128,15 @@ class OneRunBound:
 
 
 def guess_grid(m: int, fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS) -> list[tuple[int, int]]:
-    """(k₊, k₋) pairs with k₊ + k₋ ≈ fraction·m, half each way, deduplicated, fixed before seeing scores."""
+    """(k₊, k₋) pairs, fixed before seeing any score: for every fraction f, r = f·m guesses split half "in"
+    and half "out", and r guesses all "in" (a Poisson-sampled canary may never have been drawn, so the low
+    scores are a mix and "in" guesses on the high scores alone are often better)."""
     grid: list[tuple[int, int]] = []
     for f in fractions:
         r = max(1, min(m, round(f * m)))
-        pair = ((r + 1) // 2, r // 2)
-        if pair not in grid:
-            grid.append(pair)
+        for pair in (((r + 1) // 2, r // 2), (r, 0)):
+            if pair not in grid:
+                grid.append(pair)
     return grid
 
 
