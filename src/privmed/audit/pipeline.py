@@ -224,8 +224,21 @@ def _secret_canaries(run: AuditRun) -> canary_lib.CanarySet:
 def _bound(run: AuditRun, name: str, scores: np.ndarray, canaries: canary_lib.CanarySet, **extra: Any) -> None:
     assert canaries.included is not None
     result = audit_scores(scores, canaries.included, delta=run.cfg.privacy.delta, beta=run.beta_each)
-    run.bounds[name] = {**result.to_dict(), **extra}
+    run.bounds[name] = {**result.to_dict(), **extra, "score_histogram": score_histogram(scores, canaries.included)}
     log.info("%s: epsilon >= %.3f with confidence %.0f%%", name, result.epsilon_lb, 100 * (1 - result.beta))
+
+
+def score_histogram(scores: np.ndarray, included: np.ndarray, bins: int = 30) -> dict[str, list[float]]:
+    """Histogram of the membership scores of the included and the left-out canaries (for the report)."""
+    finite = scores[np.isfinite(scores)]
+    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    clipped = np.clip(scores, edges[0], edges[-1])
+    return {
+        "edges": edges.tolist(),
+        "in": np.histogram(clipped[included], edges)[0].tolist(),
+        "out": np.histogram(clipped[~included], edges)[0].tolist(),
+    }
 
 
 #: The audit's stages, in order.
