@@ -278,14 +278,13 @@ def audit_config(cfg: Config, out: Path) -> Config:
     return dataclasses.replace(cfg, audit=audit)
 
 
-def _plant(run: AuditRun) -> None:
+def draw(cfg: Config) -> canary_lib.CanarySet:
+    """The run's canaries, drawn for its model (a :class:`ConfigError` when they would not fit)."""
     from privmed.federation import task
 
-    dataset, _ = task.load_federated_data(run.cfg)
-    model = task.new_model(run.cfg, dataset.info)
-    canaries = canary_lib.draw_canaries(model, m=run.cfg.audit.canaries, num_clients=run.cfg.data.num_clients)
-    canary_lib.save_canaries(canaries, run.work_dir)
-    run.canaries = canaries
+    dataset, _ = task.load_federated_data(cfg)
+    model = task.new_model(cfg, dataset.info)
+    return canary_lib.draw_canaries(model, m=cfg.audit.canaries, num_clients=cfg.data.num_clients)
 
 
 def check_audit(cfg: Config) -> None:
@@ -316,12 +315,13 @@ def run_audit(cfg: Config, out: str | Path, *, overwrite: bool = False, report: 
     cfg = audit_config(cfg, out)
     with tempfile.TemporaryDirectory(prefix="privmed-audit-check-") as scratch:  # the run's checks, on a fresh folder
         check_run(cfg, out_dir=Path(scratch) / "federation")
+    canaries = draw(cfg)
     prepare_out(out, overwrite=overwrite)
+    canary_lib.save_canaries(canaries, out / SECRET_DIR)
     tests = sum(stage.tests(cfg) for stage in STAGES if stage.why_not(cfg) is None)
-    run = AuditRun(cfg=cfg, out=out, beta_each=cfg.audit.beta / max(1, tests))
+    run = AuditRun(cfg=cfg, out=out, canaries=canaries, beta_each=cfg.audit.beta / max(1, tests))
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    _plant(run)
     for stage in STAGES:
         why = stage.why_not(cfg)
         if why is not None:
