@@ -74,3 +74,23 @@ def test_likelihood_scores_separate_noise_free_canaries() -> None:
     x = (rng.random((20, 500)) < 0.3) * included + rng.normal(0, 0.05, (20, 500))
     scores = C.likelihood_scores(x, sample_rate=0.3, noise_multipliers=np.full(20, 1.0))
     assert scores[included].min() > np.median(scores[~included])
+
+
+def test_projection_scores_rank_the_held_canaries_of_each_client() -> None:
+    rng = np.random.default_rng(4)
+    m = 300
+    can = C.CanarySet(
+        tensor=np.zeros(m, dtype=np.int64), offset=np.arange(m), sign=np.where(rng.random(m) < 0.5, -1.0, 1.0),
+        holder=np.arange(m) % 3, included=rng.random(m) < 0.5, seed=1,
+    )  # fmt: skip
+    views = []
+    for t in range(5):
+        g = rng.normal(0, 1, m)
+        replies = {}
+        for pid in range(3):
+            step = 0.01 * rng.normal(0, 1, m) * (pid + 1)  # clients differ in scale: standardised per holder
+            step -= 0.05 * (pid + 1) * can.sign * can.included * (can.holder == pid)
+            replies[pid] = (100.0, g + step)
+        views.append(C.RoundView(t + 1, g, replies, lr=0.1, noise_multiplier=1.0, sample_rate=float("nan")))
+    scores = C.projection_scores(views, can)
+    assert scores[can.included].min() > scores[~can.included].max()

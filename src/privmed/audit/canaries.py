@@ -22,7 +22,9 @@ records it):
   in and N(0, σ²) if not; the score is the log-likelihood ratio Σ_t log(1 − q + q·exp((x_t − ½)/σ²)) with
   the *claimed* σ (the Neyman–Pearson test for the claimed mechanism; any score is valid for the bound).
 - ``"projection"`` (``privacy.mode = "sample"``, several local steps): Σ_t of the holder's update at the
-  coordinate (sign-corrected), standardised per holder by the median and MAD of its canaries' sums.
+  coordinate (sign-corrected), divided per holder by the noise scale of its canaries (clients differ in
+  batch size, steps and σ): the root mean square of the negative sums, which come mostly from left-out
+  canaries, whose sums are centred on 0 (an included canary's is shifted up).
 """
 
 from __future__ import annotations
@@ -243,9 +245,9 @@ def projection_scores(views: list[RoundView], canaries: CanarySet) -> np.ndarray
     out = np.zeros_like(raw)
     for pid in np.unique(canaries.holder):
         mine = canaries.held_by(int(pid))
-        center = np.median(raw[mine])
-        spread = np.median(np.abs(raw[mine] - center)) * 1.4826 or 1.0
-        out[mine] = (raw[mine] - center) / spread
+        negative = raw[mine][raw[mine] < 0]  # mostly left-out canaries, whose sums are centred on 0
+        scale = float(np.sqrt(np.mean(negative**2))) if negative.size else 0.0
+        out[mine] = raw[mine] / (scale or 1.0)
     return out
 
 

@@ -161,6 +161,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         if math.isinf(value):
             return "∞"
+        if value > 100:
+            return "&gt; 100"
         return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
     return html.escape(str(value))
 
