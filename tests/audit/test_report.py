@@ -26,3 +26,12 @@ def test_report_red_banner_on_violation(tmp_path: Path) -> None:
     page = render(fake_results(violation=True))
     assert "banner bad" in page and "PRIVACY BUG" in page
     assert 'class="violation"' in page
+
+
+def test_report_says_when_nothing_was_tested() -> None:
+    from privmed.audit.report import render
+
+    results = fake_results()
+    results["bounds"], results["estimates"] = {}, {}
+    page = render(results)
+    assert "banner warn" in page and "No empirical test could run" in page

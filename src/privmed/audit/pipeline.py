@@ -296,6 +296,11 @@ def check_audit(cfg: Config) -> None:
         raise ConfigError(f"audit.beta = {cfg.audit.beta}: the failure probability must be in (0, 1), e.g. 0.05")
     if cfg.audit.canaries < 0:
         raise ConfigError(f"audit.canaries = {cfg.audit.canaries}: give a positive number (0 = the default)")
+    if cfg.privacy.mode == "distributed" and cfg.train.optimizer.lower() != "sgd":
+        raise ConfigError(
+            f"train.optimizer = {cfg.train.optimizer!r}: the white-box audit of privacy.mode = 'distributed' reads "
+            "each round's step as lr x the noised gradient sum, which holds for SGD only; set train.optimizer = 'sgd'"
+        )
 
 
 def run_audit(cfg: Config, out: str | Path, *, overwrite: bool = False, report: bool = True) -> dict[str, Any]:

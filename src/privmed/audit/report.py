@@ -254,6 +254,11 @@ def _banner(results: dict[str, Any]) -> str:
         from privmed.audit.pipeline import verdict_message
 
         return f'<div class="banner bad" id="verdict">{html.escape(verdict_message(results))}</div>'
+    if not results["bounds"]:
+        return (
+            '<div class="banner warn" id="verdict">No empirical test could run on this configuration (see Stages): '
+            "nothing here confirms the formal ε.</div>"
+        )
     return (
         '<div class="banner ok" id="verdict">No empirical lower bound exceeds the formal ε '
         f"(confidence {100 * results['confidence']:.0f}%).</div>"
