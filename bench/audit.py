@@ -101,6 +101,14 @@ def _markdown(payload: dict[str, Any]) -> str:
             f"{q['load_average_start_end'][1]:.1f} on 2 cores), peak RSS of the driver "
             f"{q['peak_rss_mb_driver']:.0f} MB; stage shares: {shares}; exit code {q['exit_code']}.",
             "",
+            f"Formal ε {q['formal_epsilon']:.2f}; "
+            + "; ".join(f"{n} ≥ {b['epsilon_lb']:.2f}" for n, b in q["bounds"].items())
+            + "; "
+            + "; ".join(f"{n} ≈ {e:.2f} (estimate)" for n, e in q["estimates"].items())
+            + ". Violations: "
+            + (", ".join(q["violations"]) or "none")
+            + " (the replay stage flags today's seeded noise).",
+            "",
         ]
     lines += [
         "## PneumoniaMNIST, 10 clients, distributed noise under SecAgg+",
@@ -126,6 +134,14 @@ def _markdown(payload: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def rewrite_markdown(name: str = "audit") -> None:
+    """Redraw ``bench/results/<name>.md`` from its JSON."""
+    import json
+
+    payload = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    (RESULTS_DIR / f"{name}.md").write_text(_markdown(payload))
 
 
 def main() -> None:
