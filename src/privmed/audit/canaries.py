@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from privmed.errors import ConfigError
@@ -95,10 +96,22 @@ def trainable_weight_tensors(model: nn.Module) -> list[tuple[int, int]]:
     return out
 
 
-def draw_canaries(model: nn.Module, *, m: int, num_clients: int, rng: np.random.Generator | None = None) -> CanarySet:
+def draw_canaries(
+    model: nn.Module,
+    *,
+    m: int,
+    num_clients: int,
+    rng: np.random.Generator | None = None,
+    quietness: np.ndarray | None = None,
+) -> CanarySet:
     """m distinct coordinates among the model's weights, random signs, holders round-robin, fresh coins.
 
-    The coins and the sampling seed come from OS entropy unless ``rng`` is given (tests only).
+    The coins and the sampling seed come from OS entropy unless ``rng`` is given (tests only). With
+    ``quietness`` (one value per weight coordinate, in the order of :func:`trainable_weight_tensors`; small =
+    little real gradient there, e.g. :func:`gradient_magnitude` on data the server holds) the coordinates are
+    drawn at random among the quietest ``max(2m, 20 %)``: the real examples' gradients there add less to
+    what the server sees at the canary (Nasr et al. 2023 pick such coordinates too). The choice never looks
+    at the coins.
 
     Raises
     ------
@@ -113,7 +126,11 @@ def draw_canaries(model: nn.Module, *, m: int, num_clients: int, rng: np.random.
             f"{total} weights, and at most half of them may be taken)"
         )
     source = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-    flat = np.sort(source.choice(total, size=m, replace=False))
+    if quietness is not None and quietness.size == total:
+        pool = np.argsort(quietness, kind="stable")[: max(2 * m, total // 5)]
+        flat = np.sort(source.choice(pool, size=m, replace=False))
+    else:
+        flat = np.sort(source.choice(total, size=m, replace=False))
     starts = np.cumsum([0] + [size for _, size in tensors])
     which = np.searchsorted(starts, flat, side="right") - 1
     return CanarySet(
@@ -124,6 +141,22 @@ def draw_canaries(model: nn.Module, *, m: int, num_clients: int, rng: np.random.
         included=source.random(m) < 0.5,
         seed=int(source.integers(0, 2**63 - 1)),
     )
+
+
+def gradient_magnitude(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module
+) -> np.ndarray:
+    """|mean gradient| of the loss at every weight coordinate (order of :func:`trainable_weight_tensors`)."""
+    tensors = dict(trainable_weight_tensors(model))
+    values = list(model.state_dict(keep_vars=True).values())
+    model.zero_grad()
+    for images, labels in batches:
+        loss_fn(model(images), labels).backward()
+    grads = [values[i].grad for i in tensors]
+    out = np.concatenate([(g.detach().abs().reshape(-1).numpy() if g is not None else np.zeros(n)) for g, n in
+                          zip(grads, tensors.values(), strict=True)])  # fmt: skip
+    model.zero_grad()
+    return out
 
 
 def save_canaries(canaries: CanarySet, work_dir: str | Path) -> None:

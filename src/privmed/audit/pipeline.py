@@ -281,10 +281,24 @@ def audit_config(cfg: Config, out: Path) -> Config:
 def draw(cfg: Config) -> canary_lib.CanarySet:
     """The run's canaries, drawn for its model (a :class:`ConfigError` when they would not fit)."""
     from privmed.federation import task
+    from privmed.train import make_loader, make_loss
 
     dataset, _ = task.load_federated_data(cfg)
     model = task.new_model(cfg, dataset.info)
-    return canary_lib.draw_canaries(model, m=cfg.audit.canaries, num_clients=cfg.data.num_clients)
+    model.load_state_dict({k: v for k, v in zip(model.state_dict(), _initial(cfg, dataset.info), strict=True)})
+    # the validation split is the server's own (it evaluates on it): where does real data push the weights?
+    loader = make_loader(dataset.val, dataset.info, batch_size=256, shuffle=False)
+    batches = [batch for _, batch in zip(range(2), loader, strict=False)]
+    quiet = canary_lib.gradient_magnitude(model, batches, make_loss(dataset.info))
+    return canary_lib.draw_canaries(model, m=cfg.audit.canaries, num_clients=cfg.data.num_clients, quietness=quiet)
+
+
+def _initial(cfg: Config, info: Any) -> list[Any]:
+    import torch
+
+    from privmed.federation import task
+
+    return [torch.as_tensor(w) for w in task.initial_weights(cfg, info)]
 
 
 def check_audit(cfg: Config) -> None:
