@@ -94,3 +94,20 @@ def test_projection_scores_rank_the_held_canaries_of_each_client() -> None:
         views.append(C.RoundView(t + 1, g, replies, lr=0.1, noise_multiplier=1.0, sample_rate=float("nan")))
     scores = C.projection_scores(views, can)
     assert scores[can.included].min() > scores[~can.included].max()
+
+
+def test_quiet_coordinates_are_preferred() -> None:
+    model = _model()
+    total = sum(n for _, n in C.trainable_weight_tensors(model))
+    quietness = np.arange(total, dtype=float)[::-1]  # the last coordinates are the quietest
+    can = C.draw_canaries(model, m=20, num_clients=2, rng=np.random.default_rng(5), quietness=quietness)
+    starts = {
+        t: s
+        for (t, _), s in zip(
+            C.trainable_weight_tensors(model),
+            np.cumsum([0] + [n for _, n in C.trainable_weight_tensors(model)]),
+            strict=False,
+        )
+    }
+    flat = np.array([starts[t] + o for t, o in zip(can.tensor, can.offset, strict=True)])
+    assert flat.min() >= total - max(40, total // 5)
