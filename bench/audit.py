@@ -47,13 +47,17 @@ def _audit(cfg: Config, out: Path) -> dict[str, Any]:
 
         results, code = json.loads((out / "results.json").read_text()), exc.exit_code
     wall = time.perf_counter() - started
+    return {**summary(results, exit_code=code, wall=wall), "load_average_start_end": [load0, os.getloadavg()[0]]}
+
+
+def summary(results: dict[str, Any], *, exit_code: int, wall: float) -> dict[str, Any]:
+    """One audit's line of the benchmark, from its results JSON."""
     stages = {n: s.get("seconds") for n, s in results["stages"].items() if s["status"] == "done"}
     return {
-        "exit_code": code,
+        "exit_code": exit_code,
         "wall_seconds": wall,
         "stage_share": {n: s / wall for n, s in stages.items() if s is not None},
         "peak_rss_mb_driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "load_average_start_end": [load0, os.getloadavg()[0]],
         "formal_epsilon": results["formal_epsilon"],
         "target_epsilon": results["target_epsilon"],
         "delta": results["delta"],
@@ -111,7 +115,7 @@ def _markdown(payload: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "## PneumoniaMNIST, 10 clients, distributed noise under SecAgg+",
+        "## " + payload.get("pneumonia_title", "PneumoniaMNIST, 10 clients, distributed noise under SecAgg+"),
         "",
         "| run | formal ε | one-run (plain) | one-run (profile) | noise ratio ≤ | one-shot estimate | ratio "
         "profile / formal | verdict | test AUC |",
@@ -128,6 +132,18 @@ def _markdown(payload: dict[str, Any]) -> str:
             f"{(prof or 0) / formal:.2f} | {'CAUGHT: ' + ', '.join(r['violations']) if r['violations'] else 'ok'} | "
             f"{(r['final_test'] or {}).get('auc', float('nan')):.3f} |"
         )
+    for title, table in payload.get("tables", {}).items():
+        lines += ["", f"### {title}", "", "| run | formal ε | one-run (plain) | one-run (profile) | noise ratio ≤ | "
+                  "one-shot estimate | verdict | test AUC |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in table.items():
+            b = r["bounds"]
+            lines.append(
+                f"| {name} | {r['formal_epsilon']:.2f} | {b['white-box']['epsilon_lb']:.2f} | "
+                f"{b['white-box, profile']['epsilon_lb']:.2f} | {b['white-box, noise check']['ratio_ub']:.3g} | "
+                f"{r['estimates'].get('one-shot', float('nan')):.2f} | "
+                f"{'CAUGHT: ' + ', '.join(r['violations']) if r['violations'] else 'ok'} | "
+                f"{(r['final_test'] or {}).get('auc', float('nan')):.3f} |"
+            )
     if payload.get("ideal"):
         lines += [
             "",
