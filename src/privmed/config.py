@@ -1,9 +1,10 @@
 """Run configuration: TOML files with one table per stage, checked strictly.
 
 A config file has the tables ``[data]``, ``[model]``, ``[train]``, ``[federation]``, ``[privacy]``,
-``[secagg]`` and ``[malicious]`` (threat-model experiments); each maps to a dataclass below. Unknown tables
-or keys are refused with the list of valid ones, so a typo never silently falls back to a default. Presets
-live in the repository's ``configs/`` folder and can be named without the path (``privmed train smoke``).
+``[secagg]``, ``[audit]`` (``privmed audit``'s canaries) and ``[malicious]`` (threat-model experiments); each
+maps to a dataclass below. Unknown tables or keys are refused with the list of valid ones, so a typo never
+silently falls back to a default. Presets live in the repository's ``configs/`` folder and can be named without
+the path (``privmed train smoke``).
 """
 
 from __future__ import annotations
@@ -160,6 +161,27 @@ class MaliciousConfig:
 
 
 @dataclass
+class AuditConfig:
+    """``privmed audit`` (:mod:`privmed.audit`): gradient canaries and the empirical ε bound.
+
+    ``canaries`` = 0 leaves training untouched (``privmed federate``). The canaries' inclusion coins are
+    never in the config: ``privmed audit`` draws them from OS entropy into ``work_dir``, which only the
+    auditor (and, in simulation, the canary-holding clients) read.
+    """
+
+    #: gradient (Dirac) canaries, each included with probability 1/2 (0 = no audit)
+    canaries: int = 0
+    #: failure probability of the lower bounds (confidence 1 - beta)
+    beta: float = 0.05
+    #: the auditor's folder (secret coins, what the server saw); set by ``privmed audit``
+    work_dir: str = ""
+    #: FOR TESTING THE AUDIT ONLY: break the noise after calibration ("none", "off", "tenth")
+    break_noise: str = "none"
+    #: also run the auditor that regenerates the noise from the config and subtracts it
+    replay_noise: bool = True
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -170,6 +192,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     malicious: MaliciousConfig = field(default_factory=MaliciousConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     #: where this config came from, for results files
     source: str = ""
 
@@ -187,6 +210,7 @@ _SECTION_TYPES = {
     "privacy": PrivacyConfig,
     "secagg": SecAggConfig,
     "malicious": MaliciousConfig,
+    "audit": AuditConfig,
 }
 
 

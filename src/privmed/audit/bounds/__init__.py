@@ -1,0 +1,42 @@
+"""Empirical ε: lower bounds and estimates from canaries, one method per module.
+
+- :mod:`~privmed.audit.bounds.one_run`: Steinke, Nasr & Jagielski (NeurIPS 2023), the exact one-run test with
+  its δ term and a union bound over the guess counts.
+- :mod:`~privmed.audit.bounds.one_shot`: Andrew et al. (ICLR 2024), the one-shot estimate from canary cosines.
+- :mod:`~privmed.audit.bounds.profile`: the one-run test against the accountant's whole (ε, δ) curve (assumes
+  DP-SGD's mechanism; refutes large ε claims the plain test cannot).
+- :mod:`~privmed.audit.bounds.noise_check`: an upper confidence bound on the noise the server's view carried.
+- :mod:`~privmed.audit.bounds.gdp`: Gaussian DP and (ε, δ) of one or two Gaussians, which both need.
+"""
+
+from privmed.audit.bounds.gdp import (
+    gaussian_delta,
+    gaussian_epsilon,
+    gaussian_mu,
+    two_gaussians_delta,
+    two_gaussians_epsilon,
+)
+from privmed.audit.bounds.noise_check import NoiseCheck, noise_ratio_upper_bound
+from privmed.audit.bounds.one_run import OneRunBound, audit_scores, epsilon_lower_bound, p_value
+from privmed.audit.bounds.one_shot import OneShotEstimate, cosines, one_shot_estimate
+from privmed.audit.bounds.profile import ProfileBound, profile_lower_bound, rdp_profile
+
+__all__ = [
+    "NoiseCheck",
+    "OneRunBound",
+    "OneShotEstimate",
+    "ProfileBound",
+    "audit_scores",
+    "cosines",
+    "epsilon_lower_bound",
+    "gaussian_delta",
+    "gaussian_epsilon",
+    "gaussian_mu",
+    "noise_ratio_upper_bound",
+    "one_shot_estimate",
+    "p_value",
+    "profile_lower_bound",
+    "rdp_profile",
+    "two_gaussians_delta",
+    "two_gaussians_epsilon",
+]

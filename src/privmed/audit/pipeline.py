@@ -1,0 +1,428 @@
+"""``privmed audit``: train with canaries, bound ε empirically beside the formal ε, write results and a report.
+
+Stages (:data:`STAGES`, in order; each says whether it can run on this config and, if not, why — the report
+lists the skipped ones):
+
+1. ``train`` — federated training with the configured privacy (:func:`privmed.federation.run.run_federated`,
+   what ``privmed federate`` runs), with m gradient canaries planted by the audit plug-in
+   (:mod:`privmed.federation.audit`) and the server's view recorded.
+2. ``white-box`` — one-run lower bound (Steinke, Nasr & Jagielski 2023) from the per-round aggregates at the
+   canaries, and the one-shot estimate (Andrew et al. 2024) from the final model delta.
+3. ``replay`` — the same after subtracting the noise a server that knows the config regenerates: catches noise
+   that is not secret (issue 9's ``privacy.reproducible_noise``, and today's seeded noise).
+4. ``attacks`` / ``hfgan`` — reconstruction attacks on the update records and HF-GAN augmentation: joined
+   once those stages exist (issues 10-12); reported as skipped until then.
+
+A lower bound above the formal ε is a privacy bug: :class:`PrivacyBugError` (exit code 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privmed.audit import canaries as canary_lib
+from privmed.audit.bounds import (
+    audit_scores,
+    noise_ratio_upper_bound,
+    one_shot_estimate,
+    profile_lower_bound,
+    rdp_profile,
+)
+from privmed.config import Config, from_dict
+from privmed.errors import ConfigError, PrivmedError
+from privmed.results import machine, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MARKER = ".privmed-audit"
+SECRET_DIR = "auditor"
+#: Default number of canaries when the config says 0.
+DEFAULT_CANARIES = 1000
+
+
+class PrivacyBugError(PrivmedError):
+    """An empirical lower bound exceeds the formal ε: the run leaks more than it claims."""
+
+    exit_code = 3
+
+
+def quickstart_config() -> Config:
+    """The offline quickstart: phantom images, 5 hospitals, distributed DP-SGD at ε = 8 under SecAgg+."""
+    return from_dict(
+        {
+            "data": {
+                "name": "phantom",
+                "options": {"classes": 2, "channels": 1, "n_train": 2000, "n_val": 200, "n_test": 200},
+                "partitioner": "dirichlet",
+                "partition_options": {"alpha": 0.5},
+                "num_clients": 5,
+                "min_examples": 20,
+            },
+            "model": {"name": "cnn"},
+            "train": {"batch_size": 500, "lr": 0.5, "momentum": 0.0, "seed": 0},
+            "federation": {"rounds": 40, "local_epochs": 1, "fraction_fit": 1.0, "min_fit_clients": 2},
+            "privacy": {"mode": "distributed", "epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0},
+            "secagg": {"enabled": True, "num_shares": 5, "reconstruction_threshold": 3},
+            "audit": {"canaries": DEFAULT_CANARIES},
+        },
+        source="quickstart",
+    )
+
+
+# -- stages ------------------------------------------------------------------------------------------
+@dataclass
+class AuditRun:
+    """What the stages share: the config, the output folder, and what each stage produced."""
+
+    cfg: Config
+    out: Path
+    federation: dict[str, Any] | None = None
+    canaries: canary_lib.CanarySet | None = None
+    bounds: dict[str, Any] = dataclasses.field(default_factory=dict)
+    estimates: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: each verdict test's failure probability: audit.beta split evenly over the tests (union bound)
+    beta_each: float = 0.05
+    stages: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def work_dir(self) -> Path:
+        return self.out / SECRET_DIR
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``why_not(cfg)`` is ``None`` when it can run, else the reason it is skipped."""
+
+    name: str
+    title: str
+    run: Callable[[AuditRun], None]
+    why_not: Callable[[Config], str | None]
+    #: ``cfg -> `` how many verdict tests (lower bounds compared with the formal ε) the stage runs
+    tests: Callable[[Config], int] = lambda cfg: 0
+
+
+def _canary_modes_only(cfg: Config) -> str | None:
+    from privmed.federation.audit import CANARY_MODES
+
+    if cfg.privacy.mode not in CANARY_MODES:
+        return (
+            f"privacy.mode = {cfg.privacy.mode!r}: gradient canaries need DP-SGD ({', '.join(CANARY_MODES)}); "
+            "federated canary clients for client-level DP are not built yet"
+        )
+    return None
+
+
+def _replayable(cfg: Config) -> str | None:
+    from privmed.federation.audit import NOISE_REPLAYS
+
+    if (why := _canary_modes_only(cfg)) is not None:
+        return why
+    if not cfg.audit.replay_noise:
+        return "audit.replay_noise = false"
+    if cfg.privacy.mode not in NOISE_REPLAYS:
+        return f"no noise replay for privacy.mode = {cfg.privacy.mode!r} yet"
+    return None
+
+
+def _not_yet(what: str) -> Callable[[Config], str]:
+    return lambda cfg: f"not available in this run: {what} is not part of privmed yet"
+
+
+def _train(run: AuditRun) -> None:
+    from privmed.federation.run import run_federated
+
+    run.federation = run_federated(run.cfg, out_dir=run.out / "federation")
+
+
+def _views(run: AuditRun) -> list[canary_lib.RoundView]:
+    views = [v for v in canary_lib.load_rounds(run.work_dir) if v.lr > 0]
+    if not views:
+        raise ConfigError("audit: the server recorded no rounds with a positive learning rate; nothing to score")
+    return views
+
+
+def _white_box(run: AuditRun) -> None:
+    cfg, canaries, views = run.cfg, _secret_canaries(run), _views(run)
+    if cfg.privacy.mode != "distributed":
+        score_name = canary_lib.SCORE_FOR_MODE[cfg.privacy.mode]
+        scores = canary_lib.SCORES[score_name](views, canaries, cfg.privacy.max_grad_norm)
+        _bound(run, "white-box", scores, canaries, score=score_name, rounds=len(views))
+        return
+    x = canary_lib.normalized_steps(views, canaries, clip=cfg.privacy.max_grad_norm)
+    _distributed_tests(run, "white-box", x, views, canaries)
+    est = one_shot_estimate(x.sum(axis=0), canaries.included, delta=cfg.privacy.delta, beta=run.beta_each)
+    run.estimates["one-shot"] = {
+        **est.to_dict(),
+        "statistic": "final model delta (sum of the aggregate steps, before server momentum) at each canary, in C",
+    }
+
+
+def _replay(run: AuditRun) -> None:
+    from privmed.federation.audit import NOISE_REPLAYS
+
+    cfg, canaries, views = run.cfg, _secret_canaries(run), _views(run)
+    replay = NOISE_REPLAYS[cfg.privacy.mode]
+    x = canary_lib.normalized_steps(views, canaries, clip=cfg.privacy.max_grad_norm)
+    for t, view in enumerate(views):
+        noise = np.zeros(canaries.m)
+        for pid in view.replies:
+            tensors = replay(cfg, server_round=view.server_round, partition_id=pid, instructions=view.instructions)
+            noise += np.array(
+                [tensors[i].reshape(-1)[o] for i, o in zip(canaries.tensor, canaries.offset, strict=True)]
+            )
+        x[t] -= canaries.sign * noise / cfg.privacy.max_grad_norm
+    _distributed_tests(run, "replay", x, views, canaries)
+
+
+def _distributed_tests(
+    run: AuditRun, name: str, x: np.ndarray, views: list[canary_lib.RoundView], canaries: canary_lib.CanarySet
+) -> None:
+    """The three tests on per-round observations ``x`` (rounds × canaries, in units of C)."""
+    assert canaries.included is not None
+    cfg, beta = run.cfg, run.beta_each
+    sigmas = np.array([v.noise_multiplier for v in views])
+    q = views[0].sample_rate
+    scores = canary_lib.likelihood_scores(x, sample_rate=q, noise_multipliers=sigmas)
+    _bound(run, name, scores, canaries, score="likelihood ratio per round, summed", rounds=len(views))
+    details = (run.federation or {}).get("privacy_details") or {}
+    sigma = float(details.get("noise_multiplier", np.nanmax(sigmas)))
+    steps = len(canary_lib.load_rounds(run.work_dir))
+    profile = rdp_profile(q, steps)
+    prof = profile_lower_bound(scores, canaries.included, profile=profile, delta=cfg.privacy.delta, beta=beta)
+    run.bounds[f"{name}, profile"] = prof.to_dict() | {"claimed_sigma": sigma}
+    check = noise_ratio_upper_bound(x[:, ~canaries.included], sigmas[:, None], beta=beta)
+    eps_noise = float(profile(check.ratio_ub * sigma, [cfg.privacy.delta])[0]) if check.ratio_ub > 0 else np.inf
+    run.bounds[f"{name}, noise check"] = check.to_dict() | {
+        "epsilon_lb": eps_noise if check.ratio_ub < 1 else 0.0,
+        "epsilon_at_ratio_ub": eps_noise,
+        "claimed_sigma": sigma,
+        "delta": cfg.privacy.delta,
+        "assumes": "DP-SGD's subsampled Gaussian mechanism; tests only how much noise was added",
+    }
+    log.info("%s: noise ratio <= %.3g (p = %.3g); profile epsilon >= %.3f", name, check.ratio_ub, check.p_value,
+             prof.epsilon_lb)  # fmt: skip
+
+
+def _secret_canaries(run: AuditRun) -> canary_lib.CanarySet:
+    if run.canaries is None:
+        run.canaries = canary_lib.load_canaries(run.work_dir, secret=True)
+    return run.canaries
+
+
+def _bound(run: AuditRun, name: str, scores: np.ndarray, canaries: canary_lib.CanarySet, **extra: Any) -> None:
+    assert canaries.included is not None
+    result = audit_scores(scores, canaries.included, delta=run.cfg.privacy.delta, beta=run.beta_each)
+    run.bounds[name] = {**result.to_dict(), **extra, "score_histogram": score_histogram(scores, canaries.included)}
+    log.info("%s: epsilon >= %.3f with confidence %.0f%%", name, result.epsilon_lb, 100 * (1 - result.beta))
+
+
+def score_histogram(scores: np.ndarray, included: np.ndarray, bins: int = 30) -> dict[str, list[float]]:
+    """Histogram of the membership scores of the included and the left-out canaries (for the report)."""
+    finite = scores[np.isfinite(scores)]
+    lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    clipped = np.clip(scores, edges[0], edges[-1])
+    return {
+        "edges": edges.tolist(),
+        "in": np.histogram(clipped[included], edges)[0].tolist(),
+        "out": np.histogram(clipped[~included], edges)[0].tolist(),
+    }
+
+
+#: The audit's stages, in order.
+STAGES: tuple[Stage, ...] = (
+    Stage("train", "federated training with canaries", _train, lambda cfg: None),
+    Stage(
+        "white-box",
+        "one-run bound and one-shot estimate (white-box server)",
+        _white_box,
+        _canary_modes_only,
+        lambda cfg: 3 if cfg.privacy.mode == "distributed" else 1,
+    ),
+    Stage("replay", "server that regenerates the noise from the config", _replay, _replayable, lambda cfg: 3),
+    Stage("attacks", "reconstruction attacks on the update records", lambda run: None, _not_yet("issue 10's attacks")),
+    Stage("hfgan", "HF-GAN augmentation", lambda run: None, _not_yet("issue 11's HF-GAN")),
+)
+
+
+# -- the command -------------------------------------------------------------------------------------
+def prepare_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an existing output folder unless ``overwrite`` (and then only an audit's own folder)."""
+    if out.exists():
+        if not overwrite:
+            raise ConfigError(f"{out} exists; choose another --out or pass --overwrite to replace it")
+        if not (out / MARKER).exists():
+            raise ConfigError(f"{out} exists and is not a privmed audit folder; --overwrite replaces only those")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("privmed audit output folder\n")
+
+
+def audit_config(cfg: Config, out: Path) -> Config:
+    """``cfg`` with the canaries switched on and the auditor's folder set (the config itself is not changed)."""
+    audit = dataclasses.replace(
+        cfg.audit, canaries=cfg.audit.canaries or DEFAULT_CANARIES, work_dir=str((out / SECRET_DIR).resolve())
+    )
+    return dataclasses.replace(cfg, audit=audit)
+
+
+def draw(cfg: Config) -> canary_lib.CanarySet:
+    """The run's canaries, drawn for its model (a :class:`ConfigError` when they would not fit)."""
+    from privmed.federation import task
+    from privmed.train import make_loader, make_loss
+
+    dataset, _ = task.load_federated_data(cfg)
+    model = task.new_model(cfg, dataset.info)
+    model.load_state_dict({k: v for k, v in zip(model.state_dict(), _initial(cfg, dataset.info), strict=True)})
+    # the validation split is the server's own (it evaluates on it): where does real data push the weights?
+    loader = make_loader(dataset.val, dataset.info, batch_size=256, shuffle=False)
+    batches = [batch for _, batch in zip(range(2), loader, strict=False)]
+    quiet = canary_lib.gradient_magnitude(model, batches, make_loss(dataset.info))
+    return canary_lib.draw_canaries(model, m=cfg.audit.canaries, num_clients=cfg.data.num_clients, quietness=quiet)
+
+
+def _initial(cfg: Config, info: Any) -> list[Any]:
+    import torch
+
+    from privmed.federation import task
+
+    return [torch.as_tensor(w) for w in task.initial_weights(cfg, info)]
+
+
+def check_audit(cfg: Config) -> None:
+    """What can be checked before anything runs (one message, exit 2)."""
+    from privmed.federation.audit import noise_factor
+
+    noise_factor(cfg)
+    if not 0 < cfg.audit.beta < 1:
+        raise ConfigError(f"audit.beta = {cfg.audit.beta}: the failure probability must be in (0, 1), e.g. 0.05")
+    if cfg.audit.canaries < 0:
+        raise ConfigError(f"audit.canaries = {cfg.audit.canaries}: give a positive number (0 = the default)")
+    if cfg.privacy.mode == "distributed" and cfg.train.optimizer.lower() != "sgd":
+        raise ConfigError(
+            f"train.optimizer = {cfg.train.optimizer!r}: the white-box audit of privacy.mode = 'distributed' reads "
+            "each round's step as lr x the noised gradient sum, which holds for SGD only; set train.optimizer = 'sgd'"
+        )
+
+
+def run_audit(cfg: Config, out: str | Path, *, overwrite: bool = False, report: bool = True) -> dict[str, Any]:
+    """Run every stage that can run on ``cfg`` and write ``results.json`` (and ``report.html``) into ``out``.
+
+    Raises
+    ------
+    PrivmedError
+        Bad input (exit 2), before anything is written.
+    PrivacyBugError
+        A lower bound exceeds the formal ε (exit 3), after the results and the report are written.
+    """
+    from privmed.federation.run import check_run
+
+    out = Path(out)
+    check_audit(cfg)
+    cfg = audit_config(cfg, out)
+    with tempfile.TemporaryDirectory(prefix="privmed-audit-check-") as scratch:  # the run's checks, on a fresh folder
+        check_run(cfg, out_dir=Path(scratch) / "federation")
+    canaries = draw(cfg)
+    prepare_out(out, overwrite=overwrite)
+    canary_lib.save_canaries(canaries, out / SECRET_DIR)
+    tests = sum(stage.tests(cfg) for stage in STAGES if stage.why_not(cfg) is None)
+    run = AuditRun(cfg=cfg, out=out, canaries=canaries, beta_each=cfg.audit.beta / max(1, tests))
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    for stage in STAGES:
+        why = stage.why_not(cfg)
+        if why is not None:
+            run.stages[stage.name] = {"title": stage.title, "status": "skipped", "reason": why}
+            continue
+        t0 = time.perf_counter()
+        stage.run(run)
+        timings[stage.name] = time.perf_counter() - t0
+        run.stages[stage.name] = {"title": stage.title, "status": "done", "seconds": timings[stage.name]}
+    results = summarize(run, total_seconds=time.perf_counter() - started)
+    write_json_atomic(out / "results.json", results)
+    if report:
+        from privmed.audit.report import write_report
+
+        write_report(results, out / "report.html")
+    if results["verdict"]["violations"]:
+        raise PrivacyBugError(verdict_message(results))
+    return results
+
+
+def formal_epsilon(federation: dict[str, Any] | None) -> float | None:
+    """ε the run's accountant reports at its end (``None`` without DP)."""
+    rounds = (federation or {}).get("rounds") or []
+    eps = rounds[-1].get("epsilon") if rounds else None
+    return float(eps) if eps is not None else None
+
+
+def summarize(run: AuditRun, *, total_seconds: float) -> dict[str, Any]:
+    """The audit's results JSON."""
+    formal = formal_epsilon(run.federation)
+    violations = [
+        name
+        for name, b in run.bounds.items()
+        if formal is not None and math.isfinite(b["epsilon_lb"]) and b["epsilon_lb"] > formal
+    ]
+    fed = run.federation or {}
+    return {
+        "kind": "audit",
+        "formal_epsilon": formal,
+        "target_epsilon": run.cfg.privacy.epsilon if run.cfg.privacy.mode != "none" else None,
+        "delta": run.cfg.privacy.delta,
+        "privacy_mode": run.cfg.privacy.mode,
+        "secagg": run.cfg.secagg.enabled,
+        "break_noise": run.cfg.audit.break_noise,
+        "canaries": run.cfg.audit.canaries,
+        "confidence": 1 - run.cfg.audit.beta,
+        "confidence_each": 1 - run.beta_each,
+        "bounds": run.bounds,
+        "estimates": run.estimates,
+        "verdict": {"violations": violations, "ok": not violations},
+        "stages": run.stages,
+        "federation": {k: fed.get(k) for k in ("dataset", "model", "rounds", "final", "partition_sizes", "timing")},
+        "privacy_details": fed.get("privacy_details"),
+        "label_histograms": label_histograms(run.cfg),
+        "total_seconds": total_seconds,
+        "config": {k: v for k, v in run.cfg.to_dict().items() if k != "audit"}
+        | {"audit": {k: v for k, v in dataclasses.asdict(run.cfg.audit).items() if k != "work_dir"}},
+        "config_source": run.cfg.source,
+        "machine": machine(),
+    }
+
+
+def label_histograms(cfg: Config) -> list[list[int]]:
+    """Training labels per client (counts per class), from the partitions."""
+    from privmed.federation import task
+
+    dataset, parts = task.load_federated_data(cfg)
+    labels = np.asarray(dataset.train.labels).reshape(len(dataset.train.labels), -1)[:, 0].astype(int)
+    k = int(dataset.info.n_labels)
+    return [np.bincount(labels[p], minlength=k).tolist() for p in parts]
+
+
+def verdict_message(results: dict[str, Any]) -> str:
+    formal = results["formal_epsilon"]
+    worst = ", ".join(
+        f"{name} epsilon >= {results['bounds'][name]['epsilon_lb']:.2f}" for name in results["verdict"]["violations"]
+    )
+    return (
+        f"PRIVACY BUG: {worst} exceeds the formal epsilon {formal:.2f} (confidence "
+        f"{100 * results['confidence']:.0f}%); the run leaks more than its guarantee claims"
+    )
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,323 @@
+"""The audit's self-contained ``report.html``: plots as embedded PNG, no network, no script.
+
+Reads only the audit's ``results.json`` payload (:func:`privmed.audit.pipeline.summarize`), so a report can
+be redrawn from a results file alone. The template is ``templates/report.html`` (:class:`string.Template`);
+every value is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from string import Template
+from typing import Any
+
+TEMPLATE = Path(__file__).with_name("templates") / "report.html"
+
+#: What each privacy mode's ε covers, and what it does not (the threat-model section).
+THREAT_MODELS: dict[str, tuple[str, ...]] = {
+    "distributed": (
+        "Sample-level DP for every training example of the federation: the server (honest-but-curious, not "
+        "colluding with clients) sees one SecAgg+ aggregate per round, a DP-SGD step on the union with noise "
+        "σ·C split across the clients.",
+        "Not covered: clients colluding with the server (they can subtract their own noise shares: the others' "
+        "noise is σ·C·√((k−c)/m)); a malicious server (it can send any model); SecAgg+'s quantisation; "
+        "dropouts lower the noise (the ledger accounts the noise actually added).",
+        "Noise must come from secret randomness: noise derived from the config can be replayed by anyone who "
+        "has the config (the 'replay' test checks exactly this).",
+    ),
+    "sample": (
+        "Sample-level DP per client (DP-SGD inside every client): each client's examples are protected against "
+        "a server that sees every client's update.",
+        "Not covered: the number of examples per client and timing (metadata), a malicious server.",
+    ),
+    "client": ("Client-level DP: a client's whole contribution is protected (update clipping + Gaussian noise).",),
+    "none": ("No differential privacy: the formal ε is infinite; the server sees every update.",),
+}
+
+
+def _b64_png(draw: Callable[[Any], None], *, size: tuple[float, float] = (6.4, 3.6)) -> str:
+    """Draw on a fresh figure and return the PNG, base64-encoded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _utility(rounds: Sequence[dict[str, Any]]) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        any_line = False
+        for split, style in (("val", "-"), ("test", "--")):
+            for metric, color in (("auc", "C0"), ("accuracy", "C1")):
+                pts = [(r["round"], (r.get(split) or {}).get(metric)) for r in rounds]
+                pts = [(x, y) for x, y in pts if y is not None and math.isfinite(float(y))]
+                if pts:
+                    any_line = True
+                    ax.plot(*zip(*pts, strict=True), style, color=color, marker="o", ms=2, label=f"{split} {metric}")
+        if not any_line:
+            _empty(ax, "no per-round evaluation recorded")
+            return
+        ax.set_xlabel("round")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8)
+
+    return draw
+
+
+def _epsilon_rounds(rounds: Sequence[dict[str, Any]], target: float | None) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        pts = [(r["round"], r["epsilon"]) for r in rounds if r.get("epsilon") is not None]
+        if not pts:
+            _empty(ax, "no ε ledger (privacy.mode = none)")
+            return
+        ax.plot(*zip(*pts, strict=True), "C3-", marker="o", ms=2, label="ε spent")
+        if target:
+            ax.axhline(target, color="C3", ls=":", label=f"target {target:g}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("ε")
+        ax.legend(fontsize=8)
+
+    return draw
+
+
+def _epsilons(results: dict[str, Any]) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        bounds = results["bounds"]
+        if not bounds:
+            _empty(ax, "no empirical bound (stage skipped)")
+            return
+        names = list(bounds)
+        formal = results.get("formal_epsilon")
+        cap = 2 * (formal or 10)
+        values = [min(float(bounds[n]["epsilon_lb"]), cap) for n in names]
+        colors = ["#c62828" if n in results["verdict"]["violations"] else "#1565c0" for n in names]
+        ax.barh(names, values, color=colors)
+        if formal is not None:
+            ax.axvline(formal, color="k", ls="--", label=f"formal ε {formal:.2f}")
+            ax.legend(fontsize=8)
+        ax.set_xlabel(f"ε lower bound (capped at {cap:g} for display)")
+
+    return draw
+
+
+def _labels(hist: Sequence[Sequence[int]]) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        if not hist:
+            _empty(ax, "no partitions")
+            return
+        bottom = [0] * len(hist)
+        for label in range(len(hist[0])):
+            counts = [h[label] for h in hist]
+            ax.bar(range(len(hist)), counts, bottom=bottom, label=f"label {label}")
+            bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+        ax.set_xlabel("client")
+        ax.set_ylabel("training examples")
+        ax.set_xticks(range(len(hist)))
+        ax.legend(fontsize=8, ncol=min(4, len(hist[0])))
+
+    return draw
+
+
+def _scores(hist: dict[str, Any], title: str) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        edges = hist["edges"]
+        width = edges[1] - edges[0]
+        ax.bar(edges[:-1], hist["out"], width=width, align="edge", alpha=0.6, label="left out")
+        ax.bar(edges[:-1], hist["in"], width=width, align="edge", alpha=0.6, label="included")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("membership score")
+        ax.set_ylabel("canaries")
+        ax.legend(fontsize=8)
+
+    return draw
+
+
+# -- tables ------------------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "∞"
+        if value > 100:
+            return "&gt; 100"
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = ()) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
+        cells = "".join(
+            f'<td class="num">{_fmt(c)}</td>'
+            if isinstance(c, int | float) and not isinstance(c, bool)
+            else f"<td>{c}</td>"
+            for c in row
+        )
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _bounds_table(results: dict[str, Any]) -> str:
+    formal = results.get("formal_epsilon")
+    rows, classes = [["formal (accountant)", formal, "—", "—", "the run's ledger"]], [""]
+    for name, b in results["bounds"].items():
+        how = html.escape(b.get("method", ""))
+        if "ratio_ub" in b:
+            how += f"; noise ratio ≤ {b['ratio_ub']:.3g} (p = {b['p_value']:.2g}, n = {b['n']})"
+        elif "k_in" in b:
+            how += f"; {b.get('correct')} of {b['k_in'] + b['k_out']} guesses right ({b['m']} canaries)"
+        rows.append([html.escape(name), float(b["epsilon_lb"]), f"{100 * (1 - b['beta']):.2f}%", b.get("delta"), how])
+        classes.append("violation" if name in results["verdict"]["violations"] else "")
+    return _table(["test", "ε", "confidence", "δ", "how it was obtained"], rows, classes)
+
+
+def _estimates_table(results: dict[str, Any]) -> str:
+    if not results.get("estimates"):
+        return ""
+    rows = [
+        [html.escape(n), float(e["epsilon_estimate"]), html.escape(e.get("method", "") + "; " + e.get("statistic", ""))]
+        for n, e in results["estimates"].items()
+    ]
+    return _table(["estimate", "ε (no confidence)", "how it was obtained"], rows)
+
+
+def _stages_table(results: dict[str, Any]) -> str:
+    rows = [
+        [html.escape(name), html.escape(s["title"]), html.escape(s["status"]),
+         html.escape(s.get("reason", "")) or (f"{s['seconds']:.1f} s" if "seconds" in s else "")]
+        for name, s in results["stages"].items()
+    ]  # fmt: skip
+    return _table(["stage", "what", "status", "time / reason"], rows)
+
+
+def _final_table(results: dict[str, Any]) -> str:
+    final = (results.get("federation") or {}).get("final") or {}
+    test, val = final.get("test") or {}, final.get("val") or {}
+    rows = [[split, m.get("accuracy"), m.get("macro_f1"), m.get("auc")] for split, m in (("val", val), ("test", test))]
+    return _table(["split (last round)", "accuracy", "macro F1", "AUC"], rows)
+
+
+def _provenance(results: dict[str, Any]) -> str:
+    fed = results.get("federation") or {}
+    data = fed.get("dataset") or {}
+    cfg = results.get("config") or {}
+    machine = results.get("machine") or {}
+    clients, seed = len(fed.get("partition_sizes") or []), (cfg.get("data") or {}).get("seed")
+    rows = [
+        ["data", html.escape(f"{data.get('display_name', '?')} (synthetic: {data.get('synthetic')}), "
+                              f"{clients} clients, seed {seed}")],
+        ["model", html.escape(str(fed.get("model")))],
+        ["training seed", _fmt((cfg.get("train") or {}).get("seed"))],
+        ["privacy", html.escape(f"{results.get('privacy_mode')}; SecAgg+ {results.get('secagg')}; "
+                                f"break_noise = {results.get('break_noise')!r}")],
+        ["canaries", html.escape(f"{results.get('canaries')} Dirac gradient canaries, each included with probability "
+                                 "1/2 (coins from OS entropy, never in the config)")],
+        ["config", html.escape(str(results.get("config_source")))],
+        ["machine", html.escape(", ".join(f"{k} {v}" for k, v in machine.items()))],
+        ["audit wall time", _fmt(results.get("total_seconds")) + " s"],
+    ]  # fmt: skip
+    return _table(["", ""], rows)
+
+
+def _threat_model(results: dict[str, Any]) -> str:
+    items = THREAT_MODELS.get(results.get("privacy_mode", "none"), ())
+    return "<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in items) + "</ul>"
+
+
+def _banner(results: dict[str, Any]) -> str:
+    if results["verdict"]["violations"]:
+        from privmed.audit.pipeline import verdict_message
+
+        return f'<div class="banner bad" id="verdict">{html.escape(verdict_message(results))}</div>'
+    if not results["bounds"]:
+        return (
+            '<div class="banner warn" id="verdict">No empirical test could run on this configuration (see Stages): '
+            "nothing here confirms the formal ε.</div>"
+        )
+    return (
+        '<div class="banner ok" id="verdict">No empirical lower bound exceeds the formal ε '
+        f"(confidence {100 * results['confidence']:.0f}%).</div>"
+    )
+
+
+def _skipped(results: dict[str, Any], stage: str) -> str:
+    info = results["stages"].get(stage, {})
+    return html.escape(f"skipped: {info.get('reason', 'not available in this run')}")
+
+
+def render(results: dict[str, Any]) -> str:
+    """The report's HTML for an audit's results payload."""
+    fed = results.get("federation") or {}
+    rounds = fed.get("rounds") or []
+    figures = []
+    for name, b in results["bounds"].items():
+        if "score_histogram" in b:
+            png = _b64_png(_scores(b["score_histogram"], name), size=(5.0, 3.0))
+            figures.append(f'<figure><img alt="scores {html.escape(name)}" src="data:image/png;base64,{png}">'
+                           f"<figcaption>Membership scores ({html.escape(name)}).</figcaption></figure>")  # fmt: skip
+    values = {
+        "title": html.escape(str(results.get("config_source") or "audit")),
+        "subtitle": html.escape(
+            f"privacy.mode = {results.get('privacy_mode')}, target ε = {results.get('target_epsilon')}, "
+            f"δ = {results.get('delta')}, {results.get('canaries')} canaries"
+        ),
+        "banner": _banner(results),
+        "delta": _fmt(results.get("delta")),
+        "ntests": str(len(results["bounds"])),
+        "beta": _fmt(1 - results["confidence"]),
+        "bounds_table": _bounds_table(results),
+        "estimates_table": _estimates_table(results),
+        "plot_epsilons": _b64_png(_epsilons(results)),
+        "score_figures": '<div class="grid">' + "".join(figures) + "</div>",
+        "plot_utility": _b64_png(_utility(rounds)),
+        "plot_epsilon_rounds": _b64_png(_epsilon_rounds(rounds, results.get("target_epsilon"))),
+        "plot_labels": _b64_png(_labels(results.get("label_histograms") or []), size=(8, 3.2)),
+        "final_table": _final_table(results),
+        "stages_table": _stages_table(results),
+        "attacks": _skipped(results, "attacks"),
+        "hfgan": _skipped(results, "hfgan"),
+        "threat_model": _threat_model(results),
+        "provenance": _provenance(results),
+    }
+    return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+
+
+def write_report(results: dict[str, Any], path: str | Path) -> Path:
+    """Render and write ``report.html`` atomically (never a half-written report)."""
+    path = Path(path)
+    text = render(results)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

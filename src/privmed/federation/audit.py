@@ -1,0 +1,236 @@
+"""The audit's plug-in: gradient canaries inside the clients' DP-SGD steps, and the server's view recorded.
+
+Registered into :mod:`privmed.federation.registry` like any other plug-in; inert unless
+``audit.canaries > 0`` (set by ``privmed audit``, :mod:`privmed.audit.pipeline`).
+
+Client side — :func:`audited` wraps the training wrapper of ``privacy.mode = "sample"`` and
+``"distributed"``: after Opacus has built the DP optimizer, its ``add_noise`` is extended so that, at every
+step, each included canary held by this client is Poisson-sampled at the step's rate q and, if sampled,
+adds ``sign · C`` at its coordinate of ``p.grad`` (the clipped sum plus noise). The sum is commutative, so
+adding the canary gradient after the noise gives the same distribution as before it; the optimizer then
+divides by the expected batch ``q·n_i`` as for every real example. In ``"distributed"`` mode this is the
+same as a client mod adding ``−η·sign·C/(q·n_i)`` at the coordinate of its reply (the server's average
+``Σ n_i w_i / Σ n_i`` then moves by ``−η·sign·C/(q·Σ n_i)``, one example's clipped gradient in the union's
+DP-SGD step); hooking the optimizer makes it exact in ``"sample"`` mode too, where several local steps
+follow.
+
+``audit.break_noise`` (**for testing the audit only**) scales the noise after calibration and accounting
+(``"off"``: 0, ``"tenth"``: σ/10) — the broken runs the audit must catch; the server still claims the
+calibrated ε.
+
+Server side — :class:`AuditRecorder` (outermost strategy wrapper) records, every round, the global model
+and every reply at the canaries' coordinates (under SecAgg+ the replies all carry the aggregate), the round's
+learning rate, σ and q: what a white-box server saw, in ``audit.work_dir/observed``. It reads only the
+canaries' public half.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+from torch import nn
+
+from privmed.audit.canaries import CanarySet, RoundView, load_canaries, save_round
+from privmed.config import Config
+from privmed.errors import ConfigError, PrivacyError
+from privmed.federation import dp, dp_distributed, registry, task
+from privmed.federation.wrapping import StrategyWrapper
+
+log = logging.getLogger(__name__)
+
+#: ``audit.break_noise`` -> the factor on the noise actually added (TESTING THE AUDIT ONLY).
+BREAK_NOISE: dict[str, float] = {"none": 1.0, "off": 0.0, "tenth": 0.1}
+#: Privacy modes whose DP-SGD steps can carry gradient canaries.
+CANARY_MODES: tuple[str, ...] = ("sample", "distributed")
+#: The training wrappers before the audit wrapped them (the noise replay needs the plain ones).
+ORIGINAL_WRAPPERS: dict[str, registry.TrainingWrapper] = {}
+
+
+def noise_factor(cfg: Config) -> float:
+    """The noise factor of ``audit.break_noise``, or a :class:`ConfigError` naming the valid values."""
+    name = cfg.audit.break_noise
+    if name not in BREAK_NOISE:
+        raise ConfigError(f"audit.break_noise = {name!r}; choose one of: {', '.join(BREAK_NOISE)}")
+    return BREAK_NOISE[name]
+
+
+def _sample_rate(local: task.LocalTraining) -> float:
+    rate = getattr(getattr(local.loader, "batch_sampler", None), "sample_rate", None)
+    if rate is None:
+        raise PrivacyError("audit: the DP loader has no Poisson sampling rate; canaries need Poisson sampling")
+    return float(rate)
+
+
+def _plant(
+    optimizer: Any, params: list[nn.Parameter], canaries: CanarySet, mine: np.ndarray, *, key: list[int], rate: float,
+    clip: float, factor: float,
+) -> None:  # fmt: skip
+    """Extend ``optimizer.add_noise``: scale the noise by ``factor``, then add the sampled canaries."""
+    original = optimizer.add_noise
+    step = [0]
+
+    def add_noise() -> None:
+        saved = optimizer.noise_multiplier
+        optimizer.noise_multiplier = saved * factor
+        try:
+            original()
+        finally:
+            optimizer.noise_multiplier = saved
+        rng = np.random.default_rng([*key, step[0]])
+        step[0] += 1
+        sampled = mine[rng.random(mine.size) < rate]
+        with torch.no_grad():
+            for tensor in np.unique(canaries.tensor[sampled]):
+                here = sampled[canaries.tensor[sampled] == tensor]
+                grad = params[int(tensor)].grad.view(-1)
+                grad.index_add_(
+                    0,
+                    torch.as_tensor(canaries.offset[here]),
+                    torch.as_tensor(canaries.sign[here] * clip, dtype=grad.dtype),
+                )
+
+    optimizer.add_noise = add_noise
+
+
+def audited(wrapper: registry.TrainingWrapper) -> registry.TrainingWrapper:
+    """``wrapper`` followed by the canaries and the test-only noise break of ``[audit]``."""
+
+    def wrapped(local: task.LocalTraining, cfg: Config, partition_id: int) -> task.LocalTraining:
+        params = list(local.model.state_dict(keep_vars=True).values())  # the optimizer's own Parameters
+        out = wrapper(local, cfg, partition_id)
+        factor = noise_factor(cfg)
+        if cfg.audit.canaries <= 0 and factor == 1.0:
+            return out
+        if cfg.audit.canaries > 0:
+            canaries = load_canaries(cfg.audit.work_dir, secret=True)
+            assert canaries.included is not None and canaries.seed is not None
+            mine = canaries.held_by(partition_id)
+            mine = mine[canaries.included[mine]]
+            server_round = int(local.instructions.get("server_round", 0))
+            key = [canaries.seed, server_round, partition_id]
+        else:
+            canaries, mine, key = CanarySet(*(np.zeros(0, dtype=np.int64),) * 4), np.zeros(0, dtype=np.int64), [0]
+        _plant(out.optimizer, params, canaries, mine, key=key, rate=_sample_rate(out),
+               clip=cfg.privacy.max_grad_norm, factor=factor)  # fmt: skip
+        return out
+
+    return wrapped
+
+
+class AuditRecorder(StrategyWrapper):
+    """Records what the server saw at the canaries' coordinates, every round (see the module docstring)."""
+
+    def __init__(self, strategy: Strategy, cfg: Config) -> None:
+        super().__init__(strategy)
+        self.work_dir = cfg.audit.work_dir
+        self._canaries: CanarySet | None = None  # read at the first round (the run's checks build us earlier)
+        self.default_lr = cfg.train.lr
+        self._global: np.ndarray | None = None
+        self._lr = cfg.train.lr
+
+    @property
+    def canaries(self) -> CanarySet:
+        """The canaries' public half (coordinates, signs, holders): never the coins."""
+        if self._canaries is None:
+            self._canaries = load_canaries(self.work_dir, secret=False)
+        return self._canaries
+
+    def _at_canaries(self, weights: list[np.ndarray]) -> np.ndarray:
+        c = self.canaries
+        return np.array([weights[t].reshape(-1)[o] for t, o in zip(c.tensor, c.offset, strict=True)], dtype=np.float64)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
+        self._global = self._at_canaries(parameters_to_ndarrays(parameters))
+        self._lr = float(instructions[0][1].config.get("lr", self.default_lr)) if instructions else self.default_lr
+        self._config = dict(instructions[0][1].config) if instructions else {}
+        return instructions
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        replies = {
+            int(res.metrics.get("partition_id", i)): (float(res.num_examples), self._at_canaries(
+                parameters_to_ndarrays(res.parameters)))
+            for i, (_, res) in enumerate(results)
+        }  # fmt: skip
+        parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
+        if parameters is not None and self._global is not None and replies:
+            save_round(
+                RoundView(
+                    server_round=server_round,
+                    global_values=self._global,
+                    replies=replies,
+                    lr=self._lr,
+                    noise_multiplier=float(metrics.get("noise_multiplier", float("nan"))),
+                    sample_rate=float(self._config.get("dp_sample_rate", float("nan"))),
+                    instructions={k: v for k, v in self._config.items() if isinstance(v, int | float | str | bool)},
+                ),
+                self.work_dir,
+            )
+        return parameters, metrics
+
+
+def _recorder(strategy: Strategy, cfg: Config) -> Strategy:
+    return AuditRecorder(strategy, cfg) if cfg.audit.canaries > 0 else strategy
+
+
+def _register() -> None:
+    """Wrap the DP training wrappers (``dp`` and ``dp_distributed`` are imported above, so they are there)."""
+    assert "sample" in registry.TRAINING_WRAPPERS and dp.dp_sgd_wrapper is not None
+    assert dp_distributed.MODE in registry.TRAINING_WRAPPERS
+    for mode in CANARY_MODES:
+        if mode in registry.TRAINING_WRAPPERS and mode not in ORIGINAL_WRAPPERS:
+            ORIGINAL_WRAPPERS[mode] = registry.TRAINING_WRAPPERS[mode]
+            registry.TRAINING_WRAPPERS[mode] = audited(ORIGINAL_WRAPPERS[mode])
+    registry.STRATEGY_WRAPPERS["audit"] = _recorder
+
+
+def replay_noise(
+    cfg: Config, *, server_round: int, partition_id: int, instructions: dict[str, Any]
+) -> list[np.ndarray]:
+    """Regenerate the noise one client added in one round of ``privacy.mode = "distributed"`` from the config.
+
+    What a server that knows the run config can do when the noise is derived from it: redo the client's
+    work up to the noise draw (:func:`privmed.federation.task.fit_local`'s seeding, model construction and
+    the plain training wrapper, which draws the noise seed) and draw the noise on a zero gradient. When the
+    noise comes from fresh OS entropy (issue 9's secret randomness) the replay yields unrelated noise and
+    the audit that subtracts it finds nothing. Returns the noise of each ``state_dict`` tensor (zeros for
+    tensors the optimizer does not hold).
+    """
+    from privmed.train import make_loader, make_optimizer, set_seed
+
+    registry.load_plugins()
+    info, split = task.client_partition(cfg, partition_id, cfg.data.num_clients)
+    seed = task.round_seed(cfg.train.seed, server_round, partition_id)
+    set_seed(seed)
+    model = task.new_model(cfg, info)
+    loader = make_loader(split, info, batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
+    local = task.LocalTraining(model, make_optimizer(model, cfg.train), loader, {}, state={}, instructions=instructions)
+    tensors = list(model.state_dict(keep_vars=True).values())
+    out = ORIGINAL_WRAPPERS[cfg.privacy.mode](local, cfg, partition_id)
+    for p in out.optimizer.params:
+        p.summed_grad = torch.zeros_like(p)
+        p.grad = torch.zeros_like(p)
+    out.optimizer.add_noise()
+    noise = {id(p): p.grad.detach().numpy().copy() for p in out.optimizer.params}
+    return [noise.get(id(t), np.zeros(tuple(t.shape), dtype=np.float32)) for t in tensors]
+
+
+#: Replays by privacy mode (the auditor that knows the config); modes without one cannot be replayed yet.
+NOISE_REPLAYS: dict[str, Callable[..., list[np.ndarray]]] = {"distributed": replay_noise}
+
+_register()
