@@ -41,7 +41,7 @@ def _check(size: int, channels: int, num_classes: int, width: int) -> int:
         raise ConfigError(
             f"DCGAN needs 1 or 3 channels, >= 1 class and width >= 1 (got {channels}, {num_classes}, {width})"
         )
-    return int(round(math.log2(size // BASE_SIDE[size])))
+    return (size // BASE_SIDE[size]).bit_length() - 1
 
 
 class Generator(nn.Module):
