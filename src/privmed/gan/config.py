@@ -30,6 +30,10 @@ class GanConfig:
     g_steps: int = 1
     #: expected real images of one D step over the whole federation (Poisson q = batch_size / N)
     batch_size: int = 64
+    #: a client needs at least this many real images (-1: its share of one batch, ceil(batch_size / num_clients));
+    #: 0 lets any client take part (under the common Poisson rate a small client simply adds fewer real images to
+    #: each D step; the DP guarantee is unaffected)
+    min_client_images: int = -1
     #: images of G_i per client in one D step and in one G step
     fake_batch: int = 64
     latent_dim: int = 64

@@ -1,9 +1,10 @@
 """Run HF-GAN in Flower's simulation engine on this machine, after every check that needs no client.
 
-:func:`check_hfgan` refuses bad input with one message each (exit 2 from the CLI): a client whose expected real
-batch per D step is below one image, a class that no client holds, a privacy mode D cannot use, an ε too small to
-train D. A class missing from *some* clients is not an error (their G_i learns it from D, which the other clients
-trained) but is reported per client.
+:func:`check_hfgan` refuses bad input with one message each (exit 2 from the CLI): a client with fewer real
+images than its share of one batch (``gan.min_client_images``), a class that no client holds, a privacy mode D
+cannot use, an ε too small to train D. A class missing from *some* clients is not an error (their G_i learns it
+from D, which the other clients trained) but is reported per client: under Dirichlet(0.1) label skew most
+clients lack a class, and generating it for them is what the augmentation is for.
 """
 
 from __future__ import annotations
@@ -54,13 +55,16 @@ def check_hfgan(cfg: Config, gan: GanConfig, out_dir: Path) -> dict[str, Any]:
     if dataset.info.multilabel:
         raise ConfigError(f"{dataset.info.name} is multi-label; HF-GAN's conditional G and D take one class per image")
     sizes = [int(p.size) for p in parts]
-    q = gan.batch_size / sum(sizes)
+    share = -(-gan.batch_size // cfg.data.num_clients)
+    minimum = share if gan.min_client_images < 0 else gan.min_client_images
     for pid, n in enumerate(sizes):
-        if n * q < 1:
+        if n < minimum:
             raise DataError(
-                f"client {pid} holds {n} images, fewer than one batch: at the D step's rate q = gan.batch_size / N = "
-                f"{gan.batch_size}/{sum(sizes)} it would contribute {n * q:.2f} real images per D step on average; "
-                f"raise data.min_examples to at least {int(np.ceil(1 / q))}, use fewer clients, or raise gan.batch_size"
+                f"client {pid} holds {n} real images, fewer than one batch: its share of D's batch of {gan.batch_size} "
+                f"over {cfg.data.num_clients} clients is {share} images (gan.min_client_images = "
+                f"{gan.min_client_images}); raise data.min_examples, use fewer clients, or set "
+                "gan.min_client_images = 0 to let it take part (at the common Poisson rate q = batch / N it then adds "
+                f"{n * gan.batch_size / sum(sizes):.2f} real images per D step on average; DP is unaffected)"
             )
     counts = label_histogram(dataset.train.class_labels, parts, dataset.info.n_labels)
     names = dataset.info.labels
@@ -109,7 +113,7 @@ def run_hfgan(
     The server's D ends in ``<out>/discriminator.pt``; every client's G_i in its store
     (:func:`store_dir`), which the server never reads.
     """
-    from privmed.federation.run import QUIET_ENV, backend_config
+    from privmed.federation.run import QUIET_ENV, _DropRunSimulationDeprecation, backend_config
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
@@ -122,6 +126,7 @@ def run_hfgan(
     server = GanServer(d_cfg, gan, progress=progress, on_step=on_step)
     from flwr.simulation import run_simulation
 
+    logging.getLogger("flwr").addFilter(_DropRunSimulationDeprecation())
     started = time.perf_counter()
     run_simulation(
         server_app=make_gan_server_app(server),

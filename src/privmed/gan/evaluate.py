@@ -1,0 +1,79 @@
+"""Evaluate an HF-GAN run's synthetic images: FID / IS (domain features), TSTR, and sample grids.
+
+This is the experimenter's view in a simulation, outside the protocol: it reads every client's store (in a
+deployment each client would evaluate its own G_i). The real images it uses are the training split (the domain
+classifier; grid rows) and the test split (FID reference, TSTR test).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privmed.config import Config
+from privmed.federation import task
+from privmed.gan.augment import concat, generate
+from privmed.gan.config import GanConfig
+from privmed.gan.hfgan import GeneratorStore
+from privmed.metrics.generative import (
+    FEATURES_NOTE,
+    class_rows,
+    fid_score,
+    inception_score,
+    save_grid,
+    train_domain_classifier,
+    trtr,
+    tstr,
+)
+
+log = logging.getLogger(__name__)
+
+
+def pooled_synthetic(cfg: Config, gan: GanConfig, store: Path, *, seed: int = 1) -> tuple[Any, dict[int, Any]]:
+    """``gan.eval_samples`` images per class from all clients' G_i together (equal shares), and per client."""
+    dataset, _ = task.load_federated_data(cfg)
+    info = dataset.info
+    generators = GeneratorStore(store).generators(cfg, gan, info)
+    if not generators:
+        raise FileNotFoundError(f"no generator in the store {store}")
+    per_client = {}
+    share = -(-gan.eval_samples // len(generators))
+    for pid, g in generators.items():
+        labels = np.repeat(np.arange(info.n_labels), share)
+        per_client[pid] = generate(g, labels, info, seed=seed * 1000 + pid)
+    pooled = per_client[next(iter(per_client))]
+    for pid in list(per_client)[1:]:
+        pooled = concat(pooled, per_client[pid])
+    return pooled, per_client
+
+
+def evaluate_synthetic(cfg: Config, gan: GanConfig, store: Path, out_dir: Path, *, grids: bool = True) -> dict:
+    """FID, IS (domain features), TSTR vs TRTR, and (``grids``) ``<out>/samples.png``."""
+    dataset, _ = task.load_federated_data(cfg)
+    info = dataset.info
+    fake, per_client = pooled_synthetic(cfg, gan, store)
+    domain = train_domain_classifier(dataset.train, info, epochs=gan.eval_epochs, seed=cfg.train.seed)
+    is_mean, is_std = inception_score(domain, fake, info)
+    real_is, _ = inception_score(domain, dataset.test, info)
+    result = {
+        "features": FEATURES_NOTE,
+        "fid": fid_score(domain, dataset.test, fake, info),
+        "fid_train_vs_test": fid_score(domain, dataset.test, dataset.train, info),
+        "is": is_mean,
+        "is_std": is_std,
+        "is_real_test": real_is,
+        "synthetic_images": len(fake),
+        "tstr": tstr(fake, dataset.test, info, epochs=gan.eval_epochs, seed=cfg.train.seed),
+        "trtr": trtr(dataset.train, dataset.test, info, epochs=gan.eval_epochs, seed=cfg.train.seed),
+    }
+    result["tstr_ratio"] = result["tstr"]["accuracy"] / max(result["trtr"]["accuracy"], 1e-12)
+    if grids:
+        classes = list(range(info.n_labels))
+        rows = class_rows(dataset.train, "real", classes)
+        for pid, split in per_client.items():
+            rows.update(class_rows(split, f"client {pid} synthetic", classes))
+        result["grid"] = str(save_grid(out_dir / "samples.png", rows))
+    return result
