@@ -41,6 +41,7 @@ no private data).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -183,8 +184,9 @@ def train_generator(
 ) -> float:
     """``steps`` non-saturating G steps against a frozen D (``-log D(G(z, y), y)``); returns the last loss.
 
-    ``d`` must be a plain module (not Opacus' grad-sample wrapper), so G's steps run none of D's per-sample
-    hooks; its parameters are frozen for the duration.
+    ``d`` must be a plain module whose layers carry no Opacus hooks (not a grad-sample wrapper, nor the module
+    inside one: Opacus hooks the layers themselves), so G's steps run none of D's per-sample hooks; the client
+    wraps a separate copy of D for the real-image gradient. D's parameters are frozen for the duration.
     """
     flags = [p.requires_grad for p in d.parameters()]
     for p in d.parameters():
@@ -402,9 +404,12 @@ class HFGANClientLogic:
         return {"g_loss": loss}
 
     def _real(self, d: Discriminator, config: Mapping[str, Any]) -> list[Tensor]:
+        """D's real-image gradient on a copy of D: Opacus registers its per-sample hooks on the copy's layers, so
+        the plain D that G trains against (and the fake term) never runs them, whatever the order."""
+        private_d = copy.deepcopy(d)
         loader = DataLoader(to_torch(self.split, self.info), batch_size=1, generator=fresh_generator())
-        optimizer = torch.optim.SGD(d.parameters(), lr=1.0)
-        local = task.LocalTraining(d, optimizer, loader, {}, instructions=dict(config))
+        optimizer = torch.optim.SGD(private_d.parameters(), lr=1.0)
+        local = task.LocalTraining(private_d, optimizer, loader, {}, instructions=dict(config))
         wrapped = D_GRADIENT_WRAPPERS[self.cfg.privacy.mode](local, self.cfg, self.partition_id)
         return real_gradient(wrapped)
 
