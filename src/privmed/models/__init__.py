@@ -11,10 +11,12 @@ from torch import nn
 
 from privmed.errors import ConfigError
 from privmed.models.cnn import SmallCNN
+from privmed.models.dcgan import GANS, Discriminator, Generator, build_gan
 from privmed.models.dpresnet import DPResNet
 from privmed.models.scatternet import ScatterNet
 
-#: Model name -> class. A new model is one file and one entry here.
+#: Model name -> class. A new model is one file and one entry here. (GAN pairs, G and D, have their own
+#: registry: :data:`privmed.models.dcgan.GANS`.)
 MODELS: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "dpresnet": DPResNet, "scatternet": ScatterNet}
 
 
@@ -52,4 +54,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "DPResNet", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
+__all__ = [
+    "GANS",
+    "MODELS",
+    "DPResNet",
+    "Discriminator",
+    "Generator",
+    "ScatterNet",
+    "SmallCNN",
+    "build_gan",
+    "build_model",
+    "count_parameters",
+]
