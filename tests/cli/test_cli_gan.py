@@ -52,5 +52,7 @@ def test_gan_smoke_end_to_end(tmp_path: Path) -> None:
     ev = results["evaluation"]
     assert "not Inception" in ev["features"] and ev["fid"] >= 0 and 1.0 <= ev["is"] <= 2.0 + 1e-6
     assert 0.0 <= ev["tstr"]["accuracy"] <= 1.0
+    assert [c["round"] for c in ev["fid_curve"]] == [3, 6]  # snapshot_every = 3: FID per round in the curves
     assert (out / "samples.png").is_file()  # phantom data: synthetic, fine to look at
+    assert (out / "gan_rounds.png").is_file()
     assert sorted(p.name for p in (out / "client-store").iterdir()) == ["client-0", "client-1", "client-2"]

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from privmed.gan.config import load_gan_config
-    from privmed.gan.evaluate import evaluate_synthetic
+    from privmed.gan.evaluate import evaluate_synthetic, plot_curves
     from privmed.gan.hfgan import discriminator_config
     from privmed.gan.run import check_hfgan, run_hfgan, store_dir
 
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         results["classifier"] = {"results": str(out / "classifier" / "results.json"), "final_test": test}
         con.print(f"federated classifier with synthetic images: test accuracy {test.get('accuracy', float('nan')):.3f}")
     write_json_atomic(out / "results.json", results)
+    plot_curves(results, out / "gan_rounds.png")
     eps = results["epsilon_synthetic_images"]
     con.print(
         f"epsilon of D = epsilon of the synthetic images: {eps:.3f} at delta {results['delta']:g}"

@@ -50,6 +50,8 @@ class GanConfig:
     class_balance: bool = True
     #: synthetic images per class for FID / IS / TSTR and the sample grids
     eval_samples: int = 500
+    #: every this many rounds each client also keeps a copy of G_i (0: none), for FID per round in the curves
+    snapshot_every: int = 0
     #: epochs of the domain classifier (FID / IS features) and of the TSTR classifier
     eval_epochs: int = 5
     #: the client-side store of the generators ("" = ``<out>/client-store``); in a deployment each client's

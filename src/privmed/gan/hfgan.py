@@ -157,6 +157,17 @@ class GeneratorStore:
             status = saved["status"]
         return g, opt, status
 
+    def snapshot_path(self, partition_id: int, server_round: int) -> Path:
+        return self.path(partition_id).with_name(f"generator-r{server_round}.pt")
+
+    def snapshot(self, partition_id: int, g: Generator, server_round: int) -> None:
+        """Keep a copy of G_i's weights as they are after ``server_round`` (FID per round)."""
+        torch.save(g.state_dict(), self.snapshot_path(partition_id, server_round))
+
+    def snapshot_rounds(self, partition_id: int) -> list[int]:
+        names = self.path(partition_id).parent.glob("generator-r*.pt")
+        return sorted(int(p.stem.removeprefix("generator-r")) for p in names)
+
     def save(self, partition_id: int, g: Generator, opt: torch.optim.Optimizer, status: dict[str, Any]) -> None:
         path = self.path(partition_id)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +383,8 @@ class HFGANClientLogic:
         if bool(config.get(KEY_TRAIN_G, True)) and not status["stopped"]:
             metrics.update(self._train_g(g, g_opt, d, status, latent))
         self.store.save(self.partition_id, g, g_opt, status)
+        if self.gan.snapshot_every and server_round % self.gan.snapshot_every == 0:
+            self.store.snapshot(self.partition_id, g, server_round)
         clip = FAKE_CLIPPING[self.cfg.privacy.mode](self.cfg)
         fake = fake_gradient(d, g, batch=self.gan.fake_batch, generator=latent, max_norm=clip)
         real = self._real(d, config)
