@@ -283,6 +283,21 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(name: str, others: list[str]) -> int:
+    """Merge the datasets of runs made in parallel (same settings, one dataset each) into one table file."""
+    payload = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    for other in others:
+        part = json.loads((RESULTS_DIR / f"{other}.json").read_text())
+        keys = ("gan_rounds", "clf_rounds", "eval_samples", "eval_epochs", "epsilon_d", "epsilon_c")
+        if any(part["args"][k] != payload["args"][k] for k in keys):
+            raise SystemExit(f"{other} was run with other settings; not merged")
+        payload["datasets"].update(part["datasets"])
+        payload.setdefault("parallel_runs", []).append({"name": other, "command": part.get("command")})
+    write_json_atomic(RESULTS_DIR / f"{name}.json", payload)
+    (RESULTS_DIR / f"{name}.md").write_text(markdown(payload))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
@@ -295,7 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/privmed-hfgan-bench", help="run folders (outside the repository)")
     parser.add_argument("--name", default="hfgan")
     parser.add_argument("--data-dir", default=os.environ.get("PRIVMED_DATA_DIR", DEFAULT_DATA_DIR))
+    parser.add_argument(
+        "--merge", nargs="+", default=[], metavar="NAME", help="only merge bench/results/<NAME>.json into --name"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.name, args.merge)
     os.environ["PRIVMED_DATA_DIR"] = args.data_dir
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").setLevel(logging.ERROR)
