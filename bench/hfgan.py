@@ -213,6 +213,40 @@ def _f(value: Any, digits: int = 3) -> str:
     return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
 
 
+def goals(rows: dict[str, Any]) -> list[str]:
+    """The issue's three goals, met or not, from the measured rows (nothing when a row is missing)."""
+    out = []
+
+    def ok(flag: bool) -> str:
+        return "met" if flag else "**not met**"
+
+    def get(label: str, key: str) -> float | None:
+        r = rows.get(label) or {}
+        return r.get(key) if "error" not in r else None
+
+    for suffix, tag in (("", "non-private"), (" + DP", "with DP")):
+        c, a, b = (
+            get("(c) + HF-GAN" if not suffix else "(c) + DP", "macro_f1"),
+            get("(a) FedAvg" if not suffix else "(a) + DP", "macro_f1"),
+            get("(b) + classic aug." if not suffix else "(b) + DP", "macro_f1"),
+        )
+        if None not in (a, b, c):
+            gain = 100 * (c - max(a, b))
+            out.append(
+                f"- Goal HF-GAN >= +3 macro-F1 points over (a) and (b), {tag}: {gain:+.1f} points, {ok(gain >= 3)}."
+            )
+    gdp, central = rows.get("gan DP") or {}, rows.get("centralised DCGAN") or {}
+    if "fid" in gdp and "fid" in central:
+        ratio = gdp["fid"] / max(central["fid"], 1e-12)
+        out.append(f"- Goal private federated FID <= 2x centralised non-private DCGAN: {ratio:.2f}x, {ok(ratio <= 2)}.")
+    if "tstr_ratio" in gdp:
+        out.append(
+            f"- Goal TSTR at epsilon_D = {gdp.get('epsilon_D') or 0:.1f} >= 0.95x trained-on-real: "
+            f"{gdp['tstr_ratio']:.2f}x, {ok(gdp['tstr_ratio'] >= 0.95)}."
+        )
+    return out + ([""] if out else [])
+
+
 def markdown(payload: dict[str, Any]) -> str:
     from privmed.metrics.generative import FEATURES_NOTE
 
@@ -220,9 +254,13 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# HF-GAN: federated D from DP-noised gradients, local generators, synthetic augmentation",
         "",
-        f"Machine: {payload['machine'].get('cpu', '?')}, {payload['machine'].get('cpus', '?')} CPUs (shared), "
-        f"torch {payload['machine'].get('torch', '?')}. Seed 0 (one seed). 10 clients, Dirichlet alpha = 0.1 "
-        "(the partitions of `pneumonia-10c-a0.1` / `breast-10c-a0.1`).",
+        f"Machine: {payload['machine'].get('platform', '?')}, {payload['machine'].get('cpu_count', '?')} CPUs shared "
+        "with other engineers' jobs (load average 20-27 during the run: every time below is inflated by that), "
+        f"torch {payload['machine'].get('torch', '?')}, {payload['machine'].get('date', '')}. Seed 0 (one seed). "
+        "10 clients, Dirichlet alpha = 0.1 (the partitions of `pneumonia-10c-a0.1` / `breast-10c-a0.1`). "
+        "Command(s): `"
+        + "`, `".join([payload.get("command", "")] + [p["command"] for p in payload.get("parallel_runs", [])])
+        + "`.",
         "",
         f"**Reduced run** (2-hour budget on a shared 2-core CPU): {a['gan_rounds']} GAN rounds (D steps; the presets "
         f"say 1000), {a['clf_rounds']} classifier rounds of 1 local epoch, {a['eval_samples']} synthetic images per "
@@ -270,6 +308,7 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"FID real train vs real test (the floor): {_f(gnp.get('fid_train_vs_test'), 2)}; "
                 f"IS of the real test split: {_f(gnp.get('is_real_test'))}."
             )
+        lines += goals(rows)
         for key, g in (("non-private", gnp), ("DP", gdp)):
             if g and "error" in g:
                 lines.append(f"GAN {key} failed: {g['error'][:200]}")
