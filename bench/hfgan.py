@@ -51,6 +51,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA_DIR = "/work/shared/data/medmnist"
 PRESETS = {"pneumoniamnist": "pneumonia-hfgan", "breastmnist": "breast-hfgan"}
 log = logging.getLogger("bench.hfgan")
+#: The control row: the same class-balanced synthetic labels, images of *untrained* generators (an empty store:
+#: every client's G_i at its initialisation). It separates what HF-GAN's training adds from what relabelling adds.
+CONTROL = "(c0) + untrained G_i (control)"
 
 
 def gan_row(cfg: Config, gan: GanConfig, out: Path, *, private: bool, epsilon: float) -> dict[str, Any]:
@@ -200,6 +203,8 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
     for label, fn in plan:
         if label in rows["rows"] and "error" not in rows["rows"][label]:
             continue
+        if args.only and label not in args.only:
+            continue
         started = time.perf_counter()
         try:
             rows["rows"][label] = {**fn(), "wall_seconds": time.perf_counter() - started}
@@ -292,7 +297,7 @@ def markdown(payload: dict[str, Any]) -> str:
             "| row | accuracy | macro-F1 | AUC | TSTR acc (ratio) | IS | FID | ε_D | ε_clf | ε total | s / GAN round |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for label in ("(a) FedAvg", "(b) + classic aug.", "(c) + HF-GAN", "(a) + DP", "(b) + DP", "(c) + DP"):
+        for label in ("(a) FedAvg", "(b) + classic aug.", "(c) + HF-GAN", CONTROL, "(a) + DP", "(b) + DP", "(c) + DP"):
             r = rows.get(label)
             if r is None:
                 lines.append(f"| {label} | not run (out of time) |  |  |  |  |  |  |  |  |  |")
@@ -340,7 +345,8 @@ def merge(name: str, others: list[str]) -> int:
         keys = ("gan_rounds", "clf_rounds", "eval_samples", "eval_epochs", "epsilon_d", "epsilon_c")
         if any(part["args"][k] != payload["args"][k] for k in keys):
             raise SystemExit(f"{other} was run with other settings; not merged")
-        payload["datasets"].update(part["datasets"])
+        for dname, data in part["datasets"].items():
+            payload["datasets"].setdefault(dname, {"rows": {}})["rows"].update(data["rows"])
         payload.setdefault("parallel_runs", []).append({"name": other, "command": part.get("command")})
     write_json_atomic(RESULTS_DIR / f"{name}.json", payload)
     (RESULTS_DIR / f"{name}.md").write_text(markdown(payload))
@@ -359,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/privmed-hfgan-bench", help="run folders (outside the repository)")
     parser.add_argument("--name", default="hfgan")
     parser.add_argument("--data-dir", default=os.environ.get("PRIVMED_DATA_DIR", DEFAULT_DATA_DIR))
+    parser.add_argument("--only", nargs="+", default=[], metavar="ROW", help="run only these rows (labels)")
     parser.add_argument(
         "--merge", nargs="+", default=[], metavar="NAME", help="only merge bench/results/<NAME>.json into --name"
     )
