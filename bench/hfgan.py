@@ -240,6 +240,12 @@ def goals(rows: dict[str, Any]) -> list[str]:
             out.append(
                 f"- Goal HF-GAN >= +3 macro-F1 points over (a) and (b), {tag}: {gain:+.1f} points, {ok(gain >= 3)}."
             )
+    c, c0 = get("(c) + HF-GAN", "macro_f1"), get(CONTROL, "macro_f1")
+    if None not in (c, c0):
+        out.append(
+            f"- Control: HF-GAN's trained generators vs untrained ones with the same class-balanced labels: "
+            f"{100 * (c - c0):+.1f} macro-F1 points (what the training of G_i adds beyond relabelling)."
+        )
     gdp, central = rows.get("gan DP") or {}, rows.get("centralised DCGAN") or {}
     if "fid" in gdp and "fid" in central:
         ratio = gdp["fid"] / max(central["fid"], 1e-12)
