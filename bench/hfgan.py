@@ -186,6 +186,10 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
             ),
         ),
         (
+            CONTROL,
+            lambda: classifier_row(cfg, gan, root / "c0", augment=False, store=str(root / "untrained"), epsilon=None),
+        ),
+        (
             "(a) + DP",
             lambda: classifier_row(cfg, gan, root / "a-dp", augment=False, store=None, epsilon=args.epsilon_c),
         ),
