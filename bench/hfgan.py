@@ -344,6 +344,24 @@ def markdown(payload: dict[str, Any]) -> str:
                     f"stopped generators {g.get('g_stopped') or 'none'}."
                 )
         lines.append("")
+    lines += [
+        "## Reading these numbers",
+        "",
+        f"- {a['gan_rounds']} D steps are {a['gan_rounds'] // 5} G updates per client at the presets' D:G ratio of 5: "
+        "far too few for a DCGAN. The generators' images are still noise-like (FID far above the real-vs-real floor; "
+        "the sample grids in the run folders, not committed, show it). Every FID / IS / TSTR here measures an early, "
+        "untrained state, and the FID goal compares equally untrained generators.",
+        "- IS uses a domain classifier trained for only a few epochs; with 2 classes IS lies in [1, 2] and is near 1 "
+        "even on real test images when that classifier is unsure: uninformative here.",
+        "- TSTR accuracy near the test split's majority-class rate means the TSTR classifier predicts one class.",
+        f"- {a['clf_rounds']} classifier rounds: rows whose accuracy equals the majority-class rate with macro-F1 "
+        "~0.42 predict one class everywhere; their differences are not evidence either way.",
+        "- A gain of (c) over (a)/(b) counts for HF-GAN only when (c) also beats the control (c0), the same class-"
+        "balanced labels on images of untrained generators: with noise-like images, relabelling alone can shift a "
+        "skewed client's class prior. One seed: no error bars.",
+        "- A full run (the presets' 1000 D steps) costs about 1000 x the steady time per GAN round above, per GAN.",
+        "",
+    ]
     return "\n".join(lines) + "\n"
 
 
