@@ -4,7 +4,10 @@ runs as usual (privmed's Flower app, unchanged; only the client's split grows).
 The synthetic labels are chosen on the client from its own label histogram (class balance against label skew),
 which never leaves the client; the images are post-processing of D's DP training (:mod:`privmed.gan.hfgan`). A
 DP classifier on the augmented set protects the real images with its own ε; the total for a real image is the
-sum of D's and the classifier's ε (sequential composition), which the benchmark reports.
+sum of D's and the classifier's ε (sequential composition), which the benchmark reports. Known gap: under
+``privacy.mode = "sample"`` each client calibrates σ for its augmented set, but the server's mirror of the
+clients' ledgers plans with the real partition sizes and over-states ε; the clients' own ledgers (their
+``epsilon`` fit metric) are the accounting of what ran.
 """
 
 from __future__ import annotations
