@@ -301,6 +301,7 @@ def markdown(payload: dict[str, Any]) -> str:
         + "`, `".join([payload.get("command", "")] + [p["command"] for p in payload.get("parallel_runs", [])])
         + "`.",
         "",
+        *([f"Notes: {payload['notes']}", ""] if payload.get("notes") else []),
         f"**Reduced run** (2-hour budget on a shared 2-core CPU): {a['gan_rounds']} GAN rounds (D steps; the presets "
         f"say 1000), {a['clf_rounds']} classifier rounds of 1 local epoch, {a['eval_samples']} synthetic images per "
         f"class for FID/IS/TSTR, evaluation CNNs trained {a['eval_epochs']} epochs. epsilon_D = {a['epsilon_d']} "
