@@ -294,7 +294,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "# HF-GAN: federated D from DP-noised gradients, local generators, synthetic augmentation",
         "",
         f"Machine: {payload['machine'].get('platform', '?')}, {payload['machine'].get('cpu_count', '?')} CPUs shared "
-        "with other engineers' jobs (load average 20-27 during the run: every time below is inflated by that), "
+        "with other engineers' jobs (load average 20-32 during the run: every time below is inflated by that), "
         f"torch {payload['machine'].get('torch', '?')}, {payload['machine'].get('date', '')}. Seed 0 (one seed). "
         "10 clients, Dirichlet alpha = 0.1 (the partitions of `pneumonia-10c-a0.1` / `breast-10c-a0.1`). "
         "Command(s): `"
