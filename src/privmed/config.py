@@ -232,10 +232,17 @@ def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
+#: Tables that another command reads from the same file (``privmed gan``'s ``[gan]``,
+#: :mod:`privmed.gan.config`); :func:`from_dict` leaves them to it.
+EXTENSION_TABLES: frozenset[str] = frozenset({"gan"})
+
+
 def from_dict(raw: dict[str, Any], *, source: str = "") -> Config:
-    """Build a :class:`Config` from nested dicts, refusing unknown tables and keys."""
+    """Build a :class:`Config` from nested dicts, refusing unknown tables and keys (:data:`EXTENSION_TABLES` aside)."""
     cfg = Config(source=source)
     for section, values in raw.items():
+        if section in EXTENSION_TABLES:
+            continue
         if section not in _SECTION_TYPES:
             raise ConfigError(
                 f"unknown config table [{section}] in {source or 'config'}; valid tables: {', '.join(_SECTION_TYPES)}"

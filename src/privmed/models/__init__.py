@@ -11,11 +11,13 @@ from torch import nn
 
 from privmed.errors import ConfigError
 from privmed.models.cnn import SmallCNN
+from privmed.models.dcgan import GANS, Discriminator, Generator, build_gan
 from privmed.models.dpresnet import DPResNet
 from privmed.models.scatternet import ScatterNet
 from privmed.models.tabular import SeriesCNN, TabularMLP
 
-#: Model name -> class. A new model is one file and one entry here.
+#: Model name -> class. A new model is one file and one entry here. (GAN pairs, G and D, have their own
+#: registry: :data:`privmed.models.dcgan.GANS`.)
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": SmallCNN,
     "dpresnet": DPResNet,
@@ -66,13 +68,17 @@ from privmed.attacks.imprint import ImprintModel  # noqa: E402  (it imports buil
 MODELS["imprint"] = ImprintModel
 
 __all__ = [
+    "GANS",
     "MODELS",
     "DPResNet",
+    "Discriminator",
+    "Generator",
     "ImprintModel",
     "ScatterNet",
     "SeriesCNN",
     "SmallCNN",
     "TabularMLP",
+    "build_gan",
     "build_model",
     "count_parameters",
 ]

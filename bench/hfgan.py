@@ -1,0 +1,449 @@
+"""HF-GAN on PneumoniaMNIST and BreastMNIST, 10 clients, Dirichlet alpha = 0.1: do its synthetic images help?
+
+The issue's tables (one per dataset), rows on the same partitions, seed and classifier rounds:
+
+- (a) FedAvg; (b) FedAvg + classic augmentation (random flips and shifts, privmed's ``train.augment``);
+  (c) FedAvg + HF-GAN (each client adds labelled images of its own G_i, class-balanced);
+- (d) each with DP: the classifier with DP-SGD per client (``privacy.mode = "sample"``) at epsilon_clf, and for
+  (c) D trained with distributed noise under SecAgg+ (``privacy.mode = "distributed"``) at epsilon_D.
+
+Columns: test accuracy, macro-F1, AUC of the federated classifier (last round); TSTR (accuracy of a small CNN
+trained only on the synthetic images, on the real test split) and its ratio to the same CNN trained on the real
+training split; IS and FID with a **domain feature extractor** (a small CNN trained on the real training split,
+not Inception: not comparable with published numbers); epsilon of D (= of the synthetic images), of the
+classifier, and their sum (sequential composition) for rows that use both; wall time per GAN round on this CPU
+(median of rounds 2..R). A centralised, non-private DCGAN (same G and D, same D:G ratio, same number of D steps,
+plain torch) gives the FID reference of the goal "private federated FID <= 2x centralised".
+
+A reduced, honest run (the 2-hour budget on a shared 2-core CPU): few GAN rounds and classifier rounds, one seed;
+the numbers say what this budget reaches, not what HF-GAN can reach. Sample grids are written to the run folder
+(outside the repository: images made from MedMNIST files are never committed).
+
+Usage::
+
+    python bench/hfgan.py --datasets pneumoniamnist breastmnist --gan-rounds 150 --clf-rounds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from privmed.config import Config
+from privmed.federation import task
+from privmed.gan.config import GanConfig, load_gan_config
+from privmed.gan.hfgan import GeneratorStore, adam, new_gan, train_generator, uniform_labels
+from privmed.results import machine, write_json_atomic
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA_DIR = "/work/shared/data/medmnist"
+PRESETS = {"pneumoniamnist": "pneumonia-hfgan", "breastmnist": "breast-hfgan"}
+log = logging.getLogger("bench.hfgan")
+#: The control row: the same class-balanced synthetic labels, images of *untrained* generators (an empty store:
+#: every client's G_i at its initialisation). It separates what HF-GAN's training adds from what relabelling adds.
+CONTROL = "(c0) + untrained G_i (control)"
+
+
+def gan_row(cfg: Config, gan: GanConfig, out: Path, *, private: bool, epsilon: float) -> dict[str, Any]:
+    """Train HF-GAN (non-private, or distributed DP under SecAgg+) and evaluate its synthetic images."""
+    from privmed.gan.evaluate import evaluate_synthetic
+    from privmed.gan.run import run_hfgan, store_dir
+
+    privacy = (
+        dataclasses.replace(cfg.privacy, mode="distributed", epsilon=epsilon)
+        if private
+        else dataclasses.replace(cfg.privacy, mode="none")
+    )
+    run_cfg = dataclasses.replace(cfg, privacy=privacy, secagg=dataclasses.replace(cfg.secagg, enabled=private))
+    results = run_hfgan(run_cfg, gan, out_dir=out)
+    results["evaluation"] = evaluate_synthetic(run_cfg, gan, store_dir(gan, out), out)
+    write_json_atomic(out / "results.json", results)
+    ev = results["evaluation"]
+    return {
+        "store": str(store_dir(gan, out)),
+        "epsilon_D": results["epsilon_discriminator"],
+        "noise_multiplier": (results.get("privacy_details") or {}).get("noise_multiplier"),
+        "gan_round_seconds": results["timing"]["steady_round_seconds_median"],
+        "gan_round1_seconds": results["timing"]["round1_seconds"],
+        "gan_total_seconds": results["timing"]["total_seconds"],
+        "fid": ev["fid"],
+        "fid_train_vs_test": ev["fid_train_vs_test"],
+        "is": ev["is"],
+        "is_real_test": ev["is_real_test"],
+        "tstr": ev["tstr"],
+        "trtr": ev["trtr"],
+        "tstr_ratio": ev["tstr_ratio"],
+        "g_stopped": results["g_stopped"],
+    }
+
+
+def centralized_gan_fid(cfg: Config, gan: GanConfig, out: Path) -> dict[str, Any]:
+    """A non-private centralised DCGAN (same G, D, Adam, D:G ratio and number of D steps; batch 64 of the whole
+    training split; plain torch), evaluated like HF-GAN's generators: the FID reference."""
+    from privmed.data.base import to_torch
+    from privmed.gan.evaluate import evaluate_synthetic
+
+    dataset, _ = task.load_federated_data(cfg)
+    info = dataset.info
+    torch.manual_seed(cfg.train.seed)
+    g, d = new_gan(cfg, gan, info)
+    g_opt, d_opt = adam(g.parameters(), gan, gan.lr_g), adam(d.parameters(), gan, gan.lr_d)
+    x_all, y_all = to_torch(dataset.train, info).tensors
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    started = time.perf_counter()
+    for step in range(gan.rounds):
+        if step % gan.d_steps_per_g_step == 0:
+            train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.fake_batch, generator=gen)
+        idx = torch.randint(0, len(x_all), (gan.batch_size,), generator=gen)
+        y_fake = uniform_labels(gan.fake_batch, info.n_labels, gen)
+        with torch.no_grad():
+            x_fake = g(torch.randn(gan.fake_batch, gan.latent_dim, generator=gen), y_fake)
+        real, fake = d(x_all[idx], y_all[idx]), d(x_fake, y_fake)
+        loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
+            fake, torch.zeros_like(fake)
+        )
+        d_opt.zero_grad()
+        loss.backward()
+        d_opt.step()
+    seconds = time.perf_counter() - started
+    store = out / "client-store"
+    GeneratorStore(store).save(0, g, g_opt, {"stopped": False, "reason": "", "g_updates": 0})
+    one = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_clients=1))
+    ev = evaluate_synthetic(one, gan, store, out)
+    return {"fid": ev["fid"], "is": ev["is"], "tstr": ev["tstr"], "tstr_ratio": ev["tstr_ratio"], "seconds": seconds}
+
+
+def classifier_row(
+    cfg: Config, gan: GanConfig, out: Path, *, augment: bool, store: str | None, epsilon: float | None
+) -> dict[str, Any]:
+    """The federated classifier (privmed's app): plain, classic augmentation, or with the G_i of ``store``."""
+    from privmed.federation.run import run_federated
+    from privmed.gan.augment import run_augmented_federated
+
+    privacy = (
+        dataclasses.replace(cfg.privacy, mode="sample", epsilon=epsilon)
+        if epsilon is not None
+        else dataclasses.replace(cfg.privacy, mode="none")
+    )
+    clf = dataclasses.replace(
+        cfg,
+        privacy=privacy,
+        secagg=dataclasses.replace(cfg.secagg, enabled=False),
+        train=dataclasses.replace(cfg.train, augment=augment),
+        federation=dataclasses.replace(cfg.federation, fraction_evaluate=0.0),
+    )
+    if store is None:
+        results = run_federated(clf, out_dir=out)
+    else:
+        results = run_augmented_federated(clf, gan, store, out_dir=out)
+    test = results["final"]["test"]
+    return {
+        **classifier_epsilons(results),
+        "accuracy": test["accuracy"],
+        "macro_f1": test["macro_f1"],
+        "auc": test["auc"],
+        "vt_macro_f1": test.get("vt_macro_f1"),
+        "classifier_round_seconds": results["timing"]["steady_round_seconds_median"],
+    }
+
+
+def classifier_epsilons(results: dict[str, Any]) -> dict[str, float | None]:
+    """ε of the DP classifier: the largest of the clients' own ledgers (authoritative), and the server's mirror.
+
+    Under augmentation a client calibrates σ for its augmented set (real + synthetic images), while the server's
+    mirror of ``privacy.mode = "sample"`` plans with the real partition sizes and so over-states ε for augmented
+    clients; the clients' ledgers account the mechanism that actually ran.
+    """
+    last = results["rounds"][-1] if results.get("rounds") else {}
+    clients = [c.get("epsilon") for c in last.get("clients", []) if c.get("epsilon") is not None]
+    return {
+        "epsilon_classifier": max(clients) if clients else None,
+        "epsilon_classifier_server_mirror": last.get("epsilon"),
+    }
+
+
+def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], save: Any) -> None:
+    cfg, gan = load_gan_config(
+        PRESETS[name],
+        overrides=[
+            f"gan.rounds={args.gan_rounds}",
+            f"gan.eval_samples={args.eval_samples}",
+            f"gan.eval_epochs={args.eval_epochs}",
+            f"federation.rounds={args.clf_rounds}",
+        ],
+    )
+    root = Path(args.work) / name
+    rows: dict[str, Any] = payload["datasets"].setdefault(name, {"rows": {}})
+    rows["config"] = {"gan": dataclasses.asdict(gan), "classifier": cfg.to_dict(), "source": cfg.source}
+    plan = [
+        ("gan non-private", lambda: gan_row(cfg, gan, root / "gan-none", private=False, epsilon=args.epsilon_d)),
+        ("gan DP", lambda: gan_row(cfg, gan, root / "gan-dp", private=True, epsilon=args.epsilon_d)),
+        ("centralised DCGAN", lambda: centralized_gan_fid(cfg, gan, root / "central")),
+        ("(a) FedAvg", lambda: classifier_row(cfg, gan, root / "a", augment=False, store=None, epsilon=None)),
+        ("(b) + classic aug.", lambda: classifier_row(cfg, gan, root / "b", augment=True, store=None, epsilon=None)),
+        (
+            "(c) + HF-GAN",
+            lambda: classifier_row(
+                cfg, gan, root / "c", augment=False, store=rows["rows"]["gan non-private"]["store"], epsilon=None
+            ),
+        ),
+        (
+            CONTROL,
+            lambda: classifier_row(cfg, gan, root / "c0", augment=False, store=str(root / "untrained"), epsilon=None),
+        ),
+        (
+            "(a) + DP",
+            lambda: classifier_row(cfg, gan, root / "a-dp", augment=False, store=None, epsilon=args.epsilon_c),
+        ),
+        (
+            "(b) + DP",
+            lambda: classifier_row(cfg, gan, root / "b-dp", augment=True, store=None, epsilon=args.epsilon_c),
+        ),
+        (
+            "(c) + DP",
+            lambda: classifier_row(
+                cfg, gan, root / "c-dp", augment=False, store=rows["rows"]["gan DP"]["store"], epsilon=args.epsilon_c
+            ),
+        ),
+    ]
+    for label, fn in plan:
+        if label in rows["rows"] and "error" not in rows["rows"][label]:
+            continue
+        if args.only and label not in args.only:
+            continue
+        started = time.perf_counter()
+        try:
+            rows["rows"][label] = {**fn(), "wall_seconds": time.perf_counter() - started}
+        except Exception as exc:  # a failed row is recorded, not hidden, and the others still run
+            log.exception("%s / %s failed", name, label)
+            rows["rows"][label] = {"error": repr(exc), "wall_seconds": time.perf_counter() - started}
+        save()
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def goals(rows: dict[str, Any]) -> list[str]:
+    """The issue's three goals, met or not, from the measured rows (nothing when a row is missing)."""
+    out = []
+
+    def ok(flag: bool) -> str:
+        return "met" if flag else "**not met**"
+
+    def get(label: str, key: str) -> float | None:
+        r = rows.get(label) or {}
+        return r.get(key) if "error" not in r else None
+
+    for suffix, tag in (("", "non-private"), (" + DP", "with DP")):
+        c, a, b = (
+            get("(c) + HF-GAN" if not suffix else "(c) + DP", "macro_f1"),
+            get("(a) FedAvg" if not suffix else "(a) + DP", "macro_f1"),
+            get("(b) + classic aug." if not suffix else "(b) + DP", "macro_f1"),
+        )
+        if None not in (a, b, c):
+            gain = 100 * (c - max(a, b))
+            out.append(
+                f"- Goal HF-GAN >= +3 macro-F1 points over (a) and (b), {tag}: {gain:+.1f} points, {ok(gain >= 3)}."
+            )
+    c, c0 = get("(c) + HF-GAN", "macro_f1"), get(CONTROL, "macro_f1")
+    if None not in (c, c0):
+        out.append(
+            f"- Control: HF-GAN's trained generators vs untrained ones with the same class-balanced labels: "
+            f"{100 * (c - c0):+.1f} macro-F1 points (what the training of G_i adds beyond relabelling)."
+        )
+    gdp, central = rows.get("gan DP") or {}, rows.get("centralised DCGAN") or {}
+    if "fid" in gdp and "fid" in central:
+        ratio = gdp["fid"] / max(central["fid"], 1e-12)
+        floor = gdp.get("fid_train_vs_test") or 0.0
+        caveat = (
+            f" (but every generator is far from the data, FID >= 10x the real-vs-real floor {floor:.2f}: this compares "
+            "equally untrained generators)"
+            if floor and min(gdp["fid"], central["fid"]) >= 10 * floor
+            else ""
+        )
+        out.append(
+            f"- Goal private federated FID <= 2x centralised non-private DCGAN: {ratio:.2f}x, {ok(ratio <= 2)}{caveat}."
+        )
+    if "tstr_ratio" in gdp:
+        out.append(
+            f"- Goal TSTR at epsilon_D = {gdp.get('epsilon_D') or 0:.1f} >= 0.95x trained-on-real: "
+            f"{gdp['tstr_ratio']:.2f}x, {ok(gdp['tstr_ratio'] >= 0.95)} (TSTR accuracy {gdp['tstr']['accuracy']:.3f}, "
+            f"macro-F1 {gdp['tstr']['macro_f1']:.3f}: compare with the majority-class rate of the test split)."
+        )
+    return out + ([""] if out else [])
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    from privmed.metrics.generative import FEATURES_NOTE
+
+    a = payload["args"]
+    lines = [
+        "# HF-GAN: federated D from DP-noised gradients, local generators, synthetic augmentation",
+        "",
+        f"Machine: {payload['machine'].get('platform', '?')}, {payload['machine'].get('cpu_count', '?')} CPUs shared "
+        "with other engineers' jobs (load average 20-32 during the run: every time below is inflated by that), "
+        f"torch {payload['machine'].get('torch', '?')}, {payload['machine'].get('date', '')}. Seed 0 (one seed). "
+        "10 clients, Dirichlet alpha = 0.1 (the partitions of `pneumonia-10c-a0.1` / `breast-10c-a0.1`). "
+        "Command(s): `"
+        + "`, `".join([payload.get("command", "")] + [p["command"] for p in payload.get("parallel_runs", [])])
+        + "`.",
+        "",
+        *([f"Notes: {payload['notes']}", ""] if payload.get("notes") else []),
+        f"**Reduced run** (2-hour budget on a shared 2-core CPU): {a['gan_rounds']} GAN rounds (D steps; the presets "
+        f"say 1000), {a['clf_rounds']} classifier rounds of 1 local epoch, {a['eval_samples']} synthetic images per "
+        f"class for FID/IS/TSTR, evaluation CNNs trained {a['eval_epochs']} epochs. epsilon_D = {a['epsilon_d']} "
+        f"(distributed noise under SecAgg+), epsilon_clf = {a['epsilon_c']} (DP-SGD per client), delta = 1e-5.",
+        "",
+        f"{FEATURES_NOTE}. TSTR: accuracy of a small CNN trained only on synthetic images, tested on the real test "
+        "split (ratio: / the same CNN trained on the real training split). For rows with DP on both D and the "
+        "classifier, a real image's total epsilon is the sum (sequential composition).",
+        "",
+    ]
+    for name, data in payload["datasets"].items():
+        rows = data["rows"]
+        gnp, gdp = rows.get("gan non-private", {}), rows.get("gan DP", {})
+        central = rows.get("centralised DCGAN", {})
+        lines += [
+            f"## {name}",
+            "",
+            "| row | accuracy | macro-F1 | AUC | TSTR acc (ratio) | IS | FID | ε_D | ε_clf | ε total | s / GAN round |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label in ("(a) FedAvg", "(b) + classic aug.", "(c) + HF-GAN", CONTROL, "(a) + DP", "(b) + DP", "(c) + DP"):
+            r = rows.get(label)
+            if r is None:
+                lines.append(f"| {label} | not run (out of time) |  |  |  |  |  |  |  |  |  |")
+                continue
+            if "error" in r:
+                lines.append(f"| {label} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
+                continue
+            g = gdp if label == "(c) + DP" else gnp if label == "(c) + HF-GAN" else None
+            eps_d = g.get("epsilon_D") if g else None
+            eps_c = r.get("epsilon_classifier")
+            total = (eps_d or 0) + (eps_c or 0) if (eps_d or eps_c) else None
+            tstr = f"{_f(g['tstr']['accuracy'])} ({_f(g['tstr_ratio'], 2)})" if g and "tstr" in g else "—"
+            lines.append(
+                f"| {label} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | {_f(r['auc'])} | {tstr} | "
+                f"{_f(g.get('is') if g else None)} | {_f(g.get('fid') if g else None, 2)} | {_f(eps_d, 2)} | "
+                f"{_f(eps_c, 2)} | {_f(total, 2)} | {_f(g.get('gan_round_seconds') if g else None, 2)} |"
+            )
+        lines += [""]
+        if central and "fid" in central:
+            lines.append(
+                f"Centralised non-private DCGAN, same D steps: FID {_f(central['fid'], 2)}, IS {_f(central['is'])}, "
+                f"TSTR {_f(central['tstr']['accuracy'])} (ratio {_f(central['tstr_ratio'], 2)}). "
+                f"FID real train vs real test (the floor): {_f(gnp.get('fid_train_vs_test'), 2)}; "
+                f"IS of the real test split: {_f(gnp.get('is_real_test'))}."
+            )
+        lines += goals(rows)
+        for key, g in (("non-private", gnp), ("DP", gdp)):
+            if g and "error" in g:
+                lines.append(f"GAN {key} failed: {g['error'][:200]}")
+            elif g:
+                lines.append(
+                    f"GAN {key}: round 1 {_f(g.get('gan_round1_seconds'), 1)} s (Ray start-up included), steady "
+                    f"{_f(g.get('gan_round_seconds'), 2)} s/round, sigma {_f(g.get('noise_multiplier'), 3)}, "
+                    f"stopped generators {g.get('g_stopped') or 'none'}."
+                )
+        lines.append("")
+    lines += [
+        "## Reading these numbers",
+        "",
+        f"- {a['gan_rounds']} D steps are {a['gan_rounds'] // 5} G updates per client at the presets' D:G ratio of 5: "
+        "far too few for a DCGAN. The generators' images are still noise-like (FID far above the real-vs-real floor; "
+        "the sample grids in the run folders, not committed, show it). Every FID / IS / TSTR here measures an early, "
+        "untrained state, and the FID goal compares equally untrained generators.",
+        "- IS uses a domain classifier trained for only a few epochs; with 2 classes IS lies in [1, 2] and is near 1 "
+        "even on real test images when that classifier is unsure: uninformative here.",
+        "- TSTR accuracy near the test split's majority-class rate means the TSTR classifier predicts one class.",
+        f"- {a['clf_rounds']} classifier rounds: rows whose accuracy equals the majority-class rate with macro-F1 "
+        "~0.42 predict one class everywhere; their differences are not evidence either way.",
+        "- A gain of (c) over (a)/(b) counts for HF-GAN only when (c) also beats the control (c0), the same class-"
+        "balanced labels on images of untrained generators: with noise-like images, relabelling alone can shift a "
+        "skewed client's class prior. One seed: no error bars.",
+        "- ε_clf is the largest of the clients' own DP-SGD ledgers. For (c) + DP the server's mirror of "
+        '`privacy.mode = "sample"` (`epsilon_classifier_server_mirror` in the JSON) over-states it: it plans with '
+        "the real partition sizes while each augmented client calibrated σ for its real + synthetic images (a "
+        "known gap: the server is not told the augmented sizes).",
+        "- A full run (the presets' 1000 D steps) costs about 1000 x the steady time per GAN round above, per GAN.",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def merge(name: str, others: list[str]) -> int:
+    """Merge the datasets of runs made in parallel (same settings, one dataset each) into one table file."""
+    payload = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    for other in others:
+        part = json.loads((RESULTS_DIR / f"{other}.json").read_text())
+        keys = ("gan_rounds", "clf_rounds", "eval_samples", "eval_epochs", "epsilon_d", "epsilon_c")
+        if any(part["args"][k] != payload["args"][k] for k in keys):
+            raise SystemExit(f"{other} was run with other settings; not merged")
+        for dname, data in part["datasets"].items():
+            payload["datasets"].setdefault(dname, {"rows": {}})["rows"].update(data["rows"])
+        payload.setdefault("parallel_runs", []).append({"name": other, "command": part.get("command")})
+    write_json_atomic(RESULTS_DIR / f"{name}.json", payload)
+    (RESULTS_DIR / f"{name}.md").write_text(markdown(payload))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--gan-rounds", type=int, default=150)
+    parser.add_argument("--clf-rounds", type=int, default=10)
+    parser.add_argument("--eval-samples", type=int, default=500)
+    parser.add_argument("--eval-epochs", type=int, default=3)
+    parser.add_argument("--epsilon-d", type=float, default=10.0)
+    parser.add_argument("--epsilon-c", type=float, default=10.0)
+    parser.add_argument("--work", default="/tmp/privmed-hfgan-bench", help="run folders (outside the repository)")
+    parser.add_argument("--name", default="hfgan")
+    parser.add_argument("--data-dir", default=os.environ.get("PRIVMED_DATA_DIR", DEFAULT_DATA_DIR))
+    parser.add_argument("--only", nargs="+", default=[], metavar="ROW", help="run only these rows (labels)")
+    parser.add_argument(
+        "--merge", nargs="+", default=[], metavar="NAME", help="only merge bench/results/<NAME>.json into --name"
+    )
+    args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.name, args.merge)
+    os.environ["PRIVMED_DATA_DIR"] = args.data_dir
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    json_path, md_path = RESULTS_DIR / f"{args.name}.json", RESULTS_DIR / f"{args.name}.md"
+    payload: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {"datasets": {}}
+    payload.update(args=vars(args), machine=machine(), seeds=[0], command=" ".join(sys.argv))
+
+    def save() -> None:
+        write_json_atomic(json_path, payload)
+        md_path.write_text(markdown(payload))
+
+    started = time.perf_counter()
+    for name in args.datasets:
+        run_dataset(name, args, payload, save)
+    payload["total_seconds"] = time.perf_counter() - started + payload.get("total_seconds", 0.0)
+    steady = [
+        r["gan_round_seconds"]
+        for d in payload["datasets"].values()
+        for r in d["rows"].values()
+        if r.get("gan_round_seconds")
+    ]
+    payload["gan_round_seconds_median"] = statistics.median(steady) if steady else None
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The ``[gan]`` table of an HF-GAN config, beside privmed's usual tables.
+
+An HF-GAN config is a privmed config (``[data]``, ``[model]`` for the classifier, ``[train]``,
+``[federation]``, ``[privacy]``, ``[secagg]``) plus one ``[gan]`` table, read here so that the federated
+classifier's config (and the Flower app config that mirrors it) stays as it is. ``[privacy]`` decides how D's
+gradient on real images is protected (:data:`privmed.gan.hfgan.D_GRADIENT_WRAPPERS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from privmed.config import Config, _coerce, from_dict, resolve_path
+from privmed.errors import ConfigError
+
+
+@dataclass
+class GanConfig:
+    """HF-GAN settings (defaults: the paper's Adam 2e-4, β1 0.5, batch 64, C = 1.0 in ``[privacy]``)."""
+
+    #: GAN rounds; every round is one server step of D (one aggregated, noised gradient)
+    rounds: int = 200
+    #: D:G step ratio (Bie et al., "Private GANs, revisited", TMLR 2023: many D steps per G step): the clients
+    #: train G_i in every ``d_steps_per_g_step``-th round only
+    d_steps_per_g_step: int = 5
+    #: local G steps each time G_i trains
+    g_steps: int = 1
+    #: expected real images of one D step over the whole federation (Poisson q = batch_size / N)
+    batch_size: int = 64
+    #: a client needs at least this many real images (-1: its share of one batch, ceil(batch_size / num_clients));
+    #: 0 lets any client take part (under the common Poisson rate a small client simply adds fewer real images to
+    #: each D step; the DP guarantee is unaffected)
+    min_client_images: int = -1
+    #: images of G_i per client in one D step and in one G step
+    fake_batch: int = 64
+    latent_dim: int = 64
+    g_width: int = 32
+    d_width: int = 32
+    lr_d: float = 2e-4
+    lr_g: float = 2e-4
+    beta1: float = 0.5
+    #: refuse a calibrated noise multiplier above this (the ε is too small to train D)
+    max_noise_multiplier: float = 20.0
+    #: synthetic images each client adds per real image to its training set (0: no augmentation)
+    augment_ratio: float = 1.0
+    #: draw the synthetic labels so that real + synthetic is class-balanced on each client (against label skew)
+    class_balance: bool = True
+    #: synthetic images per class for FID / IS / TSTR and the sample grids
+    eval_samples: int = 500
+    #: every this many rounds each client also keeps a copy of G_i (0: none), for FID per round in the curves
+    snapshot_every: int = 0
+    #: epochs of the domain classifier (FID / IS features) and of the TSTR classifier
+    eval_epochs: int = 5
+    #: the client-side store of the generators ("" = ``<out>/client-store``); in a deployment each client's
+    #: own disk: the server never reads it
+    store: str = ""
+    #: also train the federated classifier with the synthetic images (privmed gan CONFIG --classifier)
+    classifier: bool = False
+
+
+def split_gan_table(raw: dict[str, Any], *, source: str) -> tuple[dict[str, Any], GanConfig]:
+    """Take ``[gan]`` out of a parsed TOML document; refuse unknown keys and wrong types."""
+    table = raw.pop("gan", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[gan] must be a table in {source}")
+    gan = GanConfig()
+    valid = {f.name for f in dataclasses.fields(gan)}
+    for key, value in table.items():
+        if key not in valid:
+            raise ConfigError(f"unknown key {key!r} in [gan] of {source}; valid keys: {', '.join(sorted(valid))}")
+        setattr(gan, key, _coerce("gan", key, value, getattr(gan, key)))
+    return raw, gan
+
+
+def load_gan_config(name_or_path: str, *, overrides: list[str] | None = None) -> tuple[Config, GanConfig]:
+    """Load an HF-GAN config (file or preset) with ``section.key=value`` overrides, ``gan.*`` included."""
+    path = resolve_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix the line it names") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. gan.rounds=50")
+        try:
+            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed = value.strip()
+        raw.setdefault(section, {})[name] = parsed
+    raw, gan = split_gan_table(raw, source=str(path))
+    return from_dict(raw, source=str(path)), gan

@@ -1,0 +1,147 @@
+"""How good are synthetic images? FID and IS with a domain feature extractor, TSTR, and sample grids.
+
+- **FID** (Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
+  Equilibrium", NeurIPS 2017) and **IS** (Salimans et al., "Improved Techniques for Training GANs",
+  NeurIPS 2016) via torchmetrics, but with a **domain feature extractor**: a privmed classifier trained on the
+  real training split (:func:`train_domain_classifier`), its pooled penultimate features for FID and its
+  logits for IS. No Inception weights are downloaded, so the numbers are *not* comparable with published
+  Inception FID/IS; every table must say "domain features". With 2 classes IS lies in [1, 2].
+- **TSTR** (train on synthetic, test on real; Esteban et al., "Real-valued (Medical) Time Series Generation
+  with Recurrent Conditional GANs", 2017; Bie et al. 2023 report it as "accuracy of a classifier trained on
+  the synthetic images"): :func:`tstr` trains the same small CNN on synthetic images only and tests it on the
+  real test split; :func:`trtr` is the same classifier trained on the real training split, for the ratio.
+- :func:`save_grid`: real vs synthetic images per class and per client, one PNG (phantom data in tests only:
+  images made from MedMNIST files stay out of the repository).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+
+from privmed.config import TrainConfig
+from privmed.data import DatasetInfo, Split
+from privmed.models import SmallCNN
+from privmed.train import evaluate, make_loader, make_loss, make_optimizer, set_seed, train_epoch
+
+log = logging.getLogger(__name__)
+
+#: The caption every FID / IS table carries.
+FEATURES_NOTE = (
+    "FID and IS use a domain feature extractor (a small CNN trained on the real training split), not Inception: "
+    "not comparable with published Inception FID/IS"
+)
+
+
+class DomainFeatures(nn.Module):
+    """A trained :class:`~privmed.models.SmallCNN` as torchmetrics' feature extractor.
+
+    ``kind = "features"``: the pooled penultimate activations (FID); ``"logits"``: the class logits (IS).
+    Takes uint8 images (torchmetrics' default input) and scales them to [-1, 1] as privmed's loaders do.
+    """
+
+    def __init__(self, classifier: SmallCNN, kind: str = "features") -> None:
+        super().__init__()
+        self.classifier = classifier.eval()
+        self.kind = kind
+        self.num_features = classifier.fc.in_features if kind == "features" else classifier.fc.out_features
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 127.5 - 1.0
+        if self.kind == "logits":
+            return self.classifier(x)
+        c = self.classifier
+        return c.pool(c.features(x)).flatten(1)
+
+
+def train_classifier(
+    split: Split, info: DatasetInfo, *, epochs: int, seed: int = 0, batch_size: int = 64, lr: float = 0.05
+) -> SmallCNN:
+    """A :class:`~privmed.models.SmallCNN` trained centrally on ``split`` (plain SGD with momentum)."""
+    set_seed(seed)
+    model = SmallCNN(info.n_channels, info.n_labels)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed)
+    optimizer = make_optimizer(model, cfg)
+    loader = make_loader(split, info, batch_size=batch_size, shuffle=True, seed=seed)
+    loss_fn = make_loss(info)
+    for _ in range(epochs):
+        train_epoch(model, loader, optimizer, loss_fn)
+    return model.eval()
+
+
+def train_domain_classifier(train: Split, info: DatasetInfo, *, epochs: int = 5, seed: int = 0) -> SmallCNN:
+    """The domain feature extractor's classifier: trained on the **real training split** only."""
+    return train_classifier(train, info, epochs=epochs, seed=seed)
+
+
+def _images(split: Split, info: DatasetInfo) -> Tensor:
+    """uint8 ``(N, C, H, W)`` images of a split."""
+    x = torch.from_numpy(np.ascontiguousarray(split.images))
+    return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
+def fid_score(classifier: SmallCNN, real: Split, fake: Split, info: DatasetInfo) -> float:
+    """FID between ``real`` and ``fake`` in the domain classifier's feature space."""
+    metric = FrechetInceptionDistance(feature=DomainFeatures(classifier, "features"), normalize=False)
+    metric.update(_images(real, info), real=True)
+    metric.update(_images(fake, info), real=False)
+    return float(metric.compute())
+
+
+def inception_score(classifier: SmallCNN, fake: Split, info: DatasetInfo, *, splits: int = 5) -> tuple[float, float]:
+    """IS (mean, std over ``splits``) of ``fake`` with the domain classifier's logits."""
+    metric = InceptionScore(feature=DomainFeatures(classifier, "logits"), normalize=False, splits=splits)
+    metric.update(_images(fake, info))
+    mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def tstr(synthetic: Split, test: Split, info: DatasetInfo, *, epochs: int = 5, seed: int = 0) -> dict[str, float]:
+    """Train on synthetic, test on real: the small CNN trained on ``synthetic`` only, on the real test split."""
+    model = train_classifier(synthetic, info, epochs=epochs, seed=seed)
+    return evaluate(model, make_loader(test, info, batch_size=256, shuffle=False), info)
+
+
+def trtr(train: Split, test: Split, info: DatasetInfo, *, epochs: int = 5, seed: int = 0) -> dict[str, float]:
+    """The same classifier trained on the real training split (TSTR's reference)."""
+    return tstr(train, test, info, epochs=epochs, seed=seed)
+
+
+def _tile(images: np.ndarray) -> np.ndarray:
+    """``(n, H, W[, 3])`` uint8 -> one row ``(H, n*W[, 3])`` with a 1-pixel gap."""
+    if len(images) == 0:
+        return np.zeros((0, 0), dtype=np.uint8)
+    pad = [(0, 0), (0, 0), (0, 1)] + ([(0, 0)] if images.ndim == 4 else [])
+    return np.concatenate(list(np.pad(images, pad)), axis=1)
+
+
+def save_grid(path: str | Path, rows: Mapping[str, np.ndarray], *, per_row: int = 8) -> Path:
+    """One PNG: a row of ``per_row`` images for every named row (e.g. "real class 0", "client 3 class 0").
+
+    Rows are stacked in order; the names are written to ``<path>.txt`` beside the image (no fonts needed).
+    """
+    tiles = [_tile(images[:per_row]) for images in rows.values()]
+    width = max(t.shape[1] for t in tiles)
+    padded = [np.pad(t, [(0, 1), (0, width - t.shape[1])] + [(0, 0)] * (t.ndim - 2)) for t in tiles]
+    grid = np.concatenate(padded, axis=0)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(out)
+    out.with_suffix(".txt").write_text("rows, top to bottom:\n" + "\n".join(rows) + "\n")
+    return out
+
+
+def class_rows(split: Split, prefix: str, classes: Sequence[int]) -> dict[str, np.ndarray]:
+    """Grid rows of ``split``'s images, one per class."""
+    labels = split.class_labels
+    return {f"{prefix} class {k}": split.images[labels == k] for k in classes}

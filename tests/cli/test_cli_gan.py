@@ -1,0 +1,58 @@
+"""`privmed gan`: bad input gives one clear line and exit 2 before Ray starts; gan-smoke runs end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from privmed.cli import main
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "gan.min_client_images=1000"], "fewer than one batch"),
+        (
+            ["--set", "privacy.epsilon=0.1", "--set", "gan.max_noise_multiplier=5"],
+            "too small to train the discriminator",
+        ),
+        (["--set", "privacy.epsilon=0.01"], "cannot be reached"),
+        (["--set", "privacy.mode='client'"], "not available for HF-GAN's discriminator"),
+        (["--set", "secagg.enabled=false"], "without SecAgg+"),
+        (["--set", "gan.roundz=3"], "unknown key 'roundz' in [gan]"),
+        (["--set", "gan.rounds=0"], "gan.rounds must be >= 1"),
+    ],
+)
+def test_bad_input_exit_2(extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["gan", "gan-smoke", "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len([line for line in err.splitlines() if line.startswith("privmed: error:")]) == 1
+
+
+def test_store_of_a_previous_run_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    old = tmp_path / "out" / "client-store" / "client-0"
+    old.mkdir(parents=True)
+    (old / "generator.pt").write_bytes(b"previous")
+    assert main(["gan", "gan-smoke", "--out", str(tmp_path / "out")]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (old / "generator.pt").read_bytes() == b"previous"
+
+
+@pytest.mark.slow
+def test_gan_smoke_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["gan", "gan-smoke", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["kind"] == "hfgan" and len(results["rounds"]) == 6
+    assert 0 < results["epsilon_synthetic_images"] <= 10.0 * 1.0001
+    ev = results["evaluation"]
+    assert "not Inception" in ev["features"] and ev["fid"] >= 0 and 1.0 <= ev["is"] <= 2.0 + 1e-6
+    assert 0.0 <= ev["tstr"]["accuracy"] <= 1.0
+    assert [c["round"] for c in ev["fid_curve"]] == [3, 6]  # snapshot_every = 3: FID per round in the curves
+    assert (out / "samples.png").is_file()  # phantom data: synthetic, fine to look at
+    assert (out / "gan_rounds.png").is_file()
+    assert sorted(p.name for p in (out / "client-store").iterdir()) == ["client-0", "client-1", "client-2"]
