@@ -11,11 +11,19 @@ from torch import nn
 
 from privmed.errors import ConfigError
 from privmed.models.cnn import SmallCNN
+from privmed.models.convnet import MLP, ConvNetSmall
 from privmed.models.dpresnet import DPResNet
 from privmed.models.scatternet import ScatterNet
 
 #: Model name -> class. A new model is one file and one entry here.
-MODELS: dict[str, type[nn.Module]] = {"cnn": SmallCNN, "dpresnet": DPResNet, "scatternet": ScatterNet}
+MODELS: dict[str, type[nn.Module]] = {
+    "cnn": SmallCNN,
+    "dpresnet": DPResNet,
+    "scatternet": ScatterNet,
+    # small networks for gradient-inversion studies (privmed.attacks)
+    "convnet-small": ConvNetSmall,
+    "mlp": MLP,
+}
 
 
 def build_model(name: str, *, in_channels: int, num_classes: int, width: int | None = None) -> nn.Module:
@@ -52,4 +60,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "DPResNet", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
+__all__ = ["MLP", "MODELS", "ConvNetSmall", "DPResNet", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
