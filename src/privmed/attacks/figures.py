@@ -47,7 +47,9 @@ def image_grid(
     for r, (label, images) in enumerate(rows):
         for c in range(n):
             _show(axes[r, c], images[c])
-        axes[r, 0].set_title(label, fontsize=7, loc="left")
+        axes[r, 0].text(
+            -0.08, 0.5, label, rotation=90, fontsize=7, ha="right", va="center", transform=axes[r, 0].transAxes
+        )
     if psnr is not None:
         for c in range(n):
             axes[1 if truth is not None else 0, c].set_title(f"{psnr[c]:.1f} dB", fontsize=7)
