@@ -82,9 +82,10 @@ def one_gradient(target: AttackTarget, x: Tensor, y: Tensor) -> Grads:
 
 
 def local_training(target: AttackTarget, x: Tensor, y: Tensor) -> Grads:
-    """FedAvg: ``local_steps`` plain SGD steps over the candidates in batches of ``batch_size``, returned as
-    the mean gradient ``-(w_K − w_0) / (lr · K)`` (Geiping et al. 2020, section 5)."""
+    """FedAvg: ``local_steps`` SGD steps (with the record's momentum) over the candidates in batches of
+    ``batch_size``, returned as the mean gradient ``-(w_K − w_0) / (lr · K)`` (Geiping et al. 2020, section 5)."""
     params = dict(target.params)
+    velocity: dict[str, Tensor] = {}
     steps, batch = target.steps_simulated, max(1, target.batch_size)
     lr = target.lr if target.lr > 0 else 1.0
     n = x.shape[0]
@@ -92,7 +93,9 @@ def local_training(target: AttackTarget, x: Tensor, y: Tensor) -> Grads:
     for step in range(steps):
         i = (step % per_epoch) * batch
         grads = gradient_of(target, params, x[i : i + batch], y[i : i + batch])
-        params = {k: p - lr * g for (k, p), g in zip(params.items(), grads, strict=True)}
+        for k, g in zip(list(params), grads, strict=True):
+            velocity[k] = g if k not in velocity else target.momentum * velocity[k] + g
+        params = {k: p - lr * velocity[k] for k, p in params.items()}
     return [(p0 - params[k]) / (lr * steps) for k, p0 in target.params.items()]
 
 
@@ -102,12 +105,41 @@ SIMULATORS: dict[str, Callable[[AttackTarget, Tensor, Tensor], Grads]] = {
     "fedavg": local_training,
 }
 
-#: name -> ``(shape, low, high, generator) -> initial candidate``
-INITS: dict[str, Callable[[tuple[int, ...], float, float, torch.Generator], Tensor]] = {
-    "randn": lambda shape, lo, hi, gen: (lo + hi) / 2 + (hi - lo) / 2 * torch.randn(shape, generator=gen),
-    "uniform": lambda shape, lo, hi, gen: lo + (hi - lo) * torch.rand(shape, generator=gen),
-    "zeros": lambda shape, lo, hi, gen: torch.full(shape, (lo + hi) / 2),
+Init = Callable[[tuple[int, ...], float, float, torch.Generator, "Tensor | None"], Tensor]
+
+
+def _prior_init(shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator, prior: Tensor | None) -> Tensor:
+    """The public mean image plus a little noise (needs the ``prior`` setting)."""
+    if prior is None:
+        raise ConfigError("init 'prior' needs the setting prior = '<dataset>:<split>' (public images' mean)")
+    return prior.expand(shape) + 0.05 * (hi - lo) * torch.randn(shape, generator=gen)
+
+
+#: name -> ``(shape, low, high, generator, prior mean image or None) -> initial candidate``
+INITS: dict[str, Init] = {
+    "randn": lambda shape, lo, hi, gen, prior: (lo + hi) / 2 + (hi - lo) / 2 * torch.randn(shape, generator=gen),
+    "uniform": lambda shape, lo, hi, gen, prior: lo + (hi - lo) * torch.rand(shape, generator=gen),
+    "zeros": lambda shape, lo, hi, gen, prior: torch.full(shape, (lo + hi) / 2),
+    "prior": _prior_init,
 }
+
+
+def public_mean(spec: str, input_shape: tuple[int, ...]) -> Tensor | None:
+    """The mean image of a public split, ``"<dataset>:<split>"`` (e.g. ``"breastmnist:val"``), or ``None``.
+
+    Threat model: an attacker who knows the data distribution (public images of the same modality); never the
+    client's own images. The floor of :mod:`privmed.metrics.reconstruction` is exactly this kind of knowledge.
+    """
+    if not spec:
+        return None
+    from privmed.data import load_dataset, to_torch
+
+    name, _, split = spec.partition(":")
+    data = load_dataset(name, size=int(input_shape[-1]))
+    mean = to_torch(data.split(split or "val"), data.info).tensors[0].mean(0)
+    if tuple(mean.shape) != tuple(input_shape):
+        raise ConfigError(f"prior {spec!r} has images of shape {tuple(mean.shape)}, the record {tuple(input_shape)}")
+    return mean
 
 
 class GradientMatching(Attack):
@@ -139,6 +171,8 @@ class GradientMatching(Attack):
         registered ones (``{tv = 0.1}``).
     time_limit
         Stop after this many seconds (0: no limit).
+    prior
+        ``"<dataset>:<split>"`` of public images whose mean ``init = "prior"`` starts from.
     """
 
     defaults: ClassVar[Mapping[str, Any]] = {
@@ -159,6 +193,7 @@ class GradientMatching(Attack):
         "group": 0.0,
         "regularizers": {},
         "time_limit": 0.0,
+        "prior": "",
     }
 
     def __init__(self, **settings: Any) -> None:
@@ -200,8 +235,10 @@ class GradientMatching(Attack):
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         shape = (target.num_images, *target.input_shape)
         lo, hi = target.input_range
+        prior = public_mean(str(s["prior"]), target.input_shape)
         candidates = [
-            INITS[s["init"]](shape, lo, hi, gen).clamp(lo, hi).requires_grad_(True) for _ in range(int(s["restarts"]))
+            INITS[s["init"]](shape, lo, hi, gen, prior).clamp(lo, hi).requires_grad_(True)
+            for _ in range(int(s["restarts"]))
         ]
         labels = self._labels(target, gen)
         started = time.perf_counter()
@@ -320,7 +357,7 @@ def _adam(
                 best_loss[i] = value
                 best[i] = candidates[i].detach().clone()
         trace["loss"].append(float(loss.detach()))
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             log.warning("the matching loss is not finite at iteration %d; keeping the best iterate", it)
             break
         if _out_of_time(attack, started):

@@ -45,7 +45,7 @@ class AttackTarget:
         The gradient estimate, one tensor per parameter (see the module doc).
     num_images
         How many inputs produced the update (the attacker reconstructs this many).
-    batch_size, local_steps, lr
+    batch_size, local_steps, lr, momentum
         Public training metadata.
     input_shape, input_range, num_classes
         Public data description.
@@ -62,6 +62,7 @@ class AttackTarget:
     batch_size: int
     local_steps: int
     lr: float
+    momentum: float
     input_shape: tuple[int, ...]
     input_range: tuple[float, float]
     num_classes: int
@@ -133,6 +134,7 @@ def target_from_record(record: UpdateRecord, *, num_images: int = 0) -> AttackTa
         batch_size=_count(record.training.get("batch_size"), 1),
         local_steps=steps,
         lr=lr,
+        momentum=float(record.training.get("momentum") or 0.0),
         input_shape=tuple(int(s) for s in shape),
         input_range=(float(low), float(high)),
         num_classes=int(record.data.get("num_classes", 2)),
