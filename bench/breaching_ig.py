@@ -44,6 +44,7 @@ def main() -> None:
     torch.set_num_threads(1)
     sys.path.insert(0, str(args.privmed_src))
     import breaching
+
     from privmed.models import MODELS
 
     meta, sent, update = load_record(args.record)
