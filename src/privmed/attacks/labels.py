@@ -17,7 +17,7 @@ With a softmax cross-entropy loss (mean over a batch of ``B``), the bias gradien
   as for an untrained model).
 
 A noise-free single gradient also bounds the batch: at least one example per class with a negative bias
-entry, and the last weight gradient ``Σ_i δ_i h_iᵀ`` has rank at most ``B``; :func:`check_batch_size` refuses a
+entry, and the weight gradient of every fully connected layer, ``Σ_i δ_i h_iᵀ``, has rank at most ``B``; :func:`check_batch_size` refuses a
 record whose stated batch size contradicts either.
 """
 
@@ -122,13 +122,25 @@ def check_batch_size(target: AttackTarget) -> None:
             f"the record says batch size {b}, but its last-layer gradient shows {present} classes present; "
             "the metadata is wrong: set training.batch_size (or --set num_images=N) to the true batch"
         )
-    weight, _ = last_linear(target)
-    grad = target.observed[target.names.index(weight)].detach().double()
-    if b < min(grad.shape):
+    for weight in _linear_weights(target):
+        grad = target.observed[target.names.index(weight)].detach().double()
+        if b >= min(grad.shape):
+            continue
         sv = torch.linalg.svdvals(grad)
         rank = int((sv > 1e-3 * sv[0]).sum()) if float(sv[0]) > 0 else 0
         if rank > b:
             raise RecordError(
-                f"the record says batch size {b}, but its last-layer weight gradient has rank {rank} (at most one "
-                "per image); the metadata is wrong: set training.batch_size (or --set num_images=N) to the true batch"
+                f"the record says batch size {b}, but the gradient of its fully connected layer {weight!r} has rank "
+                f"{rank} (at most one per image); the metadata is wrong: set training.batch_size (or --set "
+                "num_images=N) to the true batch"
             )
+
+
+def _linear_weights(target: AttackTarget) -> list[str]:
+    """Weight names of every trainable fully connected layer."""
+    names = []
+    for prefix, module in target.model.named_modules():
+        name = f"{prefix}.weight" if prefix else "weight"
+        if isinstance(module, nn.Linear) and name in target.names:
+            names.append(name)
+    return names

@@ -48,3 +48,8 @@ def load_plugins() -> None:
     """Import every plug-in of :data:`PLUGINS` (each registers itself; importing twice is a no-op)."""
     for name in PLUGINS:
         importlib.import_module(f"privmed.federation.{name}")
+    # the wrapper order is PLUGINS' order whatever imported a plug-in first (a test may import one directly)
+    rank = {f"privmed.federation.{name}": i for i, name in enumerate(PLUGINS)}
+    ordered = sorted(STRATEGY_WRAPPERS.items(), key=lambda item: rank.get(item[1].__module__, len(rank)))
+    STRATEGY_WRAPPERS.clear()
+    STRATEGY_WRAPPERS.update(ordered)
