@@ -17,8 +17,9 @@ With a softmax cross-entropy loss (mean over a batch of ``B``), the bias gradien
   as for an untrained model).
 
 A noise-free single gradient also bounds the batch: at least one example per class with a negative bias
-entry, and the weight gradient of every fully connected layer, ``Σ_i δ_i h_iᵀ``, has rank at most ``B``; :func:`check_batch_size` refuses a
-record whose stated batch size contradicts either.
+entry, and the weight gradient of every fully connected layer, ``Σ_i δ_i h_iᵀ``, has rank at most ``B``;
+:func:`check_batch_size` refuses a record whose stated batch size contradicts either. (With two classes the
+last layer's rows are negatives of each other, so there only the earlier fully connected layers can tell.)
 """
 
 from __future__ import annotations
