@@ -250,7 +250,7 @@ class GradientMatching(Attack):
         feature_loss = self._feature_stage(target, candidates)
         best, trace, iterations = OPTIMIZERS[s["optimizer"]](self, target, candidates, labels, started)
         seconds = time.perf_counter() - started
-        final = [float(self._matching(target, c, labels, i)[0]) for i, c in enumerate(best)]
+        final = [float(self._matching(target, c, labels, i)[0].detach()) for i, c in enumerate(best)]
         pick = int(np.argmin(final))
         hard = labels[pick] if isinstance(labels, list) else labels
         out_labels = hard.argmax(1) if hard.is_floating_point() else hard
@@ -363,7 +363,7 @@ def _adam(
             group["lr"] = float(s["lr"]) * schedule((it - 1) / total)
         opt.zero_grad(set_to_none=True)
         loss, matching = attack.loss(target, candidates, labels)
-        loss.backward()
+        loss.backward(inputs=variables)  # not into the model: only the candidates move
         if s["signed"]:
             for c in candidates:
                 c.grad.sign_()  # type: ignore[union-attr]
@@ -397,7 +397,7 @@ def _lbfgs(
         evaluations += 1
         opt.zero_grad(set_to_none=True)
         loss, _ = attack.loss(target, candidates, labels)
-        loss.backward()
+        loss.backward(inputs=variables)
         trace["loss"].append(float(loss.detach()))
         return loss
 
