@@ -153,6 +153,7 @@ def record_round(setting: str, timeout: float = 1800.0) -> list[Path]:
     cmd = [sys.executable, "-m", "privmed", "federate", config, "--record", "1:0", "--out", str(out)]
     for item in overrides:
         cmd += ["--set", item]
+    (LOCAL / "real").mkdir(parents=True, exist_ok=True)
     log = (LOCAL / "real" / f"{setting}.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     started = time.monotonic()
@@ -189,7 +190,7 @@ def real_cell(setting: str, scale: float) -> dict[str, Any]:
     if not paths:
         return {"section": "real", "setting": setting, "error": "no record written (see the run's log)"}
     record = UpdateRecord.load(paths[0])
-    x, y, mean = real_truth(record, setting)
+    x, _labels, mean = real_truth(record, setting)
     settings = {"iterations": max(1, math.ceil(300 * scale)), "schedule": "cosine", "tv": 0.05, "num_images": 8}
     rec = get_attack("inverting-gradients", **settings).run(record, seed=0)
     m = score(rec.inputs, x, input_range=(-1, 1), mean_image=mean)
