@@ -18,8 +18,8 @@ def test_matching_undoes_a_permutation_and_identical_images_score_high():
 
 
 def test_psnr_of_a_known_error_and_the_floor():
-    truth = np.zeros((2, 1, 4, 4))
-    metrics = score(truth + 0.2, truth, input_range=(-1, 1), mean_image=np.full((1, 4, 4), 0.2))
+    truth = np.zeros((2, 1, 16, 16))
+    metrics = score(truth + 0.2, truth, input_range=(-1, 1), mean_image=np.full((1, 16, 16), 0.2))
     # error 0.1 on the unit scale -> 20 dB, and the mean image scores the same: not above the floor
     assert abs(metrics["psnr"]["mean"] - 20.0) < 1e-9 and metrics["above_floor"] == 0
 

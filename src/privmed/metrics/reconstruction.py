@@ -49,12 +49,16 @@ def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def ssim_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """SSIM of each pair of unit-scale images ``(B, C, H, W)``."""
+    """SSIM of each pair of unit-scale images ``(B, C, H, W)`` (Gaussian window 11, smaller for tiny images)."""
+    side = min(a.shape[-2:])
+    kernel = min(11, side - 1 if side % 2 == 0 else side)
     values = structural_similarity_index_measure(
         torch.as_tensor(a, dtype=torch.float32),
         torch.as_tensor(b, dtype=torch.float32),
         data_range=1.0,
         reduction="none",
+        kernel_size=max(kernel, 3),
+        sigma=1.5 * max(kernel, 3) / 11,
     )
     return np.asarray(values, dtype=np.float64).reshape(len(a))
 
