@@ -148,7 +148,6 @@ def _choose(record: Any, name: str | None, settings: dict[str, Any]) -> Any:
 # -- actions ------------------------------------------------------------------------------------------------
 def attack_action(args: argparse.Namespace) -> int:
     from privmed.attacks.record import UpdateRecord, load_mean_image, load_truth
-    from privmed.metrics.reconstruction import score
     from privmed.results import machine, savez_atomic, write_json_atomic
 
     record = UpdateRecord.load(args.record)
@@ -170,8 +169,9 @@ def attack_action(args: argparse.Namespace) -> int:
         "machine": machine(),
     }
     low, high = record.data.get("input_range", [-1.0, 1.0])
-    if truth is not None:
-        payload["metrics"] = score(
+    modality = str(record.data.get("modality", "image"))
+    if truth is not None and modality in SCORERS:
+        payload["metrics"] = SCORERS[modality](
             rec.inputs,
             truth[0],
             input_range=(low, high),
@@ -206,8 +206,18 @@ def _image_figure(out: Path, rec: Any, truth: Any, payload: dict[str, Any], rng:
     )
 
 
-#: record modality -> figure writer
+def _score_images(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    from privmed.metrics.reconstruction import score
+
+    return score(*args, **kwargs)
+
+
+#: record modality -> figure writer ``(out, reconstruction, truth, payload, input_range)``; a modality without
+#: one gets none
 FIGURES: dict[str, Callable[..., None]] = {"image": _image_figure}
+#: record modality -> ``(reconstructed, true, *, input_range, labels, true_labels, mean_image) -> metrics``;
+#: a tabular scorer registers here (a modality without one is reported without metrics)
+SCORERS: dict[str, Callable[..., dict[str, Any]]] = {"image": _score_images}
 
 
 def _print_summary(con: Any, payload: dict[str, Any]) -> None:
