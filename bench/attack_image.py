@@ -193,6 +193,7 @@ def real_cell(setting: str, scale: float) -> dict[str, Any]:
     x, _labels, mean = real_truth(record, setting)
     settings = {"iterations": max(1, math.ceil(300 * scale)), "schedule": "cosine", "tv": 0.05, "num_images": 8}
     rec = get_attack("inverting-gradients", **settings).run(record, seed=0)
+    np.savez(LOCAL / "real" / f"{setting}-reconstruction.npz", inputs=rec.inputs)  # git-ignored
     m = score(rec.inputs, x, input_range=(-1, 1), mean_image=mean)
     return {"section": "real", "setting": setting, "config": REAL[setting][0], "overrides": REAL[setting][1],
             "threat": REAL[setting][2], "record": record.meta() | {"keys": None}, "truth_images": len(x),

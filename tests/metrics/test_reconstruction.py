@@ -27,3 +27,13 @@ def test_psnr_of_a_known_error_and_the_floor():
 def test_label_accuracy_ignores_order():
     assert label_accuracy(np.array([1, 0, 0]), np.array([0, 1, 1])) == 2 / 3
     assert label_accuracy(None, np.array([0])) is None
+
+
+def test_a_few_reconstructions_in_a_pool_must_beat_the_mean_images_best_match():
+    rng = np.random.default_rng(1)
+    pool = rng.uniform(-1, 1, (20, 1, 16, 16))
+    mean = pool.mean(0)
+    guesses = np.stack([mean, mean])  # the mean image itself, matched into the pool, reveals nothing
+    assert score(guesses, pool, input_range=(-1, 1), mean_image=mean)["above_floor"] == 0
+    exact = score(pool[:2], pool, input_range=(-1, 1), mean_image=mean)
+    assert exact["above_floor"] == 2 and exact["images"] == 2
