@@ -40,8 +40,8 @@ def _synthetic_rows(cells: dict[str, Any], goals: dict[int, float], models: dict
     rows = [
         "| model | batch | n | privmed PSNR dB mean [min, max] | breaching PSNR dB | floor dB | goal | "
         "privmed SSIM | breaching SSIM | labels privmed / breaching | iterations privmed / breaching | "
-        "seconds privmed / breaching | time ratio |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|---|---|---|---:|",
+        "seconds privmed / breaching | time ratio | goal met |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---|---|---|---:|---|",
     ]
     for (model, batch), group in sorted(_group(cells, "synthetic").items(), key=lambda kv: (kv[0][0], kv[0][1])):
         p = [c["privmed"] for c in group]
@@ -49,6 +49,10 @@ def _synthetic_rows(cells: dict[str, Any], goals: dict[int, float], models: dict
         ps, bs = sum(x["seconds"] for x in p), sum(x["seconds"] for x in b)
         ratio = f"{ps / bs:.2f}" if b and len(b) == len(p) else "—"
         goal = f"{goals[batch]:.0f}" if model == "i" else "> breaching"
+        p_mean = statistics.fmean(x["psnr"]["mean"] for x in p)
+        b_mean = statistics.fmean(x["psnr"]["mean"] for x in b) if b else float("nan")
+        met = p_mean >= goals[batch] if model == "i" else p_mean > b_mean
+        beat = "; beats breaching" if b and p_mean > b_mean else ("; below breaching" if b else "")
         rows.append(
             f"| {models[model][3]} | {batch} | {len(group)} | {_agg([x['psnr']['mean'] for x in p])} | "
             f"{_agg([x['psnr']['mean'] for x in b])} | {statistics.fmean(x['floor_psnr']['mean'] for x in p):.2f} | "
@@ -59,7 +63,7 @@ def _synthetic_rows(cells: dict[str, Any], goals: dict[int, float], models: dict
             + f" | {p[0]['iterations']} / {b[0]['iterations'] if b else '—'} | "
             f"{statistics.fmean(x['seconds'] for x in p):.1f} / "
             + (f"{statistics.fmean(x['seconds'] for x in b):.1f}" if b else "—")
-            + f" | {ratio} |"
+            + f" | {ratio} | {'yes' if met else 'no'}{beat if model == 'i' else ''} |"
         )
     return rows
 
@@ -97,7 +101,7 @@ def _real_rows(cells: dict[str, Any]) -> list[str]:
         eps = c.get("epsilon")
         rows.append(
             f"| {c['setting']} ({c['config']} {' '.join(c['overrides'])}) | {c['threat']} | {r['kind']}, "
-            f"client {r['client']} | {c['truth_images']} | {_agg([c['psnr']['mean']])} "
+            f"client {r['client']} | {c['truth_images']} | {c['psnr']['mean']:.2f} "
             f"[{c['psnr']['min']:.2f}, {c['psnr']['max']:.2f}] | {c['ssim']['mean']:.3f} | "
             f"{c['floor_psnr']['mean']:.2f} | {c['above_floor']}/{c['images']} | {eps if eps is not None else '∞'} |"
         )
