@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
     )
+    parser.add_argument("-h", "--help", dest="attack_help", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
@@ -324,9 +325,9 @@ ACTIONS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argpar
 
 def run(args: argparse.Namespace) -> int:
     argv = list(args.argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if args.attack_help or not argv:
         attack_parser().print_help(sys.stdout)
-        return 0 if argv else 2
+        return 0 if args.attack_help else 2
     if argv[0] in ACTIONS:
         build, action = ACTIONS[argv[0]]
         return action(build().parse_args(argv[1:]))
