@@ -108,6 +108,33 @@ def _real_rows(cells: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _reading(cells: dict[str, Any], goals: dict[int, float]) -> list[str]:
+    """Plain statements computed from the cells: which goals were met, and the time ratios."""
+    groups = _group(cells, "synthetic")
+    lines = ["", "## Reading (computed from the table)", ""]
+    for (model, batch), group in sorted(groups.items()):
+        p = [c["privmed"]["psnr"]["mean"] for c in group]
+        b = [c["breaching"]["psnr"]["mean"] for c in group if c.get("breaching") and "psnr" in c["breaching"]]
+        ps = sum(c["privmed"]["seconds"] for c in group)
+        bs = sum(c["breaching"]["seconds"] for c in group if c.get("breaching") and "psnr" in c["breaching"])
+        wins = sum(x > y for x, y in zip(p, b, strict=False))
+        target = (
+            f"goal {goals[batch]:.0f} dB {'met' if statistics.fmean(p) >= goals[batch] else 'NOT met'}; "
+            if model == "i"
+            else ""
+        )
+        lines.append(
+            f"- {model}, batch {batch}: {target}privmed {statistics.fmean(p):.2f} dB vs breaching "
+            + (
+                f"{statistics.fmean(b):.2f} dB, privmed higher on {wins}/{len(b)} batches, in {ps / bs:.2f}x its time"
+                if b
+                else "no breaching run"
+            )
+            + (f"; only {len(group)} batch(es) ran before the deadline" if len(group) < 3 else "")
+        )
+    return lines
+
+
 def write_report(parts: Path, results: Path, *, goals: dict, anchors: dict, models: dict) -> None:
     cells, machines = _cells(parts)
     payload = {"benchmark": "attack_image", "cells": cells, "machines": machines, "goals": goals, "anchors": anchors}
@@ -128,6 +155,7 @@ def write_report(parts: Path, results: Path, *, goals: dict, anchors: dict, mode
         "breaching seconds summed over the same cells (attack loop only; each tool's process start-up excluded).",
         "",
         *_synthetic_rows(cells, goals, models),
+        *_reading(cells, goals),
         *_analytic_rows(cells),
         *_real_rows(cells),
         "",
