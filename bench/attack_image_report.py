@@ -89,7 +89,7 @@ def _real_rows(cells: dict[str, Any]) -> list[str]:
         "",
         "## Attacking real runs (PneumoniaMNIST, 10 clients, round 1 recorded; honest-but-curious rows)",
         "",
-        "| setting | threat model | record | images behind it | PSNR dB mean [min, max] | SSIM | floor dB | "
+        "| setting | threat model | record | images behind it | PSNR dB mean [min, max] | SSIM | floor dB (mean image vs its best matches) | "
         "above floor | ε (run target) |",
         "|---|---|---|---:|---|---:|---:|---:|---:|",
     ]
@@ -142,14 +142,14 @@ NOTES = [
     "- **Budgets.** privmed always runs a third of breaching's iterations on the same record. Full budgets "
     "(breaching 2000 at batch 1, 900 at batch 8) ran for model (i) at batches 1 and 8; the 2-core machine was "
     "shared with four other engineers' jobs (load 20-30), so batches 2 and 4 and models (ii)/(iii) ran at a "
-    "quarter of the budget (breaching 500 / 300 iterations), batch 32 at a third (103) and the slim DPResNet at a "
-    "tenth: the `iterations` column says which. Time ratios compare the two tools within the same cells, so "
-    "the load cancels to first order.",
+    "quarter of the budget (breaching 500 / 300 iterations), batch 32 at a third (103): the `iterations` "
+    "column says which. Time ratios compare the two tools within the same cells, so the load cancels to first "
+    "order.",
     "- **Fewer than 3 batches** where the deadline cut a row (said in the reading above); the parts file keeps "
     "every finished cell and `--worker` resumes.",
     "- **Per iteration privmed and breaching cost the same** (both: one double backward through the model); the "
     "0.22-0.30x time ratios are the 1/3 iteration budget. At that budget privmed does not reach breaching's "
-    "PSNR at batch 1 (a 2-6 dB gap), so the goal 'same PSNR in <= 1/3 of the time' is not met; at batch >= 2 both "
+    "PSNR at batch 1 (a 2-7 dB gap), so the goal 'same PSNR in <= 1/3 of the time' is not met; at batch >= 2 both "
     "tools stay near or below the floor at these budgets and the comparison is noise.",
     "- **Goals for model (i)** (>= 50 / 30 / 25 / 22 / 18 dB) are not met beyond batch 1 (where 2 of 3 batches "
     "exceed 44 dB and one reaches 58.7): neither tool leaves the floor's neighbourhood at batch >= 2 within these "
