@@ -89,7 +89,8 @@ def _real_rows(cells: dict[str, Any]) -> list[str]:
         "",
         "## Attacking real runs (PneumoniaMNIST, 10 clients, round 1 recorded; honest-but-curious rows)",
         "",
-        "| setting | threat model | record | images behind it | PSNR dB mean [min, max] | SSIM | floor dB (mean image vs its best matches) | "
+        "| setting | threat model | record | images behind it | PSNR dB mean [min, max] | SSIM | "
+        "floor dB (mean image vs its best matches) | "
         "above floor | ε (run target) |",
         "|---|---|---|---:|---|---:|---:|---:|---:|",
     ]
