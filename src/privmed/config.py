@@ -86,6 +86,11 @@ class FederationConfig:
     #: evaluate (and select by validation) an exponential moving average of the global model over rounds
     #: with this decay; 0 evaluates the latest global model. Post-processing: free under DP.
     ema_decay: float = 0.0
+    #: write update records (what the server received) for these rounds: "1,2", "1-3", "all"; "" = off
+    #: (:mod:`privmed.federation.record`; under SecAgg+ only the aggregate exists)
+    record: str = ""
+    #: partition ids to record ("0,3"); "" = every client
+    record_clients: str = ""
     #: simulation engine resources: CPUs per simulated client and CPUs given to Ray
     client_num_cpus: float = 1.0
     num_cpus: int = 2

@@ -16,8 +16,21 @@ from privmed.attacks.base import (
 )
 from privmed.attacks.record import KINDS, VERSION, RecordError, UpdateRecord, load_truth, save_truth
 
+#: Modules that register attacks and regularizers when imported (one file per family).
+FAMILIES: tuple[str, ...] = ("regularizers", "dlg", "inverting", "analytic", "imprint", "tabular")
+
+
+def load_families() -> None:
+    """Import every module of :data:`FAMILIES` (each registers itself; importing twice is a no-op)."""
+    import importlib
+
+    for name in FAMILIES:
+        importlib.import_module(f"privmed.attacks.{name}")
+
+
 __all__ = [
     "ATTACKS",
+    "FAMILIES",
     "KINDS",
     "REGULARIZERS",
     "VERSION",
@@ -26,11 +39,9 @@ __all__ = [
     "RecordError",
     "UpdateRecord",
     "get_attack",
+    "load_families",
     "load_truth",
     "register_attack",
     "register_regularizer",
     "save_truth",
 ]
-
-# attacks register themselves on import (one file each)
-from privmed.attacks import tabular as _tabular  # noqa: F401  (tabular-gm and the tabular regularizers)

@@ -141,6 +141,9 @@ def register_regularizer(name: str) -> Callable[[R], R]:
 
 def get_attack(name: str, **settings: Any) -> Attack:
     """The registered attack ``name`` built with ``settings``, or a :class:`ConfigError` listing the names."""
+    from privmed.attacks import load_families  # the families import this module to register
+
+    load_families()
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(sorted(ATTACKS)) or 'none'}")
     return ATTACKS[name](**settings)

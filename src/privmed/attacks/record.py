@@ -261,11 +261,30 @@ class UpdateRecord:
         return dataclasses.replace(self, **changes)
 
 
-def save_truth(path: str | os.PathLike[str], *, inputs: np.ndarray, labels: np.ndarray) -> Path:
-    """Write a case's ground truth (kept beside a record, never inside it) to ``path`` (``.npz``)."""
+def save_truth(
+    path: str | os.PathLike[str],
+    *,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    mean_image: np.ndarray | None = None,
+) -> Path:
+    """Write a case's ground truth (kept beside a record, never inside it) to ``path`` (``.npz``).
+
+    ``mean_image`` (the mean training image, for the floor of :mod:`privmed.metrics.reconstruction`) is
+    stored too when given; read it with :func:`load_mean_image`.
+    """
     path = Path(path)
-    savez_atomic(path, {"inputs": np.asarray(inputs), "labels": np.asarray(labels)})
+    arrays = {"inputs": np.asarray(inputs), "labels": np.asarray(labels)}
+    if mean_image is not None:
+        arrays["mean_image"] = np.asarray(mean_image)
+    savez_atomic(path, arrays)
     return path
+
+
+def load_mean_image(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The mean training image stored by :func:`save_truth`, or ``None``."""
+    with np.load(Path(path), allow_pickle=False) as npz:
+        return npz["mean_image"] if "mean_image" in npz.files else None
 
 
 def load_truth(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from privmed import __version__
 from privmed.errors import PrivmedError
 
 #: Subcommand modules, in the order of the flow (data -> train -> federate -> ...).
-COMMANDS: tuple[str, ...] = ("data", "train", "federate", "gan", "audit")
+COMMANDS: tuple[str, ...] = ("data", "train", "federate", "gan", "attack", "audit")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config>-federated)")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete round in --out")
+    parser.add_argument(
+        "--record",
+        default=None,
+        metavar="ROUNDS[:CLIENTS]",
+        help="write update records (what the server received) for these rounds and partitions to <out>/records, "
+        "e.g. --record 1,2 or --record 1-3:0,4 (privmed attack reads them)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
     from privmed.federation.run import check_run, run_federated
 
-    cfg = load_config(args.config, overrides=args.overrides)
+    overrides = list(args.overrides)
+    if args.record:
+        rounds, _, clients = args.record.partition(":")
+        overrides += [f'federation.record="{rounds}"', f'federation.record_clients="{clients}"']
+    cfg = load_config(args.config, overrides=overrides)
     out = args.out or Path("runs") / f"{Path(cfg.source).stem}-federated"
     check_run(cfg, out_dir=out, resume=args.resume)  # bad input fails here, before the progress bar and Ray
     if not args.verbose:

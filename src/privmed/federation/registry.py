@@ -40,12 +40,17 @@ FIT_WORKFLOWS: dict[str, Callable[[Config], Workflow]] = {}
 MOD_FACTORIES: dict[str, Callable[[Config], list[Mod]]] = {}
 
 #: Plug-in modules of :mod:`privmed.federation`, imported in this order (the order of
-#: :data:`STRATEGY_WRAPPERS`: DP ledgers innermost, then the model average, the audit's recorder of what the
-#: server saw; the malicious server, when configured, outermost).
-PLUGINS: tuple[str, ...] = ("dp", "dp_distributed", "ema", "secagg", "audit", "malicious")
+#: :data:`STRATEGY_WRAPPERS`: DP ledgers innermost, then the model average, the update recorder, the audit's
+#: recorder of what the server saw; the malicious server, when configured, outermost).
+PLUGINS: tuple[str, ...] = ("dp", "dp_distributed", "ema", "record", "secagg", "audit", "malicious")
 
 
 def load_plugins() -> None:
     """Import every plug-in of :data:`PLUGINS` (each registers itself; importing twice is a no-op)."""
     for name in PLUGINS:
         importlib.import_module(f"privmed.federation.{name}")
+    # the wrapper order is PLUGINS' order whatever imported a plug-in first (a test may import one directly)
+    rank = {f"privmed.federation.{name}": i for i, name in enumerate(PLUGINS)}
+    ordered = sorted(STRATEGY_WRAPPERS.items(), key=lambda item: rank.get(item[1].__module__, len(rank)))
+    STRATEGY_WRAPPERS.clear()
+    STRATEGY_WRAPPERS.update(ordered)

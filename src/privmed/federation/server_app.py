@@ -58,7 +58,13 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, dict[str, Any]], None]
 
 #: Config keys that may change between a run and its resumption.
-RESUMABLE_CHANGES = {"federation.rounds", "federation.num_cpus", "federation.client_num_cpus"}
+RESUMABLE_CHANGES = {
+    "federation.rounds",
+    "federation.num_cpus",
+    "federation.client_num_cpus",
+    "federation.record",
+    "federation.record_clients",
+}
 
 
 # -- seams -----------------------------------------------------------------------------------------
@@ -501,6 +507,10 @@ class ServerRun:
                 strategy, self.found.state.get("strategy_scalars", {}), self.found.strategy_arrays
             )
         self.strategy = strategy
+        for obj in checkpoint.strategy_chain(strategy):  # plug-ins that write files (the update recorder)
+            bind = getattr(obj, "bind_run", None)
+            if callable(bind):
+                bind(out_dir=self.out_dir, info=self.dataset.info)
         manager = SeededClientManager(cfg.train.seed, connect_timeout=self.options.connect_timeout)
         legacy = LegacyContext(
             context=context,

@@ -11,6 +11,7 @@ from torch import nn
 
 from privmed.errors import ConfigError
 from privmed.models.cnn import SmallCNN
+from privmed.models.convnet import MLP, ConvNetSmall
 from privmed.models.dcgan import GANS, Discriminator, Generator, build_gan
 from privmed.models.dpresnet import DPResNet
 from privmed.models.scatternet import ScatterNet
@@ -25,6 +26,9 @@ MODELS: dict[str, type[nn.Module]] = {
     # tables and series: in_channels = features per row / per time step
     "tabular-mlp": TabularMLP,
     "series-cnn": SeriesCNN,
+    # small networks for gradient-inversion studies (privmed.attacks)
+    "convnet-small": ConvNetSmall,
+    "mlp": MLP,
 }
 
 
@@ -69,7 +73,9 @@ MODELS["imprint"] = ImprintModel
 
 __all__ = [
     "GANS",
+    "MLP",
     "MODELS",
+    "ConvNetSmall",
     "DPResNet",
     "Discriminator",
     "Generator",

@@ -1,0 +1,202 @@
+"""Merge bench/attack_image.py's part files into attack_image.json and a markdown table (no computation)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from privmed.results import write_json_atomic
+
+
+def _cells(parts: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    cells: dict[str, Any] = {}
+    machines = []
+    for path in sorted(parts.glob("*.json")):
+        if path.stem == "smoke":
+            continue
+        state = json.loads(path.read_text())
+        cells.update(state["cells"])
+        machines.append({"worker": path.stem, **state.get("machine", {})})
+    return cells, machines
+
+
+def _agg(values: list[float]) -> str:
+    if not values:
+        return "—"
+    return f"{statistics.fmean(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
+
+
+def _group(cells: dict[str, Any], section: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for cell in cells.values():
+        if cell.get("section") == section:
+            out.setdefault((cell["model"], cell["batch"]), []).append(cell)
+    return out
+
+
+def _synthetic_rows(cells: dict[str, Any], goals: dict[int, float], models: dict[str, Any]) -> list[str]:
+    rows = [
+        "| model | batch | n | privmed PSNR dB mean [min, max] | breaching PSNR dB | floor dB | goal | "
+        "privmed SSIM | breaching SSIM | labels privmed / breaching | iterations privmed / breaching | "
+        "seconds privmed / breaching | time ratio | goal met |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---|---|---|---:|---|",
+    ]
+    for (model, batch), group in sorted(_group(cells, "synthetic").items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        p = [c["privmed"] for c in group]
+        b = [c["breaching"] for c in group if c.get("breaching") and "psnr" in c["breaching"]]
+        ps, bs = sum(x["seconds"] for x in p), sum(x["seconds"] for x in b)
+        ratio = f"{ps / bs:.2f}" if b and len(b) == len(p) else "—"
+        goal = f"{goals[batch]:.0f}" if model == "i" else "> breaching"
+        p_mean = statistics.fmean(x["psnr"]["mean"] for x in p)
+        b_mean = statistics.fmean(x["psnr"]["mean"] for x in b) if b else float("nan")
+        met = p_mean >= goals[batch] if model == "i" else p_mean > b_mean
+        beat = "; beats breaching" if b and p_mean > b_mean else ("; below breaching" if b else "")
+        rows.append(
+            f"| {models[model][3]} | {batch} | {len(group)} | {_agg([x['psnr']['mean'] for x in p])} | "
+            f"{_agg([x['psnr']['mean'] for x in b])} | {statistics.fmean(x['floor_psnr']['mean'] for x in p):.2f} | "
+            f"{goal} | {statistics.fmean(x['ssim']['mean'] for x in p):.3f} | "
+            + (f"{statistics.fmean(x['ssim']['mean'] for x in b):.3f}" if b else "—")
+            + f" | {statistics.fmean(x['label_accuracy'] for x in p):.2f} / "
+            + (f"{statistics.fmean(x['label_accuracy'] for x in b):.2f}" if b else "—")
+            + f" | {p[0]['iterations']} / {b[0]['iterations'] if b else '—'} | "
+            f"{statistics.fmean(x['seconds'] for x in p):.1f} / "
+            + (f"{statistics.fmean(x['seconds'] for x in b):.1f}" if b else "—")
+            + f" | {ratio} | {'yes' if met else 'no'}{beat if model == 'i' else ''} |"
+        )
+    return rows
+
+
+def _analytic_rows(cells: dict[str, Any]) -> list[str]:
+    group = [c for c in cells.values() if c.get("section") == "analytic"]
+    if not group:
+        return []
+    psnr = [c["privmed"]["psnr"]["min"] for c in group]
+    return [
+        "",
+        f"Analytic recovery through a first fully connected layer (`mlp`, batch 1, {len(group)} images): "
+        f"min PSNR {min(psnr):.1f} dB (float32 round-off: exact), labels "
+        f"{statistics.fmean(c['privmed']['label_accuracy'] for c in group):.2f}.",
+    ]
+
+
+def _real_rows(cells: dict[str, Any]) -> list[str]:
+    group = [c for c in cells.values() if c.get("section") == "real"]
+    if not group:
+        return []
+    rows = [
+        "",
+        "## Attacking real runs (PneumoniaMNIST, 10 clients, round 1 recorded; honest-but-curious rows)",
+        "",
+        "| setting | threat model | record | images behind it | PSNR dB mean [min, max] | SSIM | "
+        "floor dB (mean image vs its best matches) | "
+        "above floor | ε (run target) |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for c in sorted(group, key=lambda c: c["setting"]):
+        if "error" in c:
+            rows.append(f"| {c['setting']} | — | {c['error']} | | | | | | |")
+            continue
+        r = c["record"]
+        eps = c.get("epsilon")
+        rows.append(
+            f"| {c['setting']} ({c['config']} {' '.join(c['overrides'])}) | {c['threat']} | {r['kind']}, "
+            f"client {r['client']} | {c['truth_images']} | {c['psnr']['mean']:.2f} "
+            f"[{c['psnr']['min']:.2f}, {c['psnr']['max']:.2f}] | {c['ssim']['mean']:.3f} | "
+            f"{c['floor_psnr']['mean']:.2f} | {c['above_floor']}/{c['images']} | {eps if eps is not None else '∞'} |"
+        )
+    return rows
+
+
+def _reading(cells: dict[str, Any], goals: dict[int, float]) -> list[str]:
+    """Plain statements computed from the cells: which goals were met, and the time ratios."""
+    groups = _group(cells, "synthetic")
+    lines = ["", "## Reading (computed from the table)", ""]
+    for (model, batch), group in sorted(groups.items()):
+        p = [c["privmed"]["psnr"]["mean"] for c in group]
+        b = [c["breaching"]["psnr"]["mean"] for c in group if c.get("breaching") and "psnr" in c["breaching"]]
+        ps = sum(c["privmed"]["seconds"] for c in group)
+        bs = sum(c["breaching"]["seconds"] for c in group if c.get("breaching") and "psnr" in c["breaching"])
+        wins = sum(x > y for x, y in zip(p, b, strict=False))
+        target = (
+            f"goal {goals[batch]:.0f} dB {'met' if statistics.fmean(p) >= goals[batch] else 'NOT met'}; "
+            if model == "i"
+            else ""
+        )
+        lines.append(
+            f"- {model}, batch {batch}: {target}privmed {statistics.fmean(p):.2f} dB vs breaching "
+            + (
+                f"{statistics.fmean(b):.2f} dB, privmed higher on {wins}/{len(b)} batches, in {ps / bs:.2f}x its time"
+                if b
+                else "no breaching run"
+            )
+            + (f"; only {len(group)} batch(es) ran before the deadline" if len(group) < 3 else "")
+        )
+    return lines
+
+
+NOTES = [
+    "",
+    "## How to read this (method notes)",
+    "",
+    "- **Budgets.** privmed always runs a third of breaching's iterations on the same record. Full budgets "
+    "(breaching 2000 at batch 1, 900 at batch 8) ran for model (i) at batches 1 and 8; the 2-core machine was "
+    "shared with four other engineers' jobs (load 20-30), so batches 2 and 4 and models (ii)/(iii) ran at a "
+    "quarter of the budget (breaching 500 / 300 iterations), batch 32 at a third (103): the `iterations` "
+    "column says which. Time ratios compare the two tools within the same cells, so the load cancels to first "
+    "order.",
+    "- **Fewer than 3 batches** where the deadline cut a row (said in the reading above); the parts file keeps "
+    "every finished cell and `--worker` resumes.",
+    "- **Per iteration privmed and breaching cost the same** (both: one double backward through the model); the "
+    "0.22-0.30x time ratios are the 1/3 iteration budget. At that budget privmed does not reach breaching's "
+    "PSNR at batch 1 (a 2-7 dB gap), so the goal 'same PSNR in <= 1/3 of the time' is not met; at batch >= 2 both "
+    "tools stay near or below the floor at these budgets and the comparison is noise.",
+    "- **Goals for model (i)** (>= 50 / 30 / 25 / 22 / 18 dB) are not met beyond batch 1 (where 2 of 3 batches "
+    "exceed 44 dB and one reaches 58.7): neither tool leaves the floor's neighbourhood at batch >= 2 within these "
+    "budgets. Tried and measured on batch 2-4 (1000 iterations, not in the table): cosine step decay 18.3 dB, "
+    "cosine schedule 20.5 dB, TV 0.01 17.1 dB, mean-image initialisation 16.0 dB; the exact last-layer features "
+    "(`features.py`) did not help on this model and stay off.",
+    "- **Real runs** are attacked with Inverting Gradients on the update's mean gradient (a plain FedAvg client "
+    "here ran 39 or 78 momentum-SGD steps over 1,224 images; simulating them per iteration, "
+    "`inverting-gradients-fedavg`, was beyond this budget), 8 images reconstructed and each matched to a "
+    "distinct image of the 1,224 (4,708 for the aggregate). The floor there is the mean image's own best "
+    "matches in that pool, so 'above floor' is a fair bar. Nothing came near it: an honest-but-curious server "
+    "learns no image from a multi-step FedAvg update of 1,224 images with this attack, with or without SecAgg+ "
+    "and DP; the malicious-server rows (the other half of issue 10) are where images do leak.",
+    "- Label accuracy: privmed reads the batch's label counts from the last layer (exact on the untrained "
+    "model); breaching's own bias-corrected strategy is what its column uses.",
+]
+
+
+def write_report(parts: Path, results: Path, *, goals: dict, anchors: dict, models: dict) -> None:
+    cells, machines = _cells(parts)
+    payload = {"benchmark": "attack_image", "cells": cells, "machines": machines, "goals": goals, "anchors": anchors}
+    write_json_atomic(results / "attack_image.json", payload)
+    m = machines[0] if machines else {}
+    lines = [
+        "# Gradient inversion on BreastMNIST: privmed vs breaching (honest-but-curious server)",
+        "",
+        f"Machine: {m.get('platform')}, {m.get('cpu_count')} cores shared with other jobs (load 10-20 during the "
+        f"run), torch {m.get('torch')} (privmed) and 2.14.1 (breaching 0.1.2, own venv), 1 thread each, "
+        f"{m.get('date')}. Generated by `bench/attack_image.py` (raw numbers: `attack_image.json`).",
+        "",
+        "Cases: one FedSGD gradient of a random BreastMNIST training batch (seed 0, batch index k = 0, 1, 2; "
+        "the same record for both tools). privmed: `inverting-gradients` (cosine objective, signed Adam, cosine "
+        "step decay, box) with a third of breaching's iterations; breaching: its `invertinggradients` config "
+        "(step decay) with labels recovered by itself. PSNR after optimal matching, mean over the images of a "
+        "batch, then mean [min, max] over batches. Floor: the mean training image. Time ratio: privmed seconds / "
+        "breaching seconds summed over the same cells (attack loop only; each tool's process start-up excluded).",
+        "",
+        *_synthetic_rows(cells, goals, models),
+        *_reading(cells, goals),
+        *NOTES,
+        *_analytic_rows(cells),
+        *_real_rows(cells),
+        "",
+        "## Anchors (from the issue, not measured here)",
+        "",
+        *[f"- {name}: " + ", ".join(f"batch {b}: {v} dB" for b, v in vals.items()) for name, vals in anchors.items()],
+        "",
+    ]
+    (results / "attack_image.md").write_text("\n".join(lines))
