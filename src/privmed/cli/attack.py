@@ -86,7 +86,10 @@ def make_case_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-steps", type=int, default=1, help="1: the gradient (FedSGD); K: K SGD steps (FedAvg)")
     p.add_argument("--lr", type=float, default=0.1, help="the client's learning rate")
     p.add_argument("--trained-epochs", type=int, default=0, help="train the model this many epochs first")
-    p.add_argument("--noise-multiplier", type=float, default=0.0, help="DP-SGD noise on the client's step")
+    p.add_argument("--noise-multiplier", type=float, default=0.0, help="DP-SGD noise on the client's step (images)")
+    p.add_argument(
+        "--epsilon", type=float, default=None, help="tables and series: one DP-SGD step calibrated to this epsilon"
+    )
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="DP-SGD clipping norm")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-index", type=int, default=0, help="which seeded random batch")
@@ -179,6 +182,7 @@ def attack_action(args: argparse.Namespace) -> int:
             labels=rec.labels,
             true_labels=truth[1],
             mean_image=load_mean_image(tpath) if tpath else None,
+            schema=record.data,
         )
     args.out.mkdir(parents=True, exist_ok=True)
     arrays = {"inputs": rec.inputs}
@@ -207,25 +211,37 @@ def _image_figure(out: Path, rec: Any, truth: Any, payload: dict[str, Any], rng:
     )
 
 
-def _score_images(*args: Any, **kwargs: Any) -> dict[str, Any]:
+def _score_images(recon: Any, true: Any, *, schema: Any, **kwargs: Any) -> dict[str, Any]:
     from privmed.metrics.reconstruction import score
 
-    return score(*args, **kwargs)
+    return score(recon, true, **kwargs)
+
+
+def _score_tabular(recon: Any, true: Any, *, schema: Any, **kwargs: Any) -> dict[str, Any]:
+    from privmed.metrics.tabular import score_tabular
+
+    return score_tabular(recon, true, schema)
 
 
 #: record modality -> figure writer ``(out, reconstruction, truth, payload, input_range)``; a modality without
 #: one gets none
 FIGURES: dict[str, Callable[..., None]] = {"image": _image_figure}
-#: record modality -> ``(reconstructed, true, *, input_range, labels, true_labels, mean_image) -> metrics``;
-#: a tabular scorer registers here (a modality without one is reported without metrics)
-SCORERS: dict[str, Callable[..., dict[str, Any]]] = {"image": _score_images}
+#: record modality -> ``(reconstructed, true, *, input_range, labels, true_labels, mean_image, schema) -> metrics``
+#: (``schema`` is the record's public ``data``; a modality without a scorer is reported without metrics)
+SCORERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "image": _score_images,
+    "table": _score_tabular,
+    "series": _score_tabular,
+}
 
 
 def _print_summary(con: Any, payload: dict[str, Any]) -> None:
     info, m = payload["info"], payload["metrics"]
-    line = f"{payload['attack']}: {info.get('num_images')} image(s), {info.get('iterations')} iterations"
+    line = f"{payload['attack']}: {info.get('num_images')} input(s), {info.get('iterations')} iterations"
     line += f", {info.get('seconds', 0):.1f} s"
-    if m:
+    if m and "fmse" in m:  # tables and series
+        line += f"; FMSE {m['fmse']:.3g}, similarity {m['similarity']:.5f}"
+    elif m:
         line += f"; PSNR {m['psnr']['mean']:.2f} dB (min {m['psnr']['min']:.2f}, max {m['psnr']['max']:.2f})"
         line += f", SSIM {m['ssim']['mean']:.3f}"
         if "floor_psnr" in m:
@@ -238,7 +254,10 @@ def _print_summary(con: Any, payload: dict[str, Any]) -> None:
 def make_case_action(args: argparse.Namespace) -> int:
     from privmed.attacks.cases import make_case
     from privmed.attacks.record import save_truth
+    from privmed.data import load_dataset
 
+    if args.dataset.lower() in TABULAR_DATASETS:
+        return _make_tabular_case(args, load_dataset(args.dataset))
     case = make_case(
         args.model,
         dataset=args.dataset,
@@ -261,6 +280,29 @@ def make_case_action(args: argparse.Namespace) -> int:
         mean_image=case.mean_image,
     )
     console().print(f"record: {path} ({case.record.kind}); ground truth (keep it out of git): {truth}")
+    return 0
+
+
+#: datasets whose cases are tables or series (``privmed.data.tabular``), made by :func:`_make_tabular_case`
+TABULAR_DATASETS = ("breast-cancer-table", "icu-synthetic")
+
+
+def _make_tabular_case(args: argparse.Namespace, dataset: Any) -> int:
+    from privmed.attacks.case_tabular import DPStep, make_tabular_case
+    from privmed.attacks.record import save_truth
+
+    if args.local_steps != 1 or args.trained_epochs or args.noise_multiplier:
+        raise ConfigError(
+            "tables and series: make-case writes one FedSGD gradient of an untrained model; drop --local-steps, "
+            "--trained-epochs and --noise-multiplier (use --epsilon for a DP-SGD step)"
+        )
+    dp = DPStep(epsilon=args.epsilon, max_grad_norm=args.max_grad_norm) if args.epsilon is not None else None
+    record, inputs, labels = make_tabular_case(
+        dataset, model=args.model, batch_size=args.batch_size, seed=args.seed, width=args.width, split=args.split, dp=dp
+    )
+    path = record.save(args.out)
+    truth = save_truth(path.with_name(path.name.removesuffix(".npz") + ".truth.npz"), inputs=inputs, labels=labels)
+    console().print(f"record: {path} ({record.kind}); ground truth (keep it out of git): {truth}")
     return 0
 
 
