@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ from privmed.config import Config
 from privmed.errors import ConfigError, PrivmedError
 from privmed.federation import checkpoint, task
 from privmed.federation.config_bridge import FlatConfig, RunOptions, flatten_config, unflatten_config
+from privmed.federation.interrupt import RunInterrupted
 from privmed.federation.metering import MeteredGrid, RoundTraffic
 from privmed.federation.sampling import SeededClientManager
 from privmed.results import machine, sortable, write_json_atomic
@@ -314,6 +316,7 @@ class FederatedWorkflow(DefaultWorkflow):
         deadline = time.monotonic() + self.connect_timeout
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < self.expected_clients and time.monotonic() < deadline:
+            grid.check_stop()
             time.sleep(0.5)
             node_ids = list(grid.get_node_ids())
         if len(node_ids) < self.expected_clients:
@@ -410,9 +413,12 @@ class ServerRun:
         found: checkpoint.Checkpoint | None,
         *,
         progress: Progress | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.cfg, self.options, self.out_dir, self.found = cfg, options, out_dir, found
         self.progress = progress
+        #: set when the run must stop (Ctrl-C on ``privmed federate``): the grid's waits then end
+        self.stop = stop
         self.dataset, self.parts = task.load_federated_data(cfg)
         self.recorder = RunRecorder(found.state if found else None)
         self.session: dict[str, Any] = {"resumed_from": found.server_round if found else None}
@@ -509,7 +515,7 @@ class ServerRun:
             strategy=strategy,
             client_manager=manager,
         )
-        metered = MeteredGrid(grid, round_timeout=self.options.round_timeout or None)
+        metered = MeteredGrid(grid, round_timeout=self.options.round_timeout or None, stop=self.stop)
         self.fit_workflow = build_fit_workflow(cfg)
         workflow = FederatedWorkflow(
             self.fit_workflow,
@@ -521,12 +527,24 @@ class ServerRun:
             on_round_end=self.on_round_end,
         )
         started = time.perf_counter()
-        workflow(metered, legacy)
+        try:
+            workflow(metered, legacy)
+        except RunInterrupted:  # a stop request (Ctrl-C): end like a finished run, so Flower winds down at once
+            self.session["seconds"] = time.perf_counter() - started
+            return self.write_results(status="interrupted")
         self.session["seconds"] = time.perf_counter() - started
         return self.write_results(status="complete")
 
+    def interruption(self) -> dict[str, Any]:
+        """Where an interrupted run stopped: its last complete (checkpointed) round and the round under way."""
+        done = max((r["round"] for r in self.recorder.rounds), default=0)
+        current = self._current_round
+        return {"last_complete_round": done, "in_round": current if current > done else None}
+
     def write_results(self, *, status: str) -> dict[str, Any]:
         payload = results_payload(self.cfg, self.dataset.info, self.recorder, status=status, parts=self.parts)
+        if status == "interrupted":
+            payload["interrupted"] = self.interruption()
         payload["privacy_details"] = strategy_reports(self.strategy, "summary") or None
         payload["secagg"] = _call_if_defined(self.fit_workflow, "summary")
         write_json_atomic(self.out_dir / "results.json", payload)
@@ -588,8 +606,13 @@ def results_payload(
     }
 
 
-def make_server_app(run_config: FlatConfig | None = None, *, progress: Progress | None = None) -> ServerApp:
-    """A ServerApp; ``run_config`` fixes the flat run config (embedded simulation), else the context's is used."""
+def make_server_app(
+    run_config: FlatConfig | None = None, *, progress: Progress | None = None, stop: threading.Event | None = None
+) -> ServerApp:
+    """A ServerApp; ``run_config`` fixes the flat run config (embedded simulation), else the context's is used.
+
+    ``stop``, when set, ends the run after its last complete round, with status ``"interrupted"``.
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -604,7 +627,7 @@ def make_server_app(run_config: FlatConfig | None = None, *, progress: Progress 
             cfg.data.num_clients,
             out_dir,
         )
-        ServerRun(cfg, options, out_dir, found, progress=progress).execute(grid, context)
+        ServerRun(cfg, options, out_dir, found, progress=progress, stop=stop).execute(grid, context)
 
     return server_app
 
