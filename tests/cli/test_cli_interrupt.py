@@ -97,6 +97,9 @@ def test_one_ctrl_c_stops_the_run_and_resume_finishes_it(tmp_path: Path) -> None
     assert results["status"] == "complete" and "interrupted" not in results
     assert [r["round"] for r in results["rounds"]] == list(range(1, ROUNDS + 1))
     assert results["sessions"][-1]["resumed_from"] == done
+    chosen = results["selected_by_val"]["round"]
+    assert results["predictions"]["run"] == f"round{chosen}"
+    assert (out / results["predictions"]["test"]).is_file()
 
 
 @pytest.mark.slow

@@ -49,8 +49,9 @@ from privmed.federation.config_bridge import FlatConfig, RunOptions, flatten_con
 from privmed.federation.interrupt import RunInterrupted
 from privmed.federation.metering import MeteredGrid, RoundTraffic
 from privmed.federation.sampling import SeededClientManager
+from privmed.predictions import find_predictions, scores_from_logits, write_predictions
 from privmed.results import machine, sortable, write_json_atomic
-from privmed.train import lr_at
+from privmed.train import evaluate_val_test_outputs, lr_at, make_loader, set_weights
 
 log = logging.getLogger(__name__)
 
@@ -427,13 +428,31 @@ class ServerRun:
         #: the fit workflow; it may define ``round_report()`` (merged into every round's record) and
         #: ``summary()`` (``results["secagg"]``), as :class:`~privmed.federation.secagg.SecAggWorkflow` does
         self.fit_workflow: Workflow | None = None
+        #: the score files of the round chosen on validation so far (:mod:`privmed.predictions`)
+        self.predictions = find_predictions(out_dir) if found else None
+        #: round -> the evaluated model's (val, test) scores, until the round ends
+        self._scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _evaluate(
+        self, weights: list[np.ndarray]
+    ) -> tuple[dict[str, float], dict[str, float], tuple[np.ndarray, np.ndarray]]:
+        """The global model's val and test metrics (``vt_*`` for binary tasks) and scores per image."""
+        info, batch = self.dataset.info, max(self.cfg.train.batch_size, 256)
+        model = task.new_model(self.cfg, info)
+        set_weights(model, weights)
+        val_loader, test_loader = (
+            make_loader(split, info, batch_size=batch, shuffle=False) for split in (self.dataset.val, self.dataset.test)
+        )
+        val, test, val_logits, test_logits = evaluate_val_test_outputs(model, val_loader, test_loader, info)
+        return val, test, (scores_from_logits(val_logits, info), scores_from_logits(test_logits, info))
 
     # callbacks handed to Flower
     def evaluate_fn(
         self, server_round: int, weights: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[float, dict[str, Scalar]]:
-        info = self.dataset.info
-        val, test = task.evaluate_val_test(self.cfg, weights, info, self.dataset.val, self.dataset.test)
+        val, test, scores = self._evaluate(weights)
+        if server_round > 0:
+            self._scores[server_round] = scores
         self.recorder.server_eval(server_round, val, test)
         metrics: dict[str, Scalar] = {f"val_{k}": float(v) for k, v in val.items()}
         metrics.update({f"test_{k}": float(v) for k, v in test.items()})
@@ -474,6 +493,7 @@ class ServerRun:
             {int(c["partition_id"]) for c in record["clients"] if "partition_id" in c}
             | set(record["failed_partitions"])
         )
+        self._save_predictions(server_round)
         weights = compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
         ndarrays = parameters_to_ndarrays(weights)
         state = {"config": flatten_config(self.cfg), "records": self.recorder.state()}
@@ -481,6 +501,20 @@ class ServerRun:
         self.write_results(status="running")
         if self.progress:
             self.progress("round", record)
+
+    def _save_predictions(self, server_round: int) -> None:
+        """Write the round's scores per image if validation chooses it (before its checkpoint, so a run killed in
+        between redoes the round and writes them again)."""
+        scores = self._scores.pop(server_round, None)
+        best = select_round(self.recorder.rounds)
+        if scores is None or best is None or best["round"] != server_round:
+            return
+        self.predictions = write_predictions(
+            self.out_dir,
+            self.dataset.info,
+            f"round{server_round}",
+            {"val": (scores[0], best["val"]), "test": (scores[1], best.get("test") or {})},
+        )
 
     @property
     def start_round(self) -> int:
@@ -545,6 +579,7 @@ class ServerRun:
         payload = results_payload(self.cfg, self.dataset.info, self.recorder, status=status, parts=self.parts)
         if status == "interrupted":
             payload["interrupted"] = self.interruption()
+        payload["predictions"] = self.predictions
         payload["privacy_details"] = strategy_reports(self.strategy, "summary") or None
         payload["secagg"] = _call_if_defined(self.fit_workflow, "summary")
         write_json_atomic(self.out_dir / "results.json", payload)
@@ -557,16 +592,22 @@ def _call_if_defined(obj: Any, method: str) -> Any:
     return fn() if callable(fn) else None
 
 
+def select_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The round validation chooses: best AUC, as privmed train and MedMNIST v2 choose (then accuracy, then the
+    earlier round); ``None`` before any round was evaluated."""
+    return max(
+        (r for r in rounds if "val" in r),
+        key=lambda r: (sortable(r["val"].get("auc")), sortable(r["val"].get("accuracy")), -r["round"]),
+        default=None,
+    )
+
+
 def results_payload(
     cfg: Config, info: Any, recorder: RunRecorder, *, status: str, parts: tuple[np.ndarray, ...]
 ) -> dict[str, Any]:
     """The results JSON of a federated run (see ``docs`` in the CLI for the fields)."""
     rounds = sorted(recorder.rounds, key=lambda r: r["round"])
-    best = max(  # validation AUC, as privmed train and MedMNIST v2 choose (accuracy, then the earlier round)
-        (r for r in rounds if "val" in r),
-        key=lambda r: (sortable(r["val"].get("auc")), sortable(r["val"].get("accuracy")), -r["round"]),
-        default=None,
-    )
+    best = select_round(rounds)
     steady = [r["wall_seconds"] for r in rounds[1:]]
     return {
         "kind": "federated",
