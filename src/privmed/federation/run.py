@@ -25,7 +25,7 @@ from privmed.config import Config
 from privmed.errors import ConfigError, Interrupted
 from privmed.federation.config_bridge import RunOptions, run_config
 from privmed.federation.interrupt import StopRequest, run_stoppable, signals_stop
-from privmed.federation.server_app import Progress, make_server_app, prepare_run, resolve_out_dir
+from privmed.federation.server_app import Progress, check_settings, make_server_app, prepare_run, resolve_out_dir
 from privmed.results import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -69,16 +69,21 @@ class _DropRaySigtermNotice(logging.Filter):
         return "SIGTERM handler is not set" not in str(record.msg)
 
 
-def check_run(cfg: Config, *, out_dir: str | Path, resume: bool = False) -> None:
+def check_run(cfg: Config, *, out_dir: str | Path, resume: bool = False, fresh: bool = False) -> None:
     """Everything that can be checked before Ray starts (config, data, privacy plan, checkpoints).
+
+    ``fresh`` checks the run as a new one whatever ``out_dir`` holds (``--overwrite``, which clears it next).
 
     Raises
     ------
     PrivmedError
         With one message naming the problem and the fix.
     """
-    options = RunOptions(out_dir=str(Path(out_dir).resolve()), resume=resume)
-    prepare_run(cfg, options, resolve_out_dir(options, "embedded"))
+    if fresh:
+        check_settings(cfg)
+    else:
+        options = RunOptions(out_dir=str(Path(out_dir).resolve()), resume=resume)
+        prepare_run(cfg, options, resolve_out_dir(options, "embedded"))
     backend_config(cfg)
 
 

@@ -368,6 +368,20 @@ def resolve_out_dir(options: RunOptions, run_id: int | str) -> Path:
     return Path(options.out_dir) if options.out_dir else Path.cwd() / "privmed-runs" / f"run-{run_id}"
 
 
+def check_settings(cfg: Config) -> None:
+    """Check the config and the data of a new run (privacy mode, fit workflow, partitions, strategy).
+
+    Raises
+    ------
+    PrivmedError
+        Bad federation settings, or data that cannot be partitioned (e.g. more clients than examples).
+    """
+    task.training_wrapper(cfg)
+    build_fit_workflow(cfg)
+    task.load_federated_data(cfg)
+    build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
+
+
 def prepare_run(cfg: Config, options: RunOptions, out_dir: Path) -> checkpoint.Checkpoint | None:
     """Check everything that can be checked before any client starts; return the checkpoint to resume.
 
@@ -377,10 +391,7 @@ def prepare_run(cfg: Config, options: RunOptions, out_dir: Path) -> checkpoint.C
         Bad federation settings, data that cannot be partitioned (e.g. more clients than examples),
         ``--resume`` without a checkpoint, a checkpoint without ``--resume`` or from a different config.
     """
-    task.training_wrapper(cfg)
-    build_fit_workflow(cfg)
-    task.load_federated_data(cfg)
-    build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
+    check_settings(cfg)
     found = checkpoint.load_latest(out_dir)
     if options.resume and found is None:
         raise PrivmedError(f"--resume: no complete checkpoint in {out_dir}/checkpoints; run without --resume")
