@@ -32,6 +32,11 @@ def results_console() -> Console:
     return Console(file=sys.stdout, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 
+def help_text(doc: str | None) -> str:
+    """A module docstring as ``--help`` shows it: without reStructuredText's double backticks."""
+    return (doc or "").replace("``", "")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, *, example: str) -> None:
     """CONFIG (optional with ``--dataset``), ``--dataset``, ``--set``, ``--out``, ``--resume``, ``--overwrite``."""
     parser.add_argument(

@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from privmed.cli._common import add_run_arguments, console, load_run_config, results_console
+from privmed.cli._common import add_run_arguments, console, help_text, load_run_config, results_console
 from privmed.cli.train import print_predictions
 from privmed.config import Config
 from privmed.plots import plot_rounds
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "federate",
         help="federated training (Flower simulation engine, embedded), plain or private",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(parser, example="smoke, pneumonia-10c-a0.5")

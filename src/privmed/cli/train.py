@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from privmed.centralized import SELECTORS, Callbacks, check_train_config, default_out_dir, train_centralized
-from privmed.cli._common import add_run_arguments, console, load_run_config, results_console
+from privmed.cli._common import add_run_arguments, console, help_text, load_run_config, results_console
 from privmed.data import load_dataset
 from privmed.plots import plot_epochs
 from privmed.results import check_out_dir, clear_run_outputs, write_json_atomic
@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="centralised training, no federation (plain, or DP-SGD with privacy.mode='sample')",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p, example="smoke")
