@@ -45,11 +45,12 @@ def test_train_runs_any_medmnist_set_without_a_config(
     assert "retinamnist_test_" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("switch", [["--dataset", "retinamnist"], ["--set", "data.name='retinamnist'"]])
 def test_a_phantom_config_on_another_dataset_drops_the_phantoms_options(
-    retina_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    retina_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], switch: list[str]
 ) -> None:
     out = tmp_path / "retina"
-    args = ["train", "smoke", "--dataset", "retinamnist", "--out", str(out), "--set", "train.epochs=1"]
+    args = ["train", "smoke", *switch, "--out", str(out), "--set", "train.epochs=1"]
     assert main(args) == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["data"]["options"] == {} and results["dataset"]["n_classes"] == 5

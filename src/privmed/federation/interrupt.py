@@ -12,16 +12,20 @@ and the interpreter's exit waits for both threads (``threading._shutdown``, and 
 hook), for ever: the process printed "interrupted" and sat idle, with ``results.json`` still "running".
 A second Ctrl-C broke that wait ("Exception ignored in threading._shutdown"). SIGTERM fared no better:
 ``ray.init`` replaces the SIGTERM handler of the thread that calls it, if it is the main thread, with
-``sys.exit``, which took the same path.
+``sys.exit``, which took the same path. And Ray's core worker installs Abseil's failure-signal handler for
+SIGTERM in the process that calls ``ray.init``: it prints a stack trace, passes the signal on, and arms a
+3 s alarm that aborts the process (exit -6) if it is still alive then.
 
-So :func:`run_stoppable` runs the simulation in a helper thread and keeps the main thread free to handle
-signals. A signal only sets a :class:`StopRequest`; then
+So :func:`run_stoppable` runs the simulation in a helper thread (where ``ray.init`` leaves SIGTERM alone)
+and keeps the main thread free to handle signals; once Ray is up, :meth:`SignalRoute.rearm` puts privmed's
+handlers back in place of Abseil's. A signal only sets a :class:`StopRequest`; then
 
 1. the server, whose :class:`~privmed.federation.metering.MeteredGrid` polls for replies and checks the
    request, raises :class:`RunInterrupted` in its thread, marks ``results.json`` "interrupted" with the last
    complete round (whose checkpoint is on disk) and returns, which stops Flower's runtime;
 2. the main thread kills the Ray worker processes that run the clients (a client's work of an unfinished round
-   is discarded anyway), so no runtime thread waits on them; Flower then shuts Ray down;
+   is discarded anyway), so no runtime thread waits on them; Flower then shuts Ray down (what Ray prints about
+   the killed workers goes to stderr: stdout is for results);
 3. whatever the run started and is still alive a few seconds later is stopped by PID.
 
 A second signal, or a run that has not ended ``grace`` seconds after the first, stops every process the
@@ -34,6 +38,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,31 +79,61 @@ class StopRequest:
         return self.signals[0] if self.signals else "request"
 
 
+class SignalRoute:
+    """SIGINT and SIGTERM routed to a :class:`StopRequest` (see :func:`signals_stop`)."""
+
+    def __init__(self, stop: StopRequest) -> None:
+        self.stop = stop
+        self.saved: dict[int, Any] = {}
+
+    def handler(self, signum: int, _frame: Any) -> None:
+        self.stop.request(signal.Signals(signum).name)
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self.saved[sig] = signal.signal(sig, self.handler)
+
+    def rearm(self) -> None:
+        """Install the handlers again, over whatever C-level handler a library put in (Ray's Abseil one)."""
+        for sig in self.saved:
+            signal.signal(sig, self.handler)
+
+    def restore(self) -> None:
+        for sig, old in self.saved.items():
+            signal.signal(sig, old)
+        self.saved.clear()
+
+
 @contextlib.contextmanager
-def signals_stop(stop: StopRequest) -> Iterator[None]:
+def signals_stop(stop: StopRequest) -> Iterator[SignalRoute]:
     """While the block runs, SIGINT and SIGTERM call ``stop.request`` instead of raising.
 
-    Only the main thread can install handlers; elsewhere this does nothing. A SIGINT that is ignored
+    Only the main thread can install handlers; elsewhere this routes nothing. A SIGINT that is ignored
     (``SIG_IGN``: a background job of a non-interactive shell) stays ignored. The old handlers come back
     afterwards.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        stop.request(signal.Signals(signum).name)
-
-    saved: dict[int, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(sig) is signal.SIG_IGN:
-            continue
-        saved[sig] = signal.signal(sig, handler)
+    route = SignalRoute(stop)
+    if threading.current_thread() is threading.main_thread():
+        route.install()
     try:
-        yield
+        yield route
     finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
+        route.restore()
+
+
+def rearm_once_ray_is_up(route: SignalRoute) -> Callable[[], None]:
+    """A poll hook for :func:`run_stoppable`: once Ray is initialised here, :meth:`SignalRoute.rearm` once."""
+    done = False
+
+    def poll() -> None:
+        nonlocal done
+        is_up = getattr(sys.modules.get("ray"), "is_initialized", None)  # ray may be half imported (other thread)
+        if not done and callable(is_up) and is_up():
+            route.rearm()
+            done = True
+
+    return poll
 
 
 #: How Ray titles the worker processes of Flower's client actors (``ray::ClientAppActor.run`` while busy).
@@ -139,6 +174,7 @@ def run_stoppable(
     *,
     grace: float = 30.0,
     on_stop: Callable[[str], None] | None = None,
+    on_poll: Callable[[], None] | None = None,
 ) -> Any:
     """Run ``target`` (a whole simulation) in a helper thread; stop it cleanly when ``stop`` is requested.
 
@@ -153,6 +189,8 @@ def run_stoppable(
         process started since the call is killed.
     on_stop
         Called once with the signal's name when the stop begins (default: a logged warning).
+    on_poll
+        Called in the calling thread every :data:`POLL_SECONDS` while ``target`` runs.
 
     Returns
     -------
@@ -176,38 +214,42 @@ def run_stoppable(
             outcome["error"] = exc
 
     thread = threading.Thread(target=body, name="privmed-simulation", daemon=True)
-    quiet = _Quiet()
-    flwr_log = logging.getLogger("flwr")
     thread.start()
     deadline = None
-    try:
-        while thread.is_alive():
-            thread.join(POLL_SECONDS)
-            if not stop.is_set() or not thread.is_alive():
-                continue
-            if deadline is None:
-                if on_stop is not None:
-                    on_stop(stop.reason)
-                else:
-                    log.warning("%s: stopping the run (the last complete round is kept)", stop.reason)
-                flwr_log.addFilter(quiet)
-                t0 = time.monotonic()
-                _kill_now(client_processes(me))
-                log.debug("clients stopped in %.1f s", time.monotonic() - t0)
-                deadline = time.monotonic() + grace
-            if len(stop.signals) > 1 or time.monotonic() > deadline:
-                started = [p for p in descendants(me) if p not in before]
-                kill_pids(started, timeout=2.0)
-                raise Interrupted(f"{stop.reason}: run stopped by force", forced=True)
-    finally:
-        if stop.is_set():
-            log.debug("simulation thread ended: %s", not thread.is_alive())
-            thread.join(5.0)
-            left = [p for p in descendants(me) if p not in before]
-            t0 = time.monotonic()
-            kill_pids(left, timeout=5.0)
-            log.debug("%d processes left, stopped in %.1f s", len(left), time.monotonic() - t0)
-            flwr_log.removeFilter(quiet)
+    with contextlib.ExitStack() as stopping:
+        try:
+            while thread.is_alive():
+                thread.join(POLL_SECONDS)
+                if on_poll is not None:
+                    on_poll()
+                if not stop.is_set() or not thread.is_alive():
+                    continue
+                if deadline is None:
+                    _begin_stop(stop, stopping, on_stop)
+                    deadline = time.monotonic() + grace
+                if len(stop.signals) > 1 or time.monotonic() > deadline:
+                    kill_pids([p for p in descendants(me) if p not in before], timeout=2.0)
+                    raise Interrupted(f"{stop.reason}: run stopped by force", forced=True)
+        finally:
+            if stop.is_set():
+                thread.join(5.0)
+                kill_pids([p for p in descendants(me) if p not in before], timeout=5.0)
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def _begin_stop(stop: StopRequest, stopping: contextlib.ExitStack, on_stop: Callable[[str], None] | None) -> None:
+    """Say so, keep the run's winding-down noise out of stdout and Flower's log, and kill the clients."""
+    if on_stop is not None:
+        on_stop(stop.reason)
+    else:
+        log.warning("%s: stopping the run (the last complete round is kept)", stop.reason)
+    # Ray prints the killed workers' deaths to stdout, which is for results; Flower logs their tracebacks
+    stopping.enter_context(contextlib.redirect_stdout(sys.stderr))
+    quiet, flwr_log = _Quiet(), logging.getLogger("flwr")
+    flwr_log.addFilter(quiet)
+    stopping.callback(flwr_log.removeFilter, quiet)
+    started = time.monotonic()
+    _kill_now(client_processes(os.getpid()))
+    log.debug("clients stopped in %.1f s", time.monotonic() - started)

@@ -24,7 +24,7 @@ from typing import Any
 from privmed.config import Config
 from privmed.errors import ConfigError, Interrupted
 from privmed.federation.config_bridge import RunOptions, run_config
-from privmed.federation.interrupt import StopRequest, run_stoppable, signals_stop
+from privmed.federation.interrupt import StopRequest, rearm_once_ray_is_up, run_stoppable, signals_stop
 from privmed.federation.server_app import Progress, check_settings, make_server_app, prepare_run, resolve_out_dir
 from privmed.results import write_json_atomic
 
@@ -162,9 +162,12 @@ def run_federated(
         )
 
     started = time.perf_counter()
-    with signals_stop(stop):
+    with signals_stop(stop) as route:
         run_stoppable(
-            simulate, stop, on_stop=(lambda name: progress("stopping", {"signal": name})) if progress else None
+            simulate,
+            stop,
+            on_stop=(lambda name: progress("stopping", {"signal": name})) if progress else None,
+            on_poll=rearm_once_ray_is_up(route),
         )
     results = _finish(out, backend, time.perf_counter() - started, stop=stop)
     if results.get("status") == "interrupted":
