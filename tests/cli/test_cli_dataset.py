@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from privmed.cli import main
+from privmed.data import medmnist
 from privmed.data.medmnist import INFO
 from privmed.predictions import read_predictions
 from tests.data.fake_medmnist import tiny_arrays, write_npz
@@ -67,6 +68,11 @@ def test_a_missing_medmnist_file_is_named_before_anything_starts(
 ) -> None:
     monkeypatch.setenv("PRIVMED_DATA_DIR", str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("network disabled in tests")
+
+    monkeypatch.setattr(medmnist.pooch, "retrieve", offline)  # never download dermamnist here
     for command in (["train"], ["federate", "--clients", "5"]):
         assert main([*command, "--dataset", "dermamnist", "--out", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
