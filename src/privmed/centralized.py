@@ -3,8 +3,9 @@
 :func:`train_centralized` trains a model from a :class:`~privmed.config.Config` on the train split,
 evaluates every epoch on the validation split, keeps the checkpoint of the best validation epoch, and
 reports the test metrics of that checkpoint only (the test split never chooses anything). It saves
-``last.pt`` after each epoch so a run can be resumed, ``best.pt`` for the chosen epoch, and returns a
-results record that :mod:`privmed.cli.train` writes as JSON. Uses only :mod:`privmed.train`.
+``last.pt`` after each epoch so a run can be resumed, ``best.pt`` for the chosen epoch, the chosen model's
+validation and test scores per image (:mod:`privmed.predictions`, MedMNIST's evaluator format), and returns
+a results record that :mod:`privmed.cli.train` writes as JSON. Uses only :mod:`privmed.train`.
 
 ``privacy.mode = "sample"`` trains with DP-SGD (Abadi et al. 2016) by wrapping the model, optimizer and loader
 with :func:`privmed.privacy.make_private`, the same wrapper federated clients use: σ is calibrated so that the
@@ -29,12 +30,13 @@ from privmed.config import Config
 from privmed.data import Dataset, load_dataset
 from privmed.errors import ConfigError
 from privmed.models import build_model, count_parameters
+from privmed.predictions import scores_from_logits, write_predictions
 from privmed.privacy import AccountantState
 from privmed.privacy.dpsgd import DPSGDPlan, make_private, plan_from_config
 from privmed.results import machine, sortable
 from privmed.train import (
     evaluate,
-    evaluate_val_test,
+    evaluate_val_test_outputs,
     lr_at,
     make_loader,
     make_loss,
@@ -323,7 +325,13 @@ def train_centralized(
     model = plain_model
     model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"])
     # binary tasks: also the validation threshold and the test metrics at it (vt_*), as privmed federate reports
-    val, test = evaluate_val_test(model, val_loader, test_loader, info)
+    val, test, val_logits, test_logits = evaluate_val_test_outputs(model, val_loader, test_loader, info)
+    predictions = write_predictions(
+        out,
+        info,
+        f"epoch{best_epoch}",
+        {"val": (scores_from_logits(val_logits, info), val), "test": (scores_from_logits(test_logits, info), test)},
+    )
     train_examples = sum(len(dataset.train) for _ in history)
     train_seconds = sum(h["train_seconds"] for h in history)
     return _clean(
@@ -360,6 +368,7 @@ def train_centralized(
             "train_seconds": train_seconds,
             "wall_seconds": time.perf_counter() - wall_start,
             "checkpoints": {"best": str(out / "best.pt"), "last": str(out / "last.pt")},
+            "predictions": predictions,
             "privacy": private.record() if private is not None else None,
         }
     )

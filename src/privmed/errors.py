@@ -24,3 +24,17 @@ class ConfigError(PrivmedError):
 
 class PrivacyError(PrivmedError):
     """A privacy parameter (epsilon, delta, clipping norm, ...) cannot be honoured."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped on request (Ctrl-C, SIGTERM) after saving what it had; the CLI exits with code 130.
+
+    ``forced`` is true when the stop could not wait for the run to wind down (a second signal): processes
+    were killed and background threads may be left, so the process should exit at once.
+    """
+
+    exit_code = 130
+
+    def __init__(self, message: str, *, forced: bool = False) -> None:
+        super().__init__(message)
+        self.forced = forced

@@ -278,6 +278,14 @@ def evaluate_val_test(
     ``vt_balanced_accuracy`` and ``vt_macro_f1``: the test metrics at that threshold. Test is never used to
     choose anything.
     """
+    val_metrics, test_metrics, _, _ = evaluate_val_test_outputs(model, val_loader, test_loader, info)
+    return val_metrics, test_metrics
+
+
+def evaluate_val_test_outputs(
+    model: nn.Module, val_loader: DataLoader, test_loader: DataLoader, info: DatasetInfo
+) -> tuple[dict[str, float], dict[str, float], Tensor, Tensor]:
+    """:func:`evaluate_val_test` and the model's logits on validation and test (in the splits' order)."""
     from privmed.metrics.threshold import metrics_at_threshold, validation_threshold
 
     val_out, test_out = predict(model, val_loader), predict(model, test_loader)
@@ -287,7 +295,7 @@ def evaluate_val_test(
         val_metrics["threshold"] = threshold
         at = metrics_at_threshold(*test_out, info, threshold)
         test_metrics.update({f"vt_{k}": v for k, v in at.items()})
-    return val_metrics, test_metrics
+    return val_metrics, test_metrics, val_out[0], test_out[0]
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:

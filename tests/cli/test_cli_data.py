@@ -57,6 +57,16 @@ def test_list(capsys):
         assert name in out
 
 
+def test_list_gives_whole_names_on_stdout_when_piped(capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS")  # as in `privmed data list | less`: no terminal, no width hint
+    assert main(["data", "list"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    names = [line.split("│")[1].strip() for line in captured.out.splitlines() if line.startswith("│")]
+    assert names == [*mm.INFO, "phantom", "folder"]
+    assert "…" not in captured.out
+
+
 def test_info(capsys):
     code, out = run(capsys, "info", "pneumoniamnist")
     assert code == 0
@@ -78,8 +88,9 @@ def test_info_unknown_name(capsys):
 
 def test_verify_ok(capsys, monkeypatch, tmp_path):
     record, _ = install(monkeypatch, tmp_path)
-    code, out = run(capsys, "verify", record.name, "--root", str(tmp_path))
-    assert code == 0 and "OK" in out and record.md5[28] in out
+    assert main(["data", "verify", record.name, "--root", str(tmp_path)]) == 0
+    captured = capsys.readouterr()  # the result is for scripts: on stdout, and nothing else
+    assert "OK" in captured.out and record.md5[28] in captured.out and captured.err == ""
 
 
 def test_verify_md5_mismatch(capsys, monkeypatch, tmp_path):

@@ -34,8 +34,29 @@ def test_smoke_preset_writes_results(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert result["samples_per_s"] > 0
     assert (out / "best.pt").is_file() and (out / "last.pt").is_file()
     assert (out / "epochs.png").read_bytes()[:4] == b"\x89PNG"
-    err = capsys.readouterr().err
-    assert "phantom (synthetic)" in err and "accuracy" in err
+    captured = capsys.readouterr()
+    # the summary is a result (stdout); the per-epoch lines are progress (stderr)
+    assert "phantom (synthetic)" in captured.out and "accuracy" in captured.out
+    assert "epoch   1/3" in captured.err and "epoch   1/3" not in captured.out
+
+
+def test_summary_leads_with_the_chosen_epoch_then_the_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _train(tmp_path / "run", "--set", SMALL) == 0
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    lines = capsys.readouterr().out.splitlines()
+    chosen = next(i for i, line in enumerate(lines) if "chosen on validation AUC" in line)
+    assert lines[chosen].startswith(f"epoch {result['chosen_epoch']} of 3")
+    threshold = next(i for i, line in enumerate(lines) if "threshold chosen on validation" in line)
+    assert f"test accuracy {result['test']['vt_accuracy']:.4f}" in lines[threshold]
+    last = next(i for i, line in enumerate(lines) if line.startswith("last epoch (3)"))
+    assert chosen < threshold < last
+
+
+def test_help_describes_train_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("train"))
+    assert "DP-SGD" in line and "non-private" not in line
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
@@ -96,8 +117,8 @@ def test_bad_dp_sgd_settings_exit_2_without_output(tmp_path: Path, capsys: pytes
 
 def test_dp_sgd_prints_epsilon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _train(tmp_path / "dp", "--set", SMALL, "--set", "train.epochs=1", "--set", "privacy.mode='sample'") == 0
-    err = capsys.readouterr().err
-    assert "ε" in err and "epsilon spent" in err
+    captured = capsys.readouterr()
+    assert "ε" in captured.err and "epsilon spent" in captured.out
     result = json.loads((tmp_path / "dp" / "results.json").read_text())
     assert 0 < result["privacy"]["epsilon"] <= result["privacy"]["target_epsilon"] * 1.01
 

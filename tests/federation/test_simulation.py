@@ -72,6 +72,18 @@ def test_simulation_learns_and_reports(reference: tuple[dict, Path]) -> None:
 
 
 @pytest.mark.slow
+def test_simulation_saves_the_chosen_rounds_scores(reference: tuple[dict, Path]) -> None:
+    from privmed.data.phantom import make_phantom
+    from tests.test_predictions import check_predictions
+
+    results, out = reference
+    chosen = results["selected_by_val"]
+    phantom = make_phantom(**SMALL["data"]["options"])
+    labels = {"val": phantom.val.labels, "test": phantom.test.labels}
+    check_predictions(out, {**results, **chosen}, labels, "binary-class", f"round{chosen['round']}")
+
+
+@pytest.mark.slow
 def test_a_failing_client_is_counted_and_the_round_continues(tmp_path: Path) -> None:
     cfg = small_cfg()
     cfg.federation.rounds = 2

@@ -2,12 +2,15 @@
 
 Each stage lives in its own module that exposes ``register(subparsers)``; :data:`COMMANDS` lists them in
 the order of the flow. Any :class:`~privmed.errors.PrivmedError` becomes one line on stderr and exit
-code 2; nothing else is caught, so real bugs keep their traceback.
+code 2; an interruption (Ctrl-C, SIGTERM) exits with code 130; nothing else is caught, so real bugs keep their
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import logging
 import os
@@ -17,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from privmed import __version__
-from privmed.errors import PrivmedError
+from privmed.errors import Interrupted, PrivmedError
 
 #: Subcommand modules, in the order of the flow (data -> train -> federate -> ...).
 COMMANDS: tuple[str, ...] = ("data", "train", "federate", "gan", "attack", "audit")
@@ -77,13 +80,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # force: a dependency (Opacus) configures the root logger when it is imported
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     saved: Any = warnings.showwarning
     _one_line_warnings()
+    if argv is None:  # the command line: skip the final garbage collection of a big heap (~6 s after Ray)
+        atexit.register(gc.freeze)
     try:
         return int(args.func(args) or 0)
     except PrivmedError as exc:
         print(f"privmed: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Interrupted as exc:
+        print(f"privmed: interrupted: {exc}", file=sys.stderr)
+        if exc.forced:  # background threads may be stuck in waits that nothing will end: do not join them
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         print("privmed: interrupted", file=sys.stderr)

@@ -1,10 +1,111 @@
-"""Helpers shared by the subcommands."""
+"""Helpers shared by the subcommands: where output goes, and the arguments every run takes.
+
+Results (tables, summaries, "OK" lines) go to stdout; progress bars, per-epoch and per-round lines and logs go
+to stderr, so ``privmed ... > out.txt`` keeps the results and a script reading stdout sees only them.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
+
 from rich.console import Console
+
+from privmed.config import Config, load_config
+from privmed.errors import ConfigError
+
+#: The preset behind ``--dataset NAME`` when no config is given (any MedMNIST set, CNN, a tested schedule).
+DATASET_PRESET = "medmnist"
+
+#: Width for results written to a file or a pipe: wide enough that no table cell is cut or wrapped.
+PIPE_WIDTH = 1000
 
 
 def console() -> Console:
-    """The console for human output (stderr, so stdout stays clean for JSON)."""
+    """The console for progress and log lines (stderr)."""
     return Console(stderr=True)
+
+
+def results_console() -> Console:
+    """The console for results (stdout); when stdout is not a terminal, as wide as the results need."""
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+
+
+def help_text(doc: str | None) -> str:
+    """A module docstring as ``--help`` shows it: without reStructuredText's double backticks."""
+    return (doc or "").replace("``", "")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, example: str) -> None:
+    """CONFIG (optional with ``--dataset``), ``--dataset``, ``--set``, ``--out``, ``--resume``, ``--overwrite``."""
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help=f"TOML config file or preset name (e.g. {example}); optional with --dataset",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="run on this dataset (e.g. retinamnist): without CONFIG, on the 'medmnist' preset (CNN and a tested "
+        "schedule for any MedMNIST set); with CONFIG, replacing its data.name (and the data.options the new "
+        "dataset does not take)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (TOML syntax), e.g. --set train.epochs=10; repeatable",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output folder (created if missing)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out (its results, checkpoints and predictions are deleted once the new run's "
+        "inputs are checked)",
+    )
+
+
+def _loader_options(name: str) -> set[str] | None:
+    """The options the loader of dataset ``name`` takes (``None`` for an unknown name: its loader says so)."""
+    import inspect
+
+    from privmed.data import LOADERS
+
+    loader = LOADERS.get(name.lower())
+    if loader is None:
+        return None
+    params = inspect.signature(loader).parameters
+    return {p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "size"}
+
+
+def load_run_config(args: argparse.Namespace, *, extra: list[str] | tuple[str, ...] = ()) -> Config:
+    """The run's config from CONFIG and/or ``--dataset``, then ``extra`` and ``--set`` overrides (last wins).
+
+    When the dataset differs from the one the config file names, the file's ``data.options`` that the new
+    dataset's loader does not take (e.g. the phantom's ``classes``) are dropped, unless ``--set`` sets
+    ``data.options`` itself.
+
+    Raises
+    ------
+    ConfigError
+        Neither CONFIG nor ``--dataset``, or any config error.
+    """
+    if args.config is None and args.dataset is None:
+        raise ConfigError("give a config (a TOML file or a preset such as smoke) or --dataset NAME (e.g. retinamnist)")
+    source = args.config if args.config is not None else DATASET_PRESET
+    dataset = [f"data.name={args.dataset!r}"] if args.dataset else []
+    cfg = load_config(source, overrides=[*dataset, *extra, *args.overrides])
+    file_data = load_config(source).data
+    user_sets_options = any(o.split("=", 1)[0].strip() == "data.options" for o in args.overrides)
+    if cfg.data.name.lower() != file_data.name.lower() and not user_sets_options:
+        accepted = _loader_options(cfg.data.name)
+        if accepted is not None:
+            cfg.data.options = {k: v for k, v in cfg.data.options.items() if k in accepted}
+    return cfg

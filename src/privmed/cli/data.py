@@ -7,6 +7,8 @@
     privmed data download pneumoniamnist --size 64
     privmed data verify pneumoniamnist [--root DIR]
     privmed data partition smoke --set 'data.partition_options={alpha = 0.1}' --plot hist.png
+
+Results (tables, "OK" lines) go to stdout, whole whatever the terminal's width; progress and logs to stderr.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from privmed.cli._common import console
+from privmed.cli._common import console, results_console
 from privmed.config import load_config
 from privmed.data import load_dataset
 from privmed.data.base import Dataset, DatasetInfo
@@ -33,7 +35,9 @@ from privmed.errors import ConfigError
 
 def _cmd_list(args: argparse.Namespace) -> int:
     table = Table(title="Datasets (MedMNIST v2 2D, plus built-in and own data)")
-    for column in ("name", "task", "ch", "classes", "train", "val", "test", "license", "local sizes"):
+    longest = max(len(name) for name in [*INFO, "phantom", "folder"])
+    table.add_column("name", no_wrap=True, min_width=longest)  # names are never cut, whatever the width
+    for column in ("task", "ch", "classes", "train", "val", "test", "license", "local sizes"):
         table.add_column(column, justify="right" if column in ("ch", "classes", "train", "val", "test") else "left")
     for name, record in INFO.items():
         local = [str(s) for s in SIZES if medmnist_path(name, size=s, root=args.root).is_file()]
@@ -49,7 +53,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         )
     table.add_row("phantom", "binary/multi-class", "1/3", "2-8", "", "", "", "CC0", "built-in (synthetic)")
     table.add_row("folder", "binary/multi-class", "auto", "sub-folders", "", "", "", "yours", "option path=<dir>")
-    console().print(table)
+    results_console().print(table)
     return 0
 
 
@@ -80,7 +84,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 f"{size} px",
                 f"{record.url(size)}\nMD5 {record.md5[size]}\n{path} ({'present' if path.is_file() else 'absent'})",
             )
-    console().print(table)
+    results_console().print(table)
     return 0
 
 
@@ -90,14 +94,14 @@ def _cmd_download(args: argparse.Namespace) -> int:
         console().print(f"downloading {get_info(args.name).url(args.size)} to {target.parent} ...")
     path = fetch_medmnist(args.name, size=args.size, root=args.root, download=True)
     md5 = verify_medmnist(args.name, size=args.size, root=args.root)
-    console().print(f"{path} [green]OK[/green] (MD5 {md5})")
+    results_console().print(f"{path} [green]OK[/green] (MD5 {md5})")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     md5 = verify_medmnist(args.name, size=args.size, root=args.root)
     path = medmnist_path(args.name, size=args.size, root=args.root)
-    console().print(f"{path} [green]OK[/green]: MD5 {md5} is the official one")
+    results_console().print(f"{path} [green]OK[/green]: MD5 {md5} is the official one")
     return 0
 
 
@@ -173,10 +177,10 @@ def _cmd_partition(args: argparse.Namespace) -> int:
         f"{dataset.info.display_name}\n{data.partitioner}({options}) of the train split, "
         f"{data.num_clients} clients, seed {data.seed}"
     )
-    console().print(_histogram_table(title.replace("\n", ": "), counts, names))
+    results_console().print(_histogram_table(title.replace("\n", ": "), counts, names))
     if plot is not None:
         _write_plot(plot, fmt, title, counts, names)
-        console().print(f"plot written to {plot}")
+        results_console().print(f"plot written to {plot}")
     return 0
 
 

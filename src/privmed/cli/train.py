@@ -1,10 +1,13 @@
-"""``privmed train``: centralised (non-federated, non-private) training of the baseline.
+"""``privmed train``: centralised training (one party holds all the data), plain or with DP-SGD.
 
-``privmed train CONFIG [--set section.key=value ...] [--out DIR] [--resume] [--select METRIC]`` trains
-on ``load_dataset(cfg.data.name, size=cfg.data.size, **cfg.data.options)``, shows a progress bar over
-epochs x batches, picks the epoch with the best validation metric, reports val and test metrics of that
-checkpoint, and writes ``DIR/results.json`` (default ``runs/train-<dataset>-<model>-<seed>``).
-``privmed train smoke`` is the offline quickstart on the synthetic phantom.
+``privmed train [CONFIG] [--dataset NAME] [--set section.key=value ...] [--out DIR] [--resume | --overwrite]
+[--select METRIC]`` trains on ``load_dataset(cfg.data.name, size=cfg.data.size, **cfg.data.options)`` (with
+``privacy.mode = 'sample'``: DP-SGD, σ calibrated to the target ε), shows a progress bar over epochs x
+batches, picks the epoch with the best validation metric, reports val and test metrics of that checkpoint,
+and writes ``DIR/results.json``, ``DIR/epochs.png`` and the chosen epoch's scores per image in
+``DIR/predictions/`` (MedMNIST's evaluator format; default ``DIR``: ``runs/train-<dataset>-<model>-<seed>``).
+``privmed train smoke`` is the offline quickstart on the synthetic phantom; ``privmed train --dataset
+retinamnist`` runs any MedMNIST set without a config.
 """
 
 from __future__ import annotations
@@ -14,14 +17,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from privmed.centralized import SELECTORS, Callbacks, check_train_config, default_out_dir, train_centralized
-from privmed.cli._common import console
-from privmed.config import load_config
+from privmed.cli._common import add_run_arguments, console, help_text, load_run_config, results_console
+from privmed.data import load_dataset
 from privmed.plots import plot_epochs
-from privmed.results import write_json_atomic
+from privmed.results import check_out_dir, clear_run_outputs, write_json_atomic
 
 #: Metrics shown in the final table, in order.
 SHOWN = ("accuracy", "auc", "balanced_accuracy", "macro_f1", "loss")
@@ -30,20 +34,11 @@ SHOWN = ("accuracy", "auc", "balanced_accuracy", "macro_f1", "loss")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="centralised training baseline (non-federated, non-private)",
-        description="Train a model centrally; choose the epoch on validation; report val and test metrics.",
+        help="centralised training, no federation (plain, or DP-SGD with privacy.mode='sample')",
+        description=help_text(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="TOML config file or preset name (e.g. 'smoke')")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value (TOML syntax), e.g. --set train.epochs=10; repeatable",
-    )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/train-<dataset>-<model>-<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same config)")
+    add_run_arguments(p, example="smoke")
     p.add_argument(
         "--select",
         choices=sorted(SELECTORS),
@@ -60,9 +55,12 @@ def _fmt(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, overrides=args.overrides)
+    cfg = load_run_config(args)
     check_train_config(cfg, args.select)
-    out = args.out if args.out is not None else default_out_dir(cfg)
+    out = check_out_dir(args.out or default_out_dir(cfg), resume=args.resume, overwrite=args.overwrite)
+    dataset = load_dataset(cfg.data.name, size=cfg.data.size, **cfg.data.options)  # a missing file fails here
+    if args.overwrite:
+        clear_run_outputs(out)
     con = console()
 
     with Progress(
@@ -98,22 +96,32 @@ def run(args: argparse.Namespace) -> int:
             out_dir=out,
             resume=args.resume,
             select=args.select,
+            dataset=dataset,
             callbacks=Callbacks(on_start=on_start, on_batch=on_batch, on_epoch=on_epoch),
         )
     path = write_json_atomic(out / "results.json", result)
+    figure = plot_epochs(result, out / "epochs.png")
+    summarize(result, results_console())
+    results_console().print(f"results: {path}; per-epoch curves: {figure}")
+    return 0
 
+
+def summarize(result: dict[str, Any], con: Console) -> None:
+    """The chosen epoch's val and test metrics first (threshold-at-validation ones for binary tasks), then the
+    last epoch, privacy and where the scores per image are."""
     ds, model = result["dataset"], result["model"]
+    con.print(
+        f"[bold]{ds['display_name']}[/bold] · {model['name']} ({model['parameters']:,} params) · seed {result['seed']}"
+        f" · {result['samples_per_s'] or 0:.0f} train samples/s"
+    )
+    metric = result["selection"]["metric"]
+    con.print(f"epoch {result['chosen_epoch']} of {result['epochs']}, chosen on validation {metric.upper()}:")
     table = Table()
     table.add_column("metric")
     table.add_column("val", justify="right")
     table.add_column("test", justify="right")
     for name in SHOWN:
         table.add_row(name, _fmt(result["val"].get(name)), _fmt(result["test"].get(name)))
-    con.print(
-        f"[bold]{ds['display_name']}[/bold] · {model['name']} ({model['parameters']:,} params) · seed {result['seed']}"
-        f" · epoch {result['chosen_epoch']}/{result['epochs']} chosen on validation {result['selection']['metric']}"
-        f" · {result['samples_per_s'] or 0:.0f} train samples/s"
-    )
     con.print(table)
     if "threshold" in result["val"]:
         test = result["test"]
@@ -122,6 +130,12 @@ def run(args: argparse.Namespace) -> int:
             f"{test['vt_accuracy']:.4f}, balanced accuracy {test['vt_balanced_accuracy']:.4f}, macro-F1 "
             f"{test['vt_macro_f1']:.4f}"
         )
+    last = result["history"][-1] if result["history"] else None
+    if last is not None:
+        con.print(
+            f"last epoch ({last['epoch']}): val accuracy {_fmt(last['val'].get('accuracy'))}, "
+            f"AUC {_fmt(last['val'].get('auc'))}, train loss {_fmt(last['train_loss'])}"
+        )
     if result.get("privacy"):
         dp = result["privacy"]
         con.print(
@@ -129,6 +143,12 @@ def run(args: argparse.Namespace) -> int:
             f"{dp['delta']:.2g} (sigma {dp['noise_multiplier']:.3f}, C = {dp['max_grad_norm']}, q = "
             f"{dp['sample_rate']:.4g}, {dp['steps']} steps, {dp['accountant']})"
         )
-    figure = plot_epochs(result, out / "epochs.png")
-    con.print(f"results: {path}; per-epoch curves: {figure}")
-    return 0
+    print_predictions(con, result.get("predictions"), Path(result["checkpoints"]["best"]).parent)
+
+
+def print_predictions(con: Console, predictions: dict[str, Any] | None, out: Path) -> None:
+    """Where a run's scores per image are (or that it has none yet)."""
+    if not predictions or "test" not in predictions:
+        con.print("predictions: none yet (no evaluated round)")
+        return
+    con.print(f"test scores per image of {predictions['run']} (medmnist.evaluator format): {out / predictions['test']}")

@@ -3,19 +3,24 @@
 :class:`MeteredGrid` sits between the workflows and Flower's Grid, so it sees every message of every
 workflow (plain FedAvg, SecAgg+'s stages, evaluation) without the workflows knowing. It also orders replies
 by partition id, which makes aggregation (a floating-point sum over replies) independent of the order in
-which clients happen to answer: a resumed run then ends with bit-identical weights.
+which clients happen to answer: a resumed run then ends with bit-identical weights. Given a stop request, it
+waits for replies in short polls and raises :class:`~privmed.federation.interrupt.RunInterrupted` as soon as
+the request is set (Ctrl-C on ``privmed federate``), where Flower's own grid would wait for ever.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+from privmed.federation.interrupt import POLL_SECONDS, RunInterrupted
 
 
 def message_bytes(message: Message) -> int:
@@ -80,11 +85,15 @@ class MeteredGrid(Grid):
     round_timeout
         Seconds to wait for the replies of one ``send_and_receive`` when the caller sets no timeout
         (``None``: wait as long as Flower does).
+    stop
+        When set, the waits end: :meth:`send_and_receive` and :meth:`check_stop` raise
+        :class:`~privmed.federation.interrupt.RunInterrupted`.
     """
 
-    def __init__(self, inner: Grid, *, round_timeout: float | None = None) -> None:
+    def __init__(self, inner: Grid, *, round_timeout: float | None = None, stop: threading.Event | None = None) -> None:
         self.inner = inner
         self.round_timeout = round_timeout
+        self.stop = stop
         #: node id -> partition id, from the handshake
         self.partition_of: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -131,6 +140,29 @@ class MeteredGrid(Grid):
             key=lambda m: (self.partition_of.get(m.metadata.src_node_id, 1 << 30), m.metadata.src_node_id),
         )
 
+    def check_stop(self) -> None:
+        """Raise :class:`~privmed.federation.interrupt.RunInterrupted` if a stop was requested."""
+        if self.stop is not None and self.stop.is_set():
+            raise RunInterrupted("stop requested")
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        """Flower's push-then-poll loop, checking the stop request between polls."""
+        if self.stop is None:
+            return list(self.inner.send_and_receive(messages, timeout=timeout))
+        self.check_stop()
+        pending = set(self.inner.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            got = list(self.inner.pull_messages(pending))
+            replies += got
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            if self.stop.wait(POLL_SECONDS):
+                self.check_stop()
+        return replies
+
     # -- Grid interface --------------------------------------------------------------------------
     def set_run(self, run_id: Any) -> None:
         self.inner.set_run(run_id)
@@ -165,6 +197,6 @@ class MeteredGrid(Grid):
         self._count_out(messages)
         if timeout is None:
             timeout = self.round_timeout
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        replies = self._exchange(messages, timeout)
         self._count_in(messages, replies)
         return self._sorted(replies)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,11 +46,13 @@ from privmed.config import Config
 from privmed.errors import ConfigError, PrivmedError
 from privmed.federation import checkpoint, registry, task
 from privmed.federation.config_bridge import FlatConfig, RunOptions, flatten_config, unflatten_config
+from privmed.federation.interrupt import RunInterrupted
 from privmed.federation.metering import MeteredGrid, RoundTraffic
 from privmed.federation.registry import FIT_WORKFLOWS, STRATEGY_WRAPPERS, Workflow
 from privmed.federation.sampling import SeededClientManager
+from privmed.predictions import find_predictions, scores_from_logits, write_predictions
 from privmed.results import machine, sortable, write_json_atomic
-from privmed.train import lr_at
+from privmed.train import evaluate_val_test_outputs, lr_at, make_loader, set_weights
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +322,7 @@ class FederatedWorkflow(DefaultWorkflow):
         deadline = time.monotonic() + self.connect_timeout
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < self.expected_clients and time.monotonic() < deadline:
+            grid.check_stop()
             time.sleep(0.5)
             node_ids = list(grid.get_node_ids())
         if len(node_ids) < self.expected_clients:
@@ -369,6 +373,20 @@ def resolve_out_dir(options: RunOptions, run_id: int | str) -> Path:
     return Path(options.out_dir) if options.out_dir else Path.cwd() / "privmed-runs" / f"run-{run_id}"
 
 
+def check_settings(cfg: Config) -> None:
+    """Check the config and the data of a new run (privacy mode, fit workflow, partitions, strategy).
+
+    Raises
+    ------
+    PrivmedError
+        Bad federation settings, or data that cannot be partitioned (e.g. more clients than examples).
+    """
+    task.training_wrapper(cfg)
+    build_fit_workflow(cfg)
+    task.load_federated_data(cfg)
+    build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
+
+
 def prepare_run(cfg: Config, options: RunOptions, out_dir: Path) -> checkpoint.Checkpoint | None:
     """Check everything that can be checked before any client starts; return the checkpoint to resume.
 
@@ -378,10 +396,7 @@ def prepare_run(cfg: Config, options: RunOptions, out_dir: Path) -> checkpoint.C
         Bad federation settings, data that cannot be partitioned (e.g. more clients than examples),
         ``--resume`` without a checkpoint, a checkpoint without ``--resume`` or from a different config.
     """
-    task.training_wrapper(cfg)
-    build_fit_workflow(cfg)
-    task.load_federated_data(cfg)
-    build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
+    check_settings(cfg)
     found = checkpoint.load_latest(out_dir)
     if options.resume and found is None:
         raise PrivmedError(f"--resume: no complete checkpoint in {out_dir}/checkpoints; run without --resume")
@@ -415,9 +430,12 @@ class ServerRun:
         found: checkpoint.Checkpoint | None,
         *,
         progress: Progress | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.cfg, self.options, self.out_dir, self.found = cfg, options, out_dir, found
         self.progress = progress
+        #: set when the run must stop (Ctrl-C on ``privmed federate``): the grid's waits then end
+        self.stop = stop
         self.dataset, self.parts = task.load_federated_data(cfg)
         self.recorder = RunRecorder(found.state if found else None)
         self.session: dict[str, Any] = {"resumed_from": found.server_round if found else None}
@@ -426,13 +444,31 @@ class ServerRun:
         #: the fit workflow; it may define ``round_report()`` (merged into every round's record) and
         #: ``summary()`` (``results["secagg"]``), as :class:`~privmed.federation.secagg.SecAggWorkflow` does
         self.fit_workflow: Workflow | None = None
+        #: the score files of the round chosen on validation so far (:mod:`privmed.predictions`)
+        self.predictions = find_predictions(out_dir) if found else None
+        #: round -> the evaluated model's (val, test) scores, until the round ends
+        self._scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _evaluate(
+        self, weights: list[np.ndarray]
+    ) -> tuple[dict[str, float], dict[str, float], tuple[np.ndarray, np.ndarray]]:
+        """The global model's val and test metrics (``vt_*`` for binary tasks) and scores per image."""
+        info, batch = self.dataset.info, max(self.cfg.train.batch_size, 256)
+        model = task.new_model(self.cfg, info)
+        set_weights(model, weights)
+        val_loader, test_loader = (
+            make_loader(split, info, batch_size=batch, shuffle=False) for split in (self.dataset.val, self.dataset.test)
+        )
+        val, test, val_logits, test_logits = evaluate_val_test_outputs(model, val_loader, test_loader, info)
+        return val, test, (scores_from_logits(val_logits, info), scores_from_logits(test_logits, info))
 
     # callbacks handed to Flower
     def evaluate_fn(
         self, server_round: int, weights: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[float, dict[str, Scalar]]:
-        info = self.dataset.info
-        val, test = task.evaluate_val_test(self.cfg, weights, info, self.dataset.val, self.dataset.test)
+        val, test, scores = self._evaluate(weights)
+        if server_round > 0:
+            self._scores[server_round] = scores
         self.recorder.server_eval(server_round, val, test)
         metrics: dict[str, Scalar] = {f"val_{k}": float(v) for k, v in val.items()}
         metrics.update({f"test_{k}": float(v) for k, v in test.items()})
@@ -473,6 +509,7 @@ class ServerRun:
             {int(c["partition_id"]) for c in record["clients"] if "partition_id" in c}
             | set(record["failed_partitions"])
         )
+        self._save_predictions(server_round)
         weights = compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
         ndarrays = parameters_to_ndarrays(weights)
         state = {"config": flatten_config(self.cfg), "records": self.recorder.state()}
@@ -480,6 +517,20 @@ class ServerRun:
         self.write_results(status="running")
         if self.progress:
             self.progress("round", record)
+
+    def _save_predictions(self, server_round: int) -> None:
+        """Write the round's scores per image if validation chooses it (before its checkpoint, so a run killed in
+        between redoes the round and writes them again)."""
+        scores = self._scores.pop(server_round, None)
+        best = select_round(self.recorder.rounds)
+        if scores is None or best is None or best["round"] != server_round:
+            return
+        self.predictions = write_predictions(
+            self.out_dir,
+            self.dataset.info,
+            f"round{server_round}",
+            {"val": (scores[0], best["val"]), "test": (scores[1], best.get("test") or {})},
+        )
 
     @property
     def start_round(self) -> int:
@@ -518,7 +569,7 @@ class ServerRun:
             strategy=strategy,
             client_manager=manager,
         )
-        metered = MeteredGrid(grid, round_timeout=self.options.round_timeout or None)
+        metered = MeteredGrid(grid, round_timeout=self.options.round_timeout or None, stop=self.stop)
         self.fit_workflow = build_fit_workflow(cfg)
         workflow = FederatedWorkflow(
             self.fit_workflow,
@@ -530,12 +581,25 @@ class ServerRun:
             on_round_end=self.on_round_end,
         )
         started = time.perf_counter()
-        workflow(metered, legacy)
+        try:
+            workflow(metered, legacy)
+        except RunInterrupted:  # a stop request (Ctrl-C): end like a finished run, so Flower winds down at once
+            self.session["seconds"] = time.perf_counter() - started
+            return self.write_results(status="interrupted")
         self.session["seconds"] = time.perf_counter() - started
         return self.write_results(status="complete")
 
+    def interruption(self) -> dict[str, Any]:
+        """Where an interrupted run stopped: its last complete (checkpointed) round and the round under way."""
+        done = max((r["round"] for r in self.recorder.rounds), default=0)
+        current = self._current_round
+        return {"last_complete_round": done, "in_round": current if current > done else None}
+
     def write_results(self, *, status: str) -> dict[str, Any]:
         payload = results_payload(self.cfg, self.dataset.info, self.recorder, status=status, parts=self.parts)
+        if status == "interrupted":
+            payload["interrupted"] = self.interruption()
+        payload["predictions"] = self.predictions
         payload["privacy_details"] = strategy_reports(self.strategy, "summary") or None
         payload["secagg"] = _call_if_defined(self.fit_workflow, "summary")
         write_json_atomic(self.out_dir / "results.json", payload)
@@ -548,16 +612,22 @@ def _call_if_defined(obj: Any, method: str) -> Any:
     return fn() if callable(fn) else None
 
 
+def select_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The round validation chooses: best AUC, as privmed train and MedMNIST v2 choose (then accuracy, then the
+    earlier round); ``None`` before any round was evaluated."""
+    return max(
+        (r for r in rounds if "val" in r),
+        key=lambda r: (sortable(r["val"].get("auc")), sortable(r["val"].get("accuracy")), -r["round"]),
+        default=None,
+    )
+
+
 def results_payload(
     cfg: Config, info: Any, recorder: RunRecorder, *, status: str, parts: tuple[np.ndarray, ...]
 ) -> dict[str, Any]:
     """The results JSON of a federated run (see ``docs`` in the CLI for the fields)."""
     rounds = sorted(recorder.rounds, key=lambda r: r["round"])
-    best = max(  # validation AUC, as privmed train and MedMNIST v2 choose (accuracy, then the earlier round)
-        (r for r in rounds if "val" in r),
-        key=lambda r: (sortable(r["val"].get("auc")), sortable(r["val"].get("accuracy")), -r["round"]),
-        default=None,
-    )
+    best = select_round(rounds)
     steady = [r["wall_seconds"] for r in rounds[1:]]
     return {
         "kind": "federated",
@@ -597,8 +667,13 @@ def results_payload(
     }
 
 
-def make_server_app(run_config: FlatConfig | None = None, *, progress: Progress | None = None) -> ServerApp:
-    """A ServerApp; ``run_config`` fixes the flat run config (embedded simulation), else the context's is used."""
+def make_server_app(
+    run_config: FlatConfig | None = None, *, progress: Progress | None = None, stop: threading.Event | None = None
+) -> ServerApp:
+    """A ServerApp; ``run_config`` fixes the flat run config (embedded simulation), else the context's is used.
+
+    ``stop``, when set, ends the run after its last complete round, with status ``"interrupted"``.
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -613,7 +688,7 @@ def make_server_app(run_config: FlatConfig | None = None, *, progress: Progress 
             cfg.data.num_clients,
             out_dir,
         )
-        ServerRun(cfg, options, out_dir, found, progress=progress).execute(grid, context)
+        ServerRun(cfg, options, out_dir, found, progress=progress, stop=stop).execute(grid, context)
 
     return server_app
 
