@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from privmed.cli._common import console
+from privmed.cli._common import console, privacy_against, privacy_warnings, warn_if_replayable
 from privmed.config import load_config
 from privmed.plots import plot_rounds
 
@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     con = console()
+    warn_if_replayable(con, cfg.privacy)
     with Progress(
         TextColumn("[bold]federate[/bold] {task.description}"),
         BarColumn(),
@@ -104,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
         con.print(
             f"privacy ({PRIVACY_LABELS.get(details['mode'], details['mode'])}): epsilon spent {spent:.3f} of target "
             f"{details['target_epsilon']}"
-            f" at delta {details['delta']:g}"
+            f" at delta {details['delta']:g}; {privacy_against(details)}"
         )
+        for line in privacy_warnings(details):
+            con.print(f"[bold red]warning:[/bold red] {line}")
     figure = plot_rounds(results, Path(results["out_dir"]) / "rounds.png")
     con.print(f"results: {Path(results['out_dir']) / 'results.json'}; per-round curves: {figure}")
     return 0

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from privmed.centralized import SELECTORS, Callbacks, check_train_config, default_out_dir, train_centralized
-from privmed.cli._common import console
+from privmed.cli._common import console, privacy_against, privacy_warnings, warn_if_replayable
 from privmed.config import load_config
 from privmed.plots import plot_epochs
 from privmed.results import write_json_atomic
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     check_train_config(cfg, args.select)
     out = args.out if args.out is not None else default_out_dir(cfg)
     con = console()
+    warn_if_replayable(con, cfg.privacy)
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -127,8 +128,10 @@ def run(args: argparse.Namespace) -> int:
         con.print(
             f"privacy (DP-SGD): epsilon spent {dp['epsilon']:.3f} of target {dp['target_epsilon']} at delta "
             f"{dp['delta']:.2g} (sigma {dp['noise_multiplier']:.3f}, C = {dp['max_grad_norm']}, q = "
-            f"{dp['sample_rate']:.4g}, {dp['steps']} steps, {dp['accountant']})"
+            f"{dp['sample_rate']:.4g}, {dp['steps']} steps, {dp['accountant']}); {privacy_against(dp)}"
         )
+        for line in privacy_warnings(dp):
+            con.print(f"[bold red]warning:[/bold red] {line}")
     figure = plot_epochs(result, out / "epochs.png")
     con.print(f"results: {path}; per-epoch curves: {figure}")
     return 0
