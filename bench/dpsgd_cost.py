@@ -14,6 +14,11 @@ with the same model, batch size and thread count. Variants (a registry, :data:`V
     :func:`privmed.privacy.make_private` with privmed's book-keeping clipping
     (:mod:`privmed.privacy.bookkeeping`): per-sample norms from ghost norms or small per-layer products,
     chosen per layer, and the clipped sum as one matrix product per layer; one backward pass.
+``hooks+secure`` / ``bk+secure``
+    ``hooks`` / ``bk`` with ``privacy.secure_rng``: noise from ChaCha20 keyed from the OS, four float64
+    Box–Muller draws per coordinate and the power-of-two grid snap (:mod:`privmed.privacy.randomness`).
+    Their ratio to the default-source twin **in the same run** is the cost of the secure generator
+    (``--variants nonprivate hooks bk hooks+secure bk+secure --out bench/results/dpsgd_cost-secure_rng.json``).
 ``ghost``
     Opacus' fast gradient clipping (Li et al. 2022 "ghost clipping", Bu et al. 2023 book-keeping): per-sample
     *norms* without materialising per-sample gradients, then a second backward pass with the clipped loss.
@@ -54,6 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privmed.privacy import make_private
+from privmed.privacy.randomness import RANDOMNESS
 from privmed.results import machine, write_json_atomic
 
 logger = logging.getLogger("bench.dpsgd_cost")
@@ -122,7 +128,9 @@ def _nonprivate(model: nn.Module, batch: int) -> StepFn:
     return step
 
 
-def _opacus_mode(mode: str) -> Callable[[nn.Module, int], StepFn]:
+def _opacus_mode(mode: str, randomness: str = "os-entropy") -> Callable[[nn.Module, int], StepFn]:
+    """A DP-SGD step with ``make_private`` in ``mode``, the noise drawn from the ``randomness`` source."""
+
     def build(model: nn.Module, batch: int) -> StepFn:
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         gm, dopt, _ = make_private(
@@ -132,6 +140,7 @@ def _opacus_mode(mode: str) -> Callable[[nn.Module, int], StepFn]:
             noise_multiplier=NOISE_MULTIPLIER,
             max_grad_norm=MAX_GRAD_NORM,
             grad_sample_mode=mode,
+            randomness=RANDOMNESS[randomness](()),
         )
         loss_fn = nn.CrossEntropyLoss()
 
@@ -175,7 +184,13 @@ VARIANTS: dict[str, Callable[[nn.Module, int], StepFn]] = {
     "functorch": _opacus_mode("functorch"),
     "bk": _opacus_mode("bk"),
     "ghost": _ghost,
+    # privacy.secure_rng: the same steps with the noise from ChaCha20, four Box-Muller draws per coordinate
+    # in float64 and the grid snap (privmed.privacy.randomness); compared with their default-source twin
+    "hooks+secure": _opacus_mode("hooks", "secure"),
+    "bk+secure": _opacus_mode("bk", "secure"),
 }
+#: Variant -> the variant it differs from only by ``privacy.secure_rng`` (the ratio the findings report).
+SECURE_TWINS = {"hooks+secure": "hooks", "bk+secure": "bk"}
 
 
 @dataclass
@@ -267,8 +282,26 @@ def findings(rows: list[Row]) -> list[str]:
             if mode_rows:
                 ratios = ", ".join(f"x{r.ratio_vs_nonprivate:.2f} (t={r.threads}, b={r.batch})" for r in mode_rows)
                 out.append(f"  - {mode}: {ratios}")
+    out.extend(secure_rng_findings(rows))
     failed = [r for r in rows if r.error]
     out.extend(f"{r.model} / {r.variant}: could not run ({r.error})" for r in failed)
+    return out
+
+
+def secure_rng_findings(rows: list[Row]) -> list[str]:
+    """The cost of ``privacy.secure_rng``: each secure variant's time per step over its default twin's, same run."""
+    out: list[str] = []
+    timed = {(r.model, r.threads, r.batch, r.variant): r for r in rows if r.seconds_per_step}
+    for (model, threads, batch, variant), row in timed.items():
+        twin = timed.get((model, threads, batch, SECURE_TWINS.get(variant, "")))
+        if twin is None:
+            continue
+        secure, default = statistics.median(row.seconds_per_step), statistics.median(twin.seconds_per_step)
+        out.append(
+            f"secure_rng: {model} `{variant}` (threads={threads}, batch={batch}) takes x{secure / default:.2f} the "
+            f"time per step of `{twin.variant}` with the default source (+{1e3 * (secure - default):.1f} ms per step "
+            f"for {row.params:,} parameters)"
+        )
     return out
 
 
@@ -337,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/dpsgd_cost.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
