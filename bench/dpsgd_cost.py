@@ -288,6 +288,20 @@ def findings(rows: list[Row]) -> list[str]:
     return out
 
 
+def time_noise(params: int, *, repeats: int) -> dict[str, float]:
+    """Seconds to add one step's noise to ``params`` float32 coordinates, per source (median of ``repeats``,
+    the sources interleaved): the part of a DP-SGD step that ``privacy.secure_rng`` changes."""
+    value = torch.zeros(params)
+    sources = {name: RANDOMNESS[name](()) for name in ("os-entropy", "secure")}
+    times: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(repeats):
+        for name, source in sources.items():
+            start = time.perf_counter()
+            source.add_gaussian(value, std=NOISE_MULTIPLIER * MAX_GRAD_NORM)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def secure_rng_findings(rows: list[Row]) -> list[str]:
     """The cost of ``privacy.secure_rng``: each secure variant's time per step over its default twin's, same run."""
     out: list[str] = []
@@ -303,6 +317,16 @@ def secure_rng_findings(rows: list[Row]) -> list[str]:
             f"for {row.params:,} parameters)"
         )
     return out
+
+
+def noise_findings(noise: dict[str, dict[str, float]]) -> list[str]:
+    """One line per model: the noise draw alone with each source (:func:`time_noise`)."""
+    return [
+        f"secure_rng: the noise of one step alone for {n['params']:,} parameters takes {1e3 * n['secure']:.1f} ms "
+        f"with the secure source vs {1e3 * n['os-entropy']:.1f} ms with the default "
+        f"(x{n['secure'] / n['os-entropy']:.1f})"
+        for n in noise.values()
+    ]
 
 
 NOTES = """\
@@ -337,6 +361,15 @@ NOTES = """\
 """
 
 
+def _load_sentence(load: list[float] | None) -> str:
+    if not load:
+        return ""
+    return (
+        f" Load average {load[0]:.1f} before and {load[1]:.1f} after on {os.cpu_count()} cores: other processes "
+        "shared the machine, so absolute times are inflated; the ratios come from interleaved repeats."
+    )
+
+
 def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     rows = [Row(**r) for r in payload["rows"]]
     lines = [
@@ -346,7 +379,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"{payload['machine']['torch']}, {payload['machine']['date']}. Input 1x{IMAGE_SIZE}x{IMAGE_SIZE}, "
         f"{NUM_CLASSES} classes, sigma={NOISE_MULTIPLIER}, C={MAX_GRAD_NORM}, SGD momentum 0.9. "
         f"{payload['settings']['steps']} timed steps after {payload['settings']['warmup']} warm-up, median of "
-        f"{payload['settings']['repeats']} interleaved repeats. Ratios are against non-private SGD in the same run.",
+        f"{payload['settings']['repeats']} interleaved repeats. Ratios are against non-private SGD in the same run."
+        + _load_sentence(payload["settings"].get("load_average")),
         "",
         "| model | params | threads | batch | variant | us / example | x non-private |",
         "|---|---:|---:|---:|---|---:|---:|",
@@ -384,11 +418,19 @@ def main(argv: list[str] | None = None) -> int:
         factories = {k: v for k, v in factories.items() if k in args.models}
     if "nonprivate" not in args.variants:
         args.variants.insert(0, "nonprivate")
+    load_before = os.getloadavg()[0]
     rows: list[Row] = []
     for name, factory in factories.items():
         for batch in args.batch:
             for t in threads:
                 rows += time_setting(name, factory, batch=batch, threads=t, variants=args.variants, args=args)
+    noise = {}
+    if any(v in SECURE_TWINS for v in args.variants):
+        torch.set_num_threads(min(threads))
+        for name, factory in factories.items():
+            params = sum(p.numel() for p in factory().parameters())
+            noise[name] = {"params": params, **time_noise(params, repeats=5 * args.repeats)}
+            logger.info("%-22s noise for %d parameters: %s", name, params, noise[name])
     stem = "dpsgd_cost-quick" if args.quick else "dpsgd_cost"
     out = args.out or RESULTS_DIR / f"{stem}.json"
     payload = {
@@ -404,9 +446,12 @@ def main(argv: list[str] | None = None) -> int:
             "noise_multiplier": NOISE_MULTIPLIER,
             "max_grad_norm": MAX_GRAD_NORM,
             "image_size": IMAGE_SIZE,
+            # 1-minute load average of the machine before and after (other processes sharing the cores)
+            "load_average": [load_before, os.getloadavg()[0]],
         },
         "rows": [asdict(r) for r in rows],
-        "findings": findings(rows),
+        "noise_seconds": noise,
+        "findings": findings(rows) + noise_findings(noise),
     }
     write_json_atomic(out, payload)
     write_markdown(out.with_suffix(".md"), payload)

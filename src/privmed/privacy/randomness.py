@@ -56,6 +56,8 @@ from privmed.errors import ConfigError
 #: Parts of a replay key: ints and short strings (``("noise", round, partition)``).
 KeyPart = int | str
 
+_MASK_53 = (1 << 53) - 1
+
 #: Bits of a grid step below the noise std for the secure noise: step = 2**(floor(log2(std)) - GRID_BITS).
 GRID_BITS = 12
 
@@ -118,14 +120,15 @@ class SecureRandomness(DPRandomness):
         cipher = Cipher(algorithms.ChaCha20(os.urandom(32), bytes(16)), mode=None)
         self._stream = cipher.encryptor()
 
-    def _words(self, size: int) -> np.ndarray:
-        """``size`` uniformly random 64-bit words from the keystream."""
-        return np.frombuffer(self._stream.update(bytes(8 * size)), dtype=np.uint64)
+    def _words(self, size: int) -> Tensor:
+        """``size`` uniformly random 64-bit words from the keystream (the encryption of zeros)."""
+        out = bytearray(8 * size)
+        self._stream.update_into(bytes(8 * size), out)
+        return torch.frombuffer(out, dtype=torch.int64) if size else torch.empty(0, dtype=torch.int64)
 
     def uniform(self, size: int) -> Tensor:
-        # the top 53 bits of each word, times 2**-53: every float64 multiple of 2**-53 in [0, 1) equally likely
-        words = self._words(size) >> np.uint64(11)
-        return torch.from_numpy(words.astype(np.float64) * 2.0**-53)
+        # 53 bits of each word, times 2**-53: every float64 multiple of 2**-53 in [0, 1) equally likely
+        return (self._words(size) & _MASK_53).to(torch.float64) * 2.0**-53
 
     def standard_normal(self, size: int) -> Tensor:
         """``size`` N(0, 1) draws: the halved sum of four Box–Muller Gaussians each (Holohan & Braghin 2021)."""
