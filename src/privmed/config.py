@@ -1,9 +1,9 @@
 """Run configuration: TOML files with one table per stage, checked strictly.
 
-A config file has the tables ``[data]``, ``[model]``, ``[train]``, ``[federation]``, ``[privacy]`` and
-``[secagg]``; each maps to a dataclass below. Unknown tables or keys are refused with the list of valid
-ones, so a typo never silently falls back to a default. Presets live in the repository's ``configs/``
-folder and can be named without the path (``privmed train smoke``).
+A config file has the tables ``[data]``, ``[model]``, ``[train]``, ``[federation]``, ``[privacy]``,
+``[secagg]`` and ``[malicious]`` (threat-model experiments); each maps to a dataclass below. Unknown tables
+or keys are refused with the list of valid ones, so a typo never silently falls back to a default. Presets
+live in the repository's ``configs/`` folder and can be named without the path (``privmed train smoke``).
 """
 
 from __future__ import annotations
@@ -151,6 +151,24 @@ class SecAggConfig:
 
 
 @dataclass
+class MaliciousConfig:
+    """A malicious server, for threat-model experiments only (``docs/attacks-malicious.md``).
+
+    ``model`` names a key of :data:`privmed.federation.malicious.TAMPERED_MODELS` (``"imprint"``: Robbing the
+    Fed's binning block in front of the global model); ``""`` is an honest server. In round ``round``
+    (``0``: every round) the server sends the tampered model instead of the global one, keeps what comes back,
+    and continues training from the global model's part of the aggregate. ``options`` go to the tampered
+    model's builder (imprint: ``bins``, ``stats``, ``mean``, ``std``, ``gain``, ``scale``, ``seed``).
+    ``record_dir`` (when set) receives the update records of the tampered rounds.
+    """
+
+    model: str = ""
+    round: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+    record_dir: str = ""
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -160,6 +178,7 @@ class Config:
     federation: FederationConfig = field(default_factory=FederationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    malicious: MaliciousConfig = field(default_factory=MaliciousConfig)
     #: where this config came from, for results files
     source: str = ""
 
@@ -176,6 +195,7 @@ _SECTION_TYPES = {
     "federation": FederationConfig,
     "privacy": PrivacyConfig,
     "secagg": SecAggConfig,
+    "malicious": MaliciousConfig,
 }
 
 

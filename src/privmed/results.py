@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from privmed import __version__
@@ -44,6 +45,21 @@ def write_json_atomic(path: str | Path, payload: dict[str, Any]) -> Path:
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=2, default=str)
             fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def savez_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``np.savez`` to ``path`` via a temporary file and a rename (no half-written file is ever left)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

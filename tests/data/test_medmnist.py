@@ -113,6 +113,20 @@ def test_loads_a_valid_file(monkeypatch, tmp_path):
     assert len(ds.val) == 4
 
 
+def test_train_examples_keeps_a_seeded_subset(monkeypatch, tmp_path):
+    record, _ = install(monkeypatch, tmp_path)
+    full = load_medmnist(record.name, root=tmp_path, download=False)
+    five = load_medmnist(record.name, root=tmp_path, download=False, train_examples=5)
+    other = load_medmnist(record.name, root=tmp_path, download=False, train_examples=5, subset_seed=1)
+    assert len(five.train) == 5 and len(five.val) == len(full.val)
+    rows = {full.train.images[i].tobytes(): i for i in range(len(full.train))}
+    kept = [rows[img.tobytes()] for img in five.train.images]
+    assert kept == sorted(kept)  # file order
+    assert kept != [rows[img.tobytes()] for img in other.train.images]
+    with pytest.raises(DataError, match="train_examples = 13"):
+        load_medmnist(record.name, root=tmp_path, download=False, train_examples=13)
+
+
 def test_loads_rgb_and_multilabel_at_64(monkeypatch, tmp_path):
     record = tiny_record("rgbmnist", channels=3, task="multi-label, binary-class", n_labels=5)
     install(monkeypatch, tmp_path, record, size=64)

@@ -553,7 +553,15 @@ def _validate(path: Path, arrays: Mapping[str, np.ndarray], record: MedMNISTInfo
     return splits
 
 
-def load_medmnist(name: str, *, size: int = 28, root: str | Path | None = None, download: bool = True) -> Dataset:
+def load_medmnist(
+    name: str,
+    *,
+    size: int = 28,
+    root: str | Path | None = None,
+    download: bool = True,
+    train_examples: int = 0,
+    subset_seed: int = 0,
+) -> Dataset:
     """Load an official MedMNIST 2D dataset as a :class:`~privmed.data.base.Dataset`.
 
     Parameters
@@ -566,6 +574,11 @@ def load_medmnist(name: str, *, size: int = 28, root: str | Path | None = None, 
         Data folder; default ``$PRIVMED_DATA_DIR`` or ``~/.cache/privmed/medmnist``.
     download
         Download the official file (MD5 checked) when it is missing.
+    train_examples
+        Keep only this many training examples, a random subset drawn with ``subset_seed``, in file order;
+        0 keeps all. For attack benchmarks that need exactly one batch per client (``bench/attack_malicious.py``).
+    subset_seed
+        Seed of the ``train_examples`` subset.
 
     Returns
     -------
@@ -585,4 +598,10 @@ def load_medmnist(name: str, *, size: int = 28, root: str | Path | None = None, 
     stat = path.stat()
     arrays = _read_npz(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     splits = _validate(path, arrays, record, size)
+    if train_examples:
+        n = len(splits["train"])
+        if not 0 < train_examples <= n:
+            raise DataError(f"train_examples = {train_examples}: {record.name} has {n} training examples (1..{n})")
+        keep = np.sort(np.random.default_rng(subset_seed).choice(n, size=train_examples, replace=False))
+        splits = {**splits, "train": splits["train"].subset(keep)}
     return Dataset(info=record.dataset_info(size), **splits)

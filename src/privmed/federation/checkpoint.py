@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import numpy as np
 from flwr.server.strategy import Strategy
 
-from privmed.results import write_json_atomic
+from privmed.results import savez_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +44,6 @@ class Checkpoint:
 
 def _round_dir(out_dir: Path, server_round: int) -> Path:
     return out_dir / "checkpoints" / f"round-{server_round:04d}"
-
-
-def _savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def strategy_chain(strategy: Strategy) -> list[Strategy]:
@@ -118,8 +105,8 @@ def save_checkpoint(
     folder = _round_dir(out_dir, server_round)
     folder.mkdir(parents=True, exist_ok=True)
     scalars, arrays = strategy_state(strategy)
-    _savez_atomic(folder / "weights.npz", {f"arr_{i}": w for i, w in enumerate(weights)})
-    _savez_atomic(folder / "strategy.npz", arrays)
+    savez_atomic(folder / "weights.npz", {f"arr_{i}": w for i, w in enumerate(weights)})
+    savez_atomic(folder / "strategy.npz", arrays)
     write_json_atomic(folder / "state.json", {**state, "round": server_round, "strategy_scalars": scalars})
     for old in complete_rounds(out_dir)[:-KEEP]:
         shutil.rmtree(_round_dir(out_dir, old), ignore_errors=True)

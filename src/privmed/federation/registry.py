@@ -40,8 +40,9 @@ FIT_WORKFLOWS: dict[str, Callable[[Config], Workflow]] = {}
 MOD_FACTORIES: dict[str, Callable[[Config], list[Mod]]] = {}
 
 #: Plug-in modules of :mod:`privmed.federation`, imported in this order (the order of
-#: :data:`STRATEGY_WRAPPERS`: DP ledgers innermost, then the model average).
-PLUGINS: tuple[str, ...] = ("dp", "dp_distributed", "ema", "secagg")
+#: :data:`STRATEGY_WRAPPERS`: DP ledgers innermost, then the model average; the malicious server, when
+#: configured, outermost).
+PLUGINS: tuple[str, ...] = ("dp", "dp_distributed", "ema", "secagg", "malicious")
 
 
 def load_plugins() -> None:

@@ -163,6 +163,28 @@ def new_model(cfg: Config, info: DatasetInfo) -> nn.Module:
     return build_model(cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width)
 
 
+#: Fit-config key under which the server may send the architecture to train this round, a JSON model spec
+#: ``{"name": <a key of privmed.models.MODELS>, "kwargs": {...}}``. privmed's clients accept it, as frameworks
+#: that ship the model with the weights do; that is what lets a malicious server send a tampered model
+#: (:mod:`privmed.federation.malicious`). A deployed client should pin its architecture and refuse it
+#: (``docs/attacks-malicious.md``).
+MODEL_SPEC_KEY = "model_spec"
+
+
+def round_model(cfg: Config, info: DatasetInfo, instructions: Mapping[str, Any] | None) -> nn.Module:
+    """The model to train this round: the one the server's fit config names, else the configured one."""
+    spec = (instructions or {}).get(MODEL_SPEC_KEY)
+    if not spec:
+        return new_model(cfg, info)
+    from privmed.models import MODELS
+
+    parsed = json.loads(str(spec))
+    name = str(parsed.get("name", "")).lower()
+    if name not in MODELS:
+        raise ConfigError(f"the server sent model {name!r}, which privmed does not know ({', '.join(sorted(MODELS))})")
+    return MODELS[name](**parsed.get("kwargs", {}))
+
+
 def initial_weights(cfg: Config, info: DatasetInfo) -> list[np.ndarray]:
     """The global model's starting weights, deterministic in ``train.seed``."""
     set_seed(cfg.train.seed)
@@ -209,7 +231,7 @@ def fit_local(
     """
     seed = round_seed(cfg.train.seed, server_round, partition_id)
     set_seed(seed)
-    model = new_model(cfg, info)
+    model = round_model(cfg, info, instructions)
     set_weights(model, weights)
     loader = make_loader(split, info, batch_size=batch_size, shuffle=True, seed=seed)
     train_cfg = cfg.train

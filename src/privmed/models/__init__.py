@@ -52,4 +52,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["MODELS", "DPResNet", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
+# The malicious server's tampered model (imprint block + any model above), so update records rebuild it.
+from privmed.attacks.imprint import ImprintModel  # noqa: E402  (it imports build_model lazily)
+
+MODELS["imprint"] = ImprintModel
+
+__all__ = ["MODELS", "DPResNet", "ImprintModel", "ScatterNet", "SmallCNN", "build_model", "count_parameters"]
