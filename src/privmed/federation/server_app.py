@@ -98,8 +98,9 @@ STRATEGIES: dict[str, Callable[[Config, dict[str, Any]], Strategy]] = {
 
 #: Wrappers applied in order to the base strategy, each deciding from the config whether to wrap
 #: (the DP wrappers of :mod:`privmed.federation.dp` register here). A wrapper may define ``round_report()``
-#: (merged into every round's record, e.g. the epsilon spent so far) and ``summary()`` (the results JSON's
-#: ``"privacy_details"``: sigma, clipping norm, per-client plans).
+#: (merged into every round's record, e.g. the epsilon spent so far), ``summary()`` (the results JSON's
+#: ``"privacy_details"``: sigma, clipping norm, per-client plans) and ``redact_results(payload)`` (removes what
+#: the results JSON must not hold, e.g. per-client sizes under DP).
 
 
 def strategy_reports(strategy: Strategy | None, method: str) -> dict[str, Any]:
