@@ -14,6 +14,11 @@ with the same model, batch size and thread count. Variants (a registry, :data:`V
     :func:`privmed.privacy.make_private` with privmed's book-keeping clipping
     (:mod:`privmed.privacy.bookkeeping`): per-sample norms from ghost norms or small per-layer products,
     chosen per layer, and the clipped sum as one matrix product per layer; one backward pass.
+``hooks+secure`` / ``bk+secure``
+    ``hooks`` / ``bk`` with ``privacy.secure_rng``: noise from ChaCha20 keyed from the OS, four float64
+    Box–Muller draws per coordinate and the power-of-two grid snap (:mod:`privmed.privacy.randomness`).
+    Their ratio to the default-source twin **in the same run** is the cost of the secure generator
+    (``--variants nonprivate hooks bk hooks+secure bk+secure --out bench/results/dpsgd_cost-secure_rng.json``).
 ``ghost``
     Opacus' fast gradient clipping (Li et al. 2022 "ghost clipping", Bu et al. 2023 book-keeping): per-sample
     *norms* without materialising per-sample gradients, then a second backward pass with the clipped loss.
@@ -54,6 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from privmed.privacy import make_private
+from privmed.privacy.randomness import RANDOMNESS
 from privmed.results import machine, write_json_atomic
 
 logger = logging.getLogger("bench.dpsgd_cost")
@@ -122,7 +128,9 @@ def _nonprivate(model: nn.Module, batch: int) -> StepFn:
     return step
 
 
-def _opacus_mode(mode: str) -> Callable[[nn.Module, int], StepFn]:
+def _opacus_mode(mode: str, randomness: str = "os-entropy") -> Callable[[nn.Module, int], StepFn]:
+    """A DP-SGD step with ``make_private`` in ``mode``, the noise drawn from the ``randomness`` source."""
+
     def build(model: nn.Module, batch: int) -> StepFn:
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         gm, dopt, _ = make_private(
@@ -132,6 +140,7 @@ def _opacus_mode(mode: str) -> Callable[[nn.Module, int], StepFn]:
             noise_multiplier=NOISE_MULTIPLIER,
             max_grad_norm=MAX_GRAD_NORM,
             grad_sample_mode=mode,
+            randomness=RANDOMNESS[randomness](()),
         )
         loss_fn = nn.CrossEntropyLoss()
 
@@ -175,7 +184,13 @@ VARIANTS: dict[str, Callable[[nn.Module, int], StepFn]] = {
     "functorch": _opacus_mode("functorch"),
     "bk": _opacus_mode("bk"),
     "ghost": _ghost,
+    # privacy.secure_rng: the same steps with the noise from ChaCha20, four Box-Muller draws per coordinate
+    # in float64 and the grid snap (privmed.privacy.randomness); compared with their default-source twin
+    "hooks+secure": _opacus_mode("hooks", "secure"),
+    "bk+secure": _opacus_mode("bk", "secure"),
 }
+#: Variant -> the variant it differs from only by ``privacy.secure_rng`` (the ratio the findings report).
+SECURE_TWINS = {"hooks+secure": "hooks", "bk+secure": "bk"}
 
 
 @dataclass
@@ -253,7 +268,11 @@ def findings(rows: list[Row]) -> list[str]:
     """Plain-language conclusions drawn from the measured rows."""
     out: list[str] = []
     for model in dict.fromkeys(r.model for r in rows):
-        dp = [r for r in rows if r.model == model and r.variant != "nonprivate" and r.ratio_vs_nonprivate]
+        dp = [  # the default noise source; secure_rng's cost is reported apart (secure_rng_findings)
+            r
+            for r in rows
+            if r.model == model and r.variant not in ("nonprivate", *SECURE_TWINS) and r.ratio_vs_nonprivate
+        ]
         if not dp:
             continue
         best = min(dp, key=lambda r: r.ratio_vs_nonprivate or float("inf"))
@@ -267,9 +286,51 @@ def findings(rows: list[Row]) -> list[str]:
             if mode_rows:
                 ratios = ", ".join(f"x{r.ratio_vs_nonprivate:.2f} (t={r.threads}, b={r.batch})" for r in mode_rows)
                 out.append(f"  - {mode}: {ratios}")
+    out.extend(secure_rng_findings(rows))
     failed = [r for r in rows if r.error]
     out.extend(f"{r.model} / {r.variant}: could not run ({r.error})" for r in failed)
     return out
+
+
+def time_noise(params: int, *, repeats: int) -> dict[str, float]:
+    """Seconds to add one step's noise to ``params`` float32 coordinates, per source (median of ``repeats``,
+    the sources interleaved): the part of a DP-SGD step that ``privacy.secure_rng`` changes."""
+    value = torch.zeros(params)
+    sources = {name: RANDOMNESS[name](()) for name in ("os-entropy", "secure")}
+    times: dict[str, list[float]] = {name: [] for name in sources}
+    for _ in range(repeats):
+        for name, source in sources.items():
+            start = time.perf_counter()
+            source.add_gaussian(value, std=NOISE_MULTIPLIER * MAX_GRAD_NORM)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def secure_rng_findings(rows: list[Row]) -> list[str]:
+    """The cost of ``privacy.secure_rng``: each secure variant's time per step over its default twin's, same run."""
+    out: list[str] = []
+    timed = {(r.model, r.threads, r.batch, r.variant): r for r in rows if r.seconds_per_step}
+    for (model, threads, batch, variant), row in timed.items():
+        twin = timed.get((model, threads, batch, SECURE_TWINS.get(variant, "")))
+        if twin is None:
+            continue
+        secure, default = statistics.median(row.seconds_per_step), statistics.median(twin.seconds_per_step)
+        out.append(
+            f"secure_rng: {model} `{variant}` (threads={threads}, batch={batch}) takes x{secure / default:.2f} the "
+            f"time per step of `{twin.variant}` with the default source ({1e3 * (secure - default):+.1f} ms per step "
+            f"for {row.params:,} parameters)"
+        )
+    return out
+
+
+def noise_findings(noise: dict[str, dict[str, float]]) -> list[str]:
+    """One line per model: the noise draw alone with each source (:func:`time_noise`)."""
+    return [
+        f"secure_rng: the noise of one step alone for {n['params']:,} parameters takes {1e3 * n['secure']:.1f} ms "
+        f"with the secure source vs {1e3 * n['os-entropy']:.1f} ms with the default "
+        f"(x{n['secure'] / n['os-entropy']:.1f})"
+        for n in noise.values()
+    ]
 
 
 NOTES = """\
@@ -304,6 +365,15 @@ NOTES = """\
 """
 
 
+def _load_sentence(load: list[float] | None) -> str:
+    if not load:
+        return ""
+    return (
+        f" Load average {load[0]:.1f} before and {load[1]:.1f} after on {os.cpu_count()} cores: other processes "
+        "shared the machine, so absolute times are inflated; the ratios come from interleaved repeats."
+    )
+
+
 def write_markdown(path: Path, payload: dict[str, Any]) -> None:
     rows = [Row(**r) for r in payload["rows"]]
     lines = [
@@ -313,7 +383,8 @@ def write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"{payload['machine']['torch']}, {payload['machine']['date']}. Input 1x{IMAGE_SIZE}x{IMAGE_SIZE}, "
         f"{NUM_CLASSES} classes, sigma={NOISE_MULTIPLIER}, C={MAX_GRAD_NORM}, SGD momentum 0.9. "
         f"{payload['settings']['steps']} timed steps after {payload['settings']['warmup']} warm-up, median of "
-        f"{payload['settings']['repeats']} interleaved repeats. Ratios are against non-private SGD in the same run.",
+        f"{payload['settings']['repeats']} interleaved repeats. Ratios are against non-private SGD in the same run."
+        + _load_sentence(payload["settings"].get("load_average")),
         "",
         "| model | params | threads | batch | variant | us / example | x non-private |",
         "|---|---:|---:|---:|---|---:|---:|",
@@ -337,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="default bench/results/dpsgd_cost.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -351,11 +422,19 @@ def main(argv: list[str] | None = None) -> int:
         factories = {k: v for k, v in factories.items() if k in args.models}
     if "nonprivate" not in args.variants:
         args.variants.insert(0, "nonprivate")
+    load_before = os.getloadavg()[0]
     rows: list[Row] = []
     for name, factory in factories.items():
         for batch in args.batch:
             for t in threads:
                 rows += time_setting(name, factory, batch=batch, threads=t, variants=args.variants, args=args)
+    noise = {}
+    if any(v in SECURE_TWINS for v in args.variants):
+        torch.set_num_threads(min(threads))
+        for name, factory in factories.items():
+            params = sum(p.numel() for p in factory().parameters())
+            noise[name] = {"params": params, **time_noise(params, repeats=5 * args.repeats)}
+            logger.info("%-22s noise for %d parameters: %s", name, params, noise[name])
     stem = "dpsgd_cost-quick" if args.quick else "dpsgd_cost"
     out = args.out or RESULTS_DIR / f"{stem}.json"
     payload = {
@@ -371,9 +450,12 @@ def main(argv: list[str] | None = None) -> int:
             "noise_multiplier": NOISE_MULTIPLIER,
             "max_grad_norm": MAX_GRAD_NORM,
             "image_size": IMAGE_SIZE,
+            # 1-minute load average of the machine before and after (other processes sharing the cores)
+            "load_average": [load_before, os.getloadavg()[0]],
         },
         "rows": [asdict(r) for r in rows],
-        "findings": findings(rows),
+        "noise_seconds": noise,
+        "findings": findings(rows) + noise_findings(noise),
     }
     write_json_atomic(out, payload)
     write_markdown(out.with_suffix(".md"), payload)

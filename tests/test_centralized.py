@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from privmed.centralized import Callbacks, train_centralized
 from privmed.config import from_dict
 from privmed.errors import ConfigError
 from privmed.privacy import epsilon_for
+from privmed.privacy.randomness import REPLAY_WARNING
 
 
 def _cfg(**privacy: object):
@@ -18,7 +20,7 @@ def _cfg(**privacy: object):
             "data": {"name": "phantom", "options": {"classes": 2, "n_train": 160, "n_val": 60, "n_test": 60}},
             "model": {"name": "cnn", "width": 8},
             "train": {"epochs": 2, "batch_size": 16, "lr": 0.1},
-            "privacy": {"mode": "sample", "epsilon": 4.0, "delta": 1e-3, "max_grad_norm": 1.0, **privacy},
+            "privacy": {"mode": "sample", "epsilon": 4.0, "delta": 5e-4, "max_grad_norm": 1.0, **privacy},
         }
     )
 
@@ -42,18 +44,45 @@ def test_dp_sgd_spends_the_target_epsilon_and_says_so(tmp_path: Path) -> None:
     assert 0 < eps[0] < eps[1] == pytest.approx(dp["epsilon"])
 
 
-def test_dp_sgd_resume_continues_the_ledger_and_the_noise(tmp_path: Path) -> None:
-    full = train_centralized(_cfg(), out_dir=tmp_path / "full")
+def _weights(path: Path) -> list[torch.Tensor]:
+    return list(torch.load(path / "last.pt", map_location="cpu", weights_only=True)["model"].values())
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_released_dp_model_cannot_be_replayed_from_its_config(tmp_path: Path) -> None:
+    """The finding of issue 9: re-running a released model's config (seed included, it is in results.json) with
+    and without a target record matched the model bit for bit. With fresh noise and batches every run differs;
+    only reproducible_noise replays, and then the results say the run is not private against the config."""
+    first = train_centralized(_cfg(), out_dir=tmp_path / "a")
+    train_centralized(_cfg(), out_dir=tmp_path / "b")
+    assert not _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    assert first["privacy"]["randomness"]["private_against_config_holders"] is True
+    replays = [train_centralized(_cfg(reproducible_noise=True), out_dir=tmp_path / f"r{i}") for i in range(2)]
+    assert _same(_weights(tmp_path / "r0"), _weights(tmp_path / "r1"))
+    assert replays[0]["privacy"]["randomness"]["warning"] == REPLAY_WARNING
+
+
+@pytest.mark.parametrize("replay", [False, True])
+def test_dp_sgd_resume_keeps_the_ledger_and_draws_new_noise(tmp_path: Path, replay: bool) -> None:
+    full = train_centralized(_cfg(reproducible_noise=replay), out_dir=tmp_path / "full")
+    seen: list[dict] = []
 
     def stop_after_first(record: dict, is_best: bool) -> None:
+        seen.append(record)
         raise _InterruptedError
 
     with pytest.raises(_InterruptedError):
-        train_centralized(_cfg(), out_dir=tmp_path / "part", callbacks=Callbacks(on_epoch=stop_after_first))
-    part = train_centralized(_cfg(), out_dir=tmp_path / "part", resume=True)
-    assert [h["train_loss"] for h in part["history"]] == [h["train_loss"] for h in full["history"]]
-    assert part["privacy"] == full["privacy"]
-    assert part["test"] == full["test"]
+        train_centralized(
+            _cfg(reproducible_noise=replay), out_dir=tmp_path / "part", callbacks=Callbacks(on_epoch=stop_after_first)
+        )
+    part = train_centralized(_cfg(reproducible_noise=replay), out_dir=tmp_path / "part", resume=True)
+    assert part["history"][0]["train_loss"] == seen[0]["train_loss"]  # epoch 1 is the checkpoint's
+    assert part["privacy"] == full["privacy"]  # the ledger continued: same steps, same epsilon
+    # fresh noise: the resumed epoch (and the model) differ from the uninterrupted run; a replay repeats it
+    assert _same(_weights(tmp_path / "part"), _weights(tmp_path / "full")) is replay
 
 
 def test_dp_sgd_refuses_more_epochs_on_resume_and_client_level_dp(tmp_path: Path) -> None:

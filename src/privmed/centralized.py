@@ -10,7 +10,10 @@ a results record that :mod:`privmed.cli.train` writes as JSON. Uses only :mod:`p
 ``privacy.mode = "sample"`` trains with DP-SGD (Abadi et al. 2016) by wrapping the model, optimizer and loader
 with :func:`privmed.privacy.make_private`, the same wrapper federated clients use: σ is calibrated so that the
 training split meets (ε, δ) over all ``train.epochs``, the accountant ledger is checkpointed with ``last.pt``
-(a resumed run continues it), and ε spent is recorded every epoch.
+(a resumed run continues it), and ε spent is recorded every epoch. The noise and the Poisson batches are
+drawn from fresh OS entropy every epoch (:mod:`privmed.privacy.randomness`), never from ``train.seed``: a
+released model cannot be replayed from its ``results.json``, and a resumed run keeps its ledger but draws
+new noise. ``train.seed`` still fixes the initial weights and the augmentation.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ from typing import Any
 
 import torch
 
-from privmed.config import Config
+from privmed.config import Config, PrivacyConfig
 from privmed.data import Dataset, load_dataset
 from privmed.errors import ConfigError
 from privmed.models import build_model, count_parameters
 from privmed.predictions import scores_from_logits, write_predictions
 from privmed.privacy import AccountantState
-from privmed.privacy.dpsgd import DPSGDPlan, make_private, plan_from_config
+from privmed.privacy.dpsgd import DPSGDPlan, make_private, plan_from_config, set_randomness
+from privmed.privacy.randomness import DPRandomness, describe, dp_randomness, randomness_name
+from privmed.privacy.validation import delta_warning
 from privmed.results import machine, sortable
 from privmed.train import (
     evaluate,
@@ -97,6 +102,7 @@ def check_train_config(cfg: Config, select: str) -> None:
             f"privacy.mode = {cfg.privacy.mode!r} cannot apply to centralised training: "
             + PRIVACY_MODES_WHY.get(cfg.privacy.mode, f"choose one of {', '.join(PRIVACY_MODES)}")
         )
+    randomness_name(cfg.privacy)  # secure_rng with reproducible_noise is refused here
 
 
 #: ``privacy.mode`` values centralised training honours.
@@ -111,11 +117,18 @@ PRIVACY_MODES_WHY = {
 
 @dataclass
 class _Private:
-    """What DP-SGD adds to a centralised run: the plan (σ, q, steps), the ledger and the noise generator."""
+    """What DP-SGD adds to a centralised run: the plan (σ, q, steps), the ledger and the ``[privacy]`` table
+    that chooses where each epoch's noise and batches come from."""
 
     plan: DPSGDPlan
     ledger: AccountantState
-    noise: torch.Generator
+    privacy: PrivacyConfig
+    seed: int
+
+    def epoch_randomness(self, epoch: int) -> DPRandomness:
+        """The source of an epoch's noise and Poisson batches: fresh OS entropy (or a secure generator), never
+        ``train.seed``; only ``privacy.reproducible_noise`` derives it from the seed and the epoch."""
+        return dp_randomness(self.privacy, seed=self.seed, key=("dp-sgd-epoch", epoch))
 
     def record(self) -> dict[str, Any]:
         return {
@@ -129,6 +142,8 @@ class _Private:
             "steps": self.ledger.total_steps,
             "planned_steps": self.plan.total_steps,
             "accountant": self.plan.accountant,
+            "randomness": describe(self.privacy),
+            "warnings": [w for w in [delta_warning(self.plan.delta, self.plan.dataset_size)] if w],
         }
 
 
@@ -156,6 +171,11 @@ def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         out.pop("privacy", None)  # privacy settings without DP change nothing
         out["train"].pop("epochs", None)  # so only a non-private run may extend them
     return out
+
+
+def start_epoch_of(ckpt: dict[str, Any] | None) -> int:
+    """The epochs a checkpoint has done (0 without one)."""
+    return len(ckpt["history"]) if ckpt is not None else 0
 
 
 def _load_resume(path: Path, cfg: Config) -> dict[str, Any]:
@@ -232,7 +252,7 @@ def train_centralized(
     if ckpt is not None:  # into the plain model and optimizer, before any DP wrapper
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-    plain_model, plain_optimizer = model, optimizer
+    plain_model, plain_optimizer, plain_loader = model, optimizer, train_loader
     private: _Private | None = None
     if cfg.privacy.mode == "sample":
         plan = plan_from_config(
@@ -242,7 +262,8 @@ def train_centralized(
         private = _Private(
             plan,
             AccountantState.from_dict(saved) if saved else AccountantState(accountant=plan.accountant),
-            torch.Generator(),
+            cfg.privacy,
+            t.seed,
         )
         model, optimizer, train_loader = make_private(
             model,
@@ -253,7 +274,7 @@ def train_centralized(
             grad_sample_mode=cfg.privacy.grad_sample_mode,
             views_per_example=t.augment_multiplicity if t.augment else 1,
             accountant_state=private.ledger,
-            noise_generator=private.noise,
+            randomness=private.epoch_randomness(start_epoch_of(ckpt) + 1),
         )
         log.info(
             "DP-SGD: sigma %.4f, C = %.3g, q = %.4g, %d steps for (epsilon %.3g, delta %.3g)",
@@ -277,11 +298,12 @@ def train_centralized(
     if cb.on_start:
         cb.on_start((t.epochs - start_epoch) * len(train_loader), start_epoch)
     for epoch in range(start_epoch + 1, t.epochs + 1):
-        # per-epoch seeds: a resumed run sees the same batches and augmentations as an uninterrupted one
-        train_loader.generator.manual_seed(t.seed * 100_003 + epoch)
+        # per-epoch seeds: a resumed non-private run sees the same batches and augmentations as an uninterrupted
+        # one; DP-SGD's noise and Poisson batches come from the epoch's DP randomness instead (never the seed)
+        plain_loader.generator.manual_seed(t.seed * 100_003 + epoch)
         torch.manual_seed(t.seed * 100_003 + epoch)
         if private is not None:
-            private.noise.manual_seed(t.seed * 100_003 + epoch + 7919)
+            set_randomness(optimizer, train_loader, private.epoch_randomness(epoch))
         set_lr(optimizer, lr_at(t, step=epoch, total=t.epochs))
         stats = train_epoch(
             model,

@@ -121,6 +121,12 @@ class PrivacyConfig:
     #: ``"client"``: who adds the noise; ``"central"`` (the server, to the aggregate) or ``"split"`` (every
     #: sampled client adds its share, so the server never sees an un-noised aggregate: use with SecAgg+)
     client_noise: str = "central"
+    #: draw the DP noise and the Poisson sampling from a cryptographically secure generator (ChaCha20 keyed
+    #: from the OS) with a defence against floating-point attacks (:mod:`privmed.privacy.randomness`); slower
+    secure_rng: bool = False
+    #: derive the DP noise and sampling from ``train.seed`` so that a run can be replayed exactly. Tests and
+    #: benchmark replays only: such a run is NOT private against anyone who holds its config
+    reproducible_noise: bool = False
 
 
 @dataclass
@@ -145,6 +151,9 @@ class SecAggConfig:
     max_weight: float = 0.0
     #: seconds to wait for each SecAgg+ stage's replies; 0 = ``run.round-timeout``
     timeout: float = 0.0
+    #: accept ``reconstruction_threshold <= num_shares / 2`` (Bell et al. assume more than half: with at most
+    #: half, a server that lies about dropouts can collect both kinds of shares of a client and unmask it)
+    allow_low_threshold: bool = False
 
 
 @dataclass

@@ -123,6 +123,25 @@ def test_dp_sgd_prints_epsilon(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert 0 < result["privacy"]["epsilon"] <= result["privacy"]["target_epsilon"] * 1.01
 
 
+def test_the_cli_says_against_whom_and_when_a_run_is_not_private(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--set", SMALL, "--set", "train.epochs=1", "--set", "privacy.mode='sample'"]
+    assert _train(tmp_path / "dp", *common) == 0
+    said = capsys.readouterr()
+    summary = " ".join(said.out.split())  # the summary is on stdout; rich wraps long lines
+    assert "epsilon per training image, against the server and anyone holding the model or results.json" in summary
+    assert "NOT differentially private" not in summary + said.err
+    assert _train(tmp_path / "replay", *common, "--set", "privacy.reproducible_noise=true") == 0
+    said = capsys.readouterr()
+    warning = "this run is NOT differentially private against them"
+    assert warning in " ".join(said.err.split())  # up front, on stderr
+    assert warning in " ".join(said.out.split())  # and with the result
+    result = json.loads((tmp_path / "replay" / "results.json").read_text())
+    assert result["privacy"]["randomness"]["private_against_config_holders"] is False
+    assert "NOT differentially private" in result["privacy"]["randomness"]["warning"]
+
+
 def test_resume_without_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "nothing"
     assert _train(out, "--resume") == 2

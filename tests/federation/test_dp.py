@@ -22,6 +22,7 @@ from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import checkpoint, dp, task
 from privmed.federation.run import run_federated
 from privmed.privacy import client_level_epsilon, epsilon_for
+from privmed.privacy.validation import PrivacyWarning
 from tests.federation.test_simulation import SMALL as SIMULATION_SMALL
 
 #: test_simulation's small phantom federation, with every client sampled and one local epoch
@@ -108,8 +109,11 @@ def test_dp_sgd_refuses_fedprox_and_bad_privacy_settings() -> None:
             dp.SampleLevelDP(FedAvg(), cfg_with({**SAMPLE, **bad}), partition_sizes=sizes)
     with pytest.raises(PrivacyError, match=r"noise_multiplier = 0.05 cannot reach the target.*use sigma >= "):
         dp.ClientLevelDP(FedAvg(), cfg_with({**SAMPLE, "mode": "client", "noise_multiplier": 0.05}))
-    with pytest.warns(UserWarning, match="1/n"):
+    with pytest.raises(PrivacyError, match="not below 1/n"):
         dp.SampleLevelDP(FedAvg(), cfg_with({**SAMPLE, "delta": 0.01}), partition_sizes=sizes)
+    with pytest.warns(PrivacyWarning, match="times n = 120 records"):
+        wrapper = dp.SampleLevelDP(FedAvg(), cfg_with({**SAMPLE, "delta": 0.005}), partition_sizes=sizes)
+    assert "times n = 120 records" in wrapper.summary()["warnings"][0]  # recorded in results.json too
 
 
 @pytest.mark.parametrize("mode", ["sample", "client"])
@@ -154,7 +158,8 @@ def _mod_round(global_w: list[np.ndarray], local_w: list[np.ndarray], config: di
     ins = FitIns(ndarrays_to_parameters(global_w), config)
     msg = Message(content=compat.fitins_to_recorddict(ins, True), dst_node_id=5, message_type=MessageType.TRAIN)
     res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(local_w), 50, {"partition_id": 2, "train_loss": 0.3})
-    reply = dp.client_dp_mod(msg, None, lambda m, c: Message(compat.fitres_to_recorddict(res, True), reply_to=m))  # type: ignore[arg-type]
+    mod = dp.ClientDPMod(cfg_with({**SAMPLE, "mode": "client"}))
+    reply = mod(msg, None, lambda m, c: Message(compat.fitres_to_recorddict(res, True), reply_to=m))  # type: ignore[arg-type]
     return compat.recorddict_to_fitres(reply.content, True)
 
 
@@ -244,13 +249,13 @@ def test_client_level_dp_run_with_split_noise(tmp_path: Path) -> None:
     cfg = cfg_with(
         {"mode": "client", "epsilon": 50.0, "delta": 1e-2, "max_grad_norm": 2.0, "client_noise": "split"},
         federation={"rounds": 2},
+        secagg={"enabled": True, "num_shares": 3, "reconstruction_threshold": 2},
     )
     results = run_federated(cfg, out_dir=tmp_path / "run")
     details = results["privacy_details"]
     assert details["noise"] == "split" and details["sampled_clients"] == 3
     for r in results["rounds"]:
-        assert all("train_loss" not in c for c in r["clients"])  # not sent: computed from private data
-        assert all(c["examples"] == 1 for c in r["clients"])  # weight 1 for every client
+        assert all(set(c) <= dp.PUBLIC_METRICS for c in r["clients"])  # no loss, fit time or example count
     assert results["rounds"][-1]["epsilon"] == pytest.approx(
         client_level_epsilon(noise_multiplier=details["noise_multiplier"], num_sampled_clients=3,
                              num_total_clients=3, rounds=2, delta=1e-2),

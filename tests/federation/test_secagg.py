@@ -109,7 +109,8 @@ def test_secagg_is_the_outermost_client_mod() -> None:
     assert mods[0] is secaggplus_mod and isinstance(mods[1], secagg.ClippingGuard)
     cfg.privacy.mode = "client"  # the client-level DP mod must run inside secaggplus_mod
     names = [getattr(m, "__name__", type(m).__name__) for m in client_app.client_mods(cfg)]
-    assert names[:2] == ["secaggplus_mod", "ClippingGuard"] and len(names) == 3
+    # under DP only the clear-weight mod is outside: it blanks the clear weight after SecAgg+ masked the real one
+    assert names == ["clear_weight_mod", "secaggplus_mod", "ClippingGuard", "ClientDPMod"]
     cfg.secagg.enabled = False
     assert secaggplus_mod not in client_app.client_mods(cfg)
 

@@ -207,8 +207,13 @@ def test_keyword_only() -> None:
         AccountantState().step(1.0, 0.1, 1)  # type: ignore[misc]
 
 
-def test_delta_at_least_one_over_n_warns() -> None:
-    from privmed.privacy.validation import check_delta
+def test_delta_at_least_one_over_n_is_refused_and_above_a_tenth_warns() -> None:
+    from privmed.privacy.validation import check_delta, delta_warning
 
-    with pytest.warns(PrivacyWarning, match=r"not below 1/n = 0\.01 \(n = 100 records\).*use delta < 0\.01"):
+    with pytest.raises(PrivacyError, match=r"not below 1/n = 0\.01 \(n = 100 records\).*use delta < 0\.01"):
         check_delta(0.05, dataset_size=100)
+    with pytest.raises(PrivacyError, match="not below 1/n"):
+        check_delta(0.01, dataset_size=100)  # delta = 1/n exactly
+    with pytest.warns(PrivacyWarning, match=r"times n = 100 records is 0\.5 > 0\.1"):
+        check_delta(0.005, dataset_size=100)
+    assert delta_warning(0.005, 100) is not None and delta_warning(1e-3, 100) is None

@@ -14,6 +14,7 @@ from privmed.errors import PrivacyError
 from privmed.models import build_model
 from privmed.privacy.accounting import AccountantState
 from privmed.privacy.dpsgd import make_private
+from privmed.privacy.randomness import seeded_randomness
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 
@@ -49,7 +50,7 @@ def step(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, clip:
         noise_multiplier=sigma,
         max_grad_norm=clip,
         grad_sample_mode=mode,
-        noise_generator=torch.Generator().manual_seed(0),
+        randomness=seeded_randomness(0),
     )
     dopt.zero_grad()
     nn.functional.cross_entropy(gm(x), y).backward()

@@ -123,20 +123,26 @@ def test_split_noise_sums_to_central_noise(m: int) -> None:
     assert _chi2_ok(total, central)
 
 
-def test_client_level_epsilon_credits_client_sampling() -> None:
+def test_client_level_epsilon_credits_client_sampling_only_when_asked() -> None:
     kw = {"noise_multiplier": 1.0, "rounds": 50, "delta": 1e-3}
-    sampled = client_level_epsilon(num_sampled_clients=10, num_total_clients=100, **kw)
+    # by default no amplification: the server that picks the clients knows who took part
+    plain = client_level_epsilon(num_sampled_clients=10, num_total_clients=100, **kw)
+    assert plain == pytest.approx(epsilon_for(noise_multiplier=1.0, sample_rate=1.0, steps=50, delta=1e-3))
+    sampled = client_level_epsilon(num_sampled_clients=10, num_total_clients=100, credit_sampling=True, **kw)
     assert sampled == pytest.approx(epsilon_for(noise_multiplier=1.0, sample_rate=0.1, steps=50, delta=1e-3))
-    assert sampled < client_level_epsilon(num_sampled_clients=100, num_total_clients=100, **kw)
+    assert sampled < plain
     sigma = client_level_noise_multiplier(
-        target_epsilon=sampled, target_delta=1e-3, num_sampled_clients=10, num_total_clients=100, rounds=50
-    )
+        target_epsilon=sampled, target_delta=1e-3, num_sampled_clients=10, num_total_clients=100, rounds=50,
+        credit_sampling=True,
+    )  # fmt: skip
     assert sigma == pytest.approx(1.0, rel=0.02)
 
 
-def test_client_level_delta_warns_against_number_of_clients() -> None:
-    with pytest.warns(PrivacyWarning, match=r"1/n = 0\.1 \(n = 10 records\)"):
+def test_client_level_delta_is_checked_against_the_number_of_clients() -> None:
+    with pytest.raises(PrivacyError, match=r"1/n = 0\.1 \(n = 10 records\)"):
         client_level_epsilon(noise_multiplier=1.0, num_sampled_clients=5, num_total_clients=10, rounds=5, delta=0.2)
+    with pytest.warns(PrivacyWarning, match=r"times n = 10 records"):
+        client_level_epsilon(noise_multiplier=1.0, num_sampled_clients=5, num_total_clients=10, rounds=5, delta=0.05)
 
 
 @pytest.mark.parametrize(

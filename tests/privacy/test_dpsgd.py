@@ -26,7 +26,8 @@ from privmed.privacy.dpsgd import (
     poisson_loader,
     unwrap,
 )
-from privmed.privacy.validation import PrivacyWarning, check_privacy_config
+from privmed.privacy.randomness import RANDOMNESS, seeded_randomness
+from privmed.privacy.validation import check_privacy_config
 
 # Opacus' hooks trigger this torch warning whenever the input does not require grad; it is harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
@@ -66,7 +67,7 @@ def one_step(mode: str, *, clip: float, sigma: float, seed: int = 0):
         noise_multiplier=sigma,
         max_grad_norm=clip,
         grad_sample_mode=mode,
-        noise_generator=torch.Generator().manual_seed(seed),
+        randomness=seeded_randomness(seed),
     )
     x, y = next(iter(dl))
     dopt.zero_grad()
@@ -109,8 +110,10 @@ def test_per_sample_gradients_are_exact(mode: str) -> None:
             torch.testing.assert_close(p.grad_sample[i], p_ref.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_noise_has_std_sigma_c() -> None:
-    """The optimizer adds N(0, (σC)²) to the clipped sum: a chi-square test on ~16k noise draws."""
+@pytest.mark.parametrize("source", sorted(RANDOMNESS))
+def test_noise_has_std_sigma_c(source: str) -> None:
+    """The optimizer adds N(0, (σC)²) to the clipped sum, whichever source draws it: a chi-square test on ~16k
+    noise draws."""
     sigma, clip = 1.3, 0.7
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.GroupNorm(8, 256), nn.ReLU(), nn.Linear(256, 3))
@@ -121,7 +124,7 @@ def test_noise_has_std_sigma_c() -> None:
         loader(data()),
         noise_multiplier=sigma,
         max_grad_norm=clip,
-        noise_generator=torch.Generator().manual_seed(1),
+        randomness=RANDOMNESS[source]((1,)),
     )
     x, y = next(iter(dl))
     dopt.zero_grad()
@@ -255,8 +258,8 @@ def test_a_fixed_sigma_that_overspends_the_target_is_refused_with_the_sigma_need
     assert report_only.epsilon > 6.0  # without a target, a fixed sigma only reports the epsilon it spends
 
 
-def test_plan_warns_when_delta_is_not_below_one_over_n() -> None:
-    with pytest.warns(PrivacyWarning, match=r"1/n = 0\.005 \(n = 200 records\)"):
+def test_plan_refuses_a_delta_not_below_one_over_n() -> None:
+    with pytest.raises(PrivacyError, match=r"1/n = 0\.005 \(n = 200 records\)"):
         plan_dpsgd(
             target_epsilon=None,
             noise_multiplier=1.0,

@@ -21,7 +21,16 @@ from typing import Any
 
 from rich.console import Console
 
-from privmed.cli._common import add_run_arguments, console, help_text, load_run_config, results_console
+from privmed.cli._common import (
+    add_run_arguments,
+    console,
+    help_text,
+    load_run_config,
+    privacy_against,
+    privacy_warnings,
+    results_console,
+    warn_if_replayable,
+)
 from privmed.cli.train import print_predictions
 from privmed.config import Config
 from privmed.plots import plot_rounds
@@ -78,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         clear_run_outputs(out)
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    warn_if_replayable(console(), cfg.privacy)
     results = _run_with_progress(cfg, out, args.resume, run_federated)
     figure = plot_rounds(results, Path(results["out_dir"]) / "rounds.png")
     con = results_console()
@@ -170,6 +180,8 @@ def summarize(results: dict[str, Any], cfg: Config, con: Console) -> None:
         spent = (results["rounds"][-1].get("epsilon") if results["rounds"] else None) or 0.0
         con.print(
             f"privacy ({PRIVACY_LABELS.get(details['mode'], details['mode'])}): epsilon spent {spent:.3f} of target "
-            f"{details['target_epsilon']} at delta {details['delta']:g}"
+            f"{details['target_epsilon']} at delta {details['delta']:g}; {privacy_against(details)}"
         )
+        for line in privacy_warnings(details):
+            con.print(f"[bold red]warning:[/bold red] {line}")
     print_predictions(con, results.get("predictions"), Path(results["out_dir"]))

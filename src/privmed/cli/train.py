@@ -22,7 +22,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from privmed.centralized import SELECTORS, Callbacks, check_train_config, default_out_dir, train_centralized
-from privmed.cli._common import add_run_arguments, console, help_text, load_run_config, results_console
+from privmed.cli._common import (
+    add_run_arguments,
+    console,
+    help_text,
+    load_run_config,
+    privacy_against,
+    privacy_warnings,
+    results_console,
+    warn_if_replayable,
+)
 from privmed.data import load_dataset
 from privmed.plots import plot_epochs
 from privmed.results import check_out_dir, clear_run_outputs, write_json_atomic
@@ -62,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         clear_run_outputs(out)
     con = console()
+    warn_if_replayable(con, cfg.privacy)
 
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -141,8 +151,10 @@ def summarize(result: dict[str, Any], con: Console) -> None:
         con.print(
             f"privacy (DP-SGD): epsilon spent {dp['epsilon']:.3f} of target {dp['target_epsilon']} at delta "
             f"{dp['delta']:.2g} (sigma {dp['noise_multiplier']:.3f}, C = {dp['max_grad_norm']}, q = "
-            f"{dp['sample_rate']:.4g}, {dp['steps']} steps, {dp['accountant']})"
+            f"{dp['sample_rate']:.4g}, {dp['steps']} steps, {dp['accountant']}); {privacy_against(dp)}"
         )
+        for line in privacy_warnings(dp):
+            con.print(f"[bold red]warning:[/bold red] {line}")
     print_predictions(con, result.get("predictions"), Path(result["checkpoints"]["best"]).parent)
 
 

@@ -86,8 +86,12 @@ class PrivmedClient(NumPyClient):
         self.node_context = node_context
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The partition this node holds (the server's handshake uses it to map nodes to partitions)."""
-        return {"partition_id": self.partition_id, "examples": len(self.split)}
+        """The partition this node holds (the server's handshake uses it to map nodes to partitions).
+
+        Not its size: the server computes the partitions from the config itself, and a client never sends a
+        count computed from its data.
+        """
+        return {"partition_id": self.partition_id}
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         server_round = int(config["server_round"])
@@ -124,10 +128,11 @@ class PrivmedClient(NumPyClient):
 #: ``secagg.enabled``, the client-level DP clipping mod).
 
 #: The order of the factories' mods, outermost first; factories not named here follow in registration order.
-#: SecAgg+ is outermost: ``secaggplus_mod`` must mask the reply as it finally leaves the client, so mods that
-#: change the reply (client-level DP clipping and noise, under key ``"dp"``) run inside it, as in Flower's
-#: ``mods=[secaggplus_mod, fixedclipping_mod]``.
-MOD_ORDER: tuple[str, ...] = ("secagg+", "dp")
+#: ``secaggplus_mod`` must mask the reply as it finally leaves the client, so mods that change the reply
+#: (client-level DP clipping and noise, under key ``"dp"``) run inside it, as in Flower's
+#: ``mods=[secaggplus_mod, fixedclipping_mod]``. Outside it only ``"dp-clear-weight"``, which sets the weight
+#: shown in the clear to 1 after SecAgg+ has folded the real one into the masked vector.
+MOD_ORDER: tuple[str, ...] = ("dp-clear-weight", "secagg+", "dp")
 
 
 def client_mods(cfg: Config) -> list[Mod]:

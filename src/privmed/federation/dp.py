@@ -18,19 +18,23 @@ Two kinds, chosen by ``privacy.mode``:
 
 ``"client"`` — client-level DP (McMahan et al. 2018, "Learning Differentially Private Recurrent Language
 Models"; Flower's fixed-clipping DP)
-    Each sampled client's update Δ = w_local − w_global is clipped to norm C (:func:`client_dp_mod`, a client
+    Each sampled client's update Δ = w_local − w_global is clipped to norm C (:class:`ClientDPMod`, a client
     mod) and sent with weight 1, so one client moves the average by at most C/m. Gaussian noise with std σ·C
     on the sum is added either by the server to the aggregate (``client_noise = "central"``) or in shares
     σ·C/√m by each client (``"split"``), which keeps working when SecAgg+ hides individual updates.
     :class:`ClientLevelDP` (a server strategy wrapper) sends C and the noise share, adds the central noise,
-    and accounts ε with client sampling q = m/N as the subsampling rate (one step per round).
+    and accounts ε as one Gaussian mechanism per round, without crediting client sampling (the server picks
+    the clients, so their sampling is no secret from it). Split noise needs SecAgg+.
 
 A third kind, ``"distributed"`` (sample-level DP over the union of all clients' data, one DP-SGD step per
 round, the noise split across clients under SecAgg+), lives in :mod:`privmed.federation.dp_distributed` and
 reuses the checks below.
 
-Noise here comes from seeded pseudo-random generators so runs are reproducible; a production deployment
-needs a cryptographically secure RNG.
+The noise and the Poisson sampling come from :mod:`privmed.privacy.randomness`: fresh OS entropy for every
+client and round by default (a cryptographically secure generator with ``privacy.secure_rng``), never
+derived from the config, sent, logged or checkpointed; ``privacy.reproducible_noise`` derives them from
+``train.seed`` for test replays only, and such a run is not private against anyone holding its config.
+Under DP a client sends only :data:`PUBLIC_METRICS` and a clear weight of 1 (:func:`clear_weight_mod`).
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.common import (
@@ -76,7 +79,8 @@ from privmed.privacy import (
     plan_from_config,
 )
 from privmed.privacy.dpsgd import GRAD_SAMPLE_MODES
-from privmed.privacy.validation import PrivacyWarning, check_privacy_config
+from privmed.privacy.randomness import describe, dp_randomness
+from privmed.privacy.validation import PrivacyWarning, check_privacy_config, delta_warning
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +90,15 @@ LEDGER_KEY = "dp_sgd_ledger"
 KEY_STEPS = "dp_steps"
 KEY_CLIP = "dp_clip_norm"
 KEY_NOISE_STD = "dp_noise_std"
-KEY_NOISE_SEED = "dp_noise_seed"
 
 CLIENT_NOISE = ("central", "split")
-#: Client metrics computed from private data without noise: under DP they are not sent to the server.
-PRIVATE_METRICS = frozenset({"train_loss"})
+#: The only client metrics a DP client sends (an allow-list): who it is and what its ledger says, all functions
+#: of public settings (the plan from the public partition sizes, the round count). Everything else a client
+#: computes (training loss, fit time, update norm, example counts) comes from private data without noise and
+#: stays on the client.
+PUBLIC_METRICS = frozenset(
+    {"partition_id", "epsilon", "delta", "dp_steps", "noise_multiplier", "sample_rate", "noise_share"}
+)
 
 
 def check_no_client_evaluation(cfg: Config) -> None:
@@ -170,7 +178,8 @@ def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) ->
             f"{ledger.epsilon(delta=plan.delta):.3g}); it cannot train another round without exceeding "
             f"privacy.epsilon = {cfg.privacy.epsilon}"
         )
-    noise_seed = int(torch.randint(0, 2**62, (1,)).item())  # from the round's seeded generator
+    server_round = int(local.instructions.get("server_round", 0))
+    randomness = dp_randomness(cfg.privacy, seed=cfg.train.seed, key=("dp-sgd", server_round, partition_id))
     model, optimizer, loader = make_private(
         local.model,
         local.optimizer,
@@ -181,7 +190,7 @@ def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) ->
         grad_sample_mode=cfg.privacy.grad_sample_mode,
         views_per_example=cfg.train.augment_multiplicity,
         accountant_state=ledger,
-        noise_generator=torch.Generator().manual_seed(noise_seed),
+        randomness=randomness,
     )
 
     def finish() -> dict[str, float]:
@@ -202,7 +211,7 @@ def dp_sgd_wrapper(local: task.LocalTraining, cfg: Config, partition_id: int) ->
         state=local.state,
         instructions=local.instructions,
         finalizers=[*local.finalizers, finish],
-        withheld={*local.withheld, *PRIVATE_METRICS},
+        public_metrics=PUBLIC_METRICS,
     )
 
 
@@ -234,10 +243,15 @@ class SampleLevelDP(StrategyWrapper):
         super().__init__(strategy)
         check_sample_mode(cfg)
         check_no_client_evaluation(cfg)
-        check_privacy_config(cfg.privacy, dataset_size=min(partition_sizes))  # warns once, for the smallest client
+        check_privacy_config(cfg.privacy, dataset_size=min(partition_sizes))  # checks the smallest client
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PrivacyWarning)
             self.plans = {pid: client_plan(cfg, n) for pid, n in enumerate(partition_sizes)}
+        #: the partition sizes, public metadata by assumption (every process computes them from the config):
+        #: the server weights the replies by them, since clients never send their counts under DP
+        self.public_sizes = {pid: int(n) for pid, n in enumerate(partition_sizes)}
+        self.randomness = describe(cfg.privacy)
+        self.warnings = [w for w in [delta_warning(cfg.privacy.delta, min(partition_sizes))] if w]
         self.steps_json = "{}"
         sigmas = [p.noise_multiplier for p in self.plans.values()]
         log.info(
@@ -269,6 +283,9 @@ class SampleLevelDP(StrategyWrapper):
                 pid = str(int(res.metrics["partition_id"]))
                 steps[pid] = max(int(steps.get(pid, 0)), int(float(res.metrics["dp_steps"])))
         self.steps_json = json.dumps(steps, sort_keys=True)
+        for _, res in results:  # FedAvg's weights: the public sizes (the clear weight is 1 under DP)
+            if "partition_id" in res.metrics:
+                res.num_examples = self.public_sizes[int(res.metrics["partition_id"])]
         parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
         eps = [float(r.metrics["epsilon"]) for _, r in results if "epsilon" in r.metrics]
         if eps:
@@ -297,7 +314,7 @@ class SampleLevelDP(StrategyWrapper):
         return {"epsilon": max(eps.values(), default=0.0), "epsilon_per_client": eps}
 
     def summary(self) -> dict[str, Any]:
-        """Per-partition plans for the results JSON."""
+        """Per-partition plans (σ, q, steps; not the partition sizes) for the results JSON."""
         plans = list(self.plans.values())
         return {
             "mode": "sample",
@@ -306,8 +323,37 @@ class SampleLevelDP(StrategyWrapper):
             "max_grad_norm": plans[0].max_grad_norm,
             "accountant": plans[0].accountant,
             "epsilon_planned_max": max(p.epsilon for p in plans),
-            "plans": {str(pid): p.to_dict() for pid, p in self.plans.items()},
+            "plans": {str(pid): public_plan(p) for pid, p in self.plans.items()},
+            "randomness": self.randomness,
+            "warnings": list(self.warnings),
         }
+
+    def redact_results(self, payload: dict[str, Any]) -> None:
+        """Remove per-client sizes from the results JSON (:func:`redact_client_sizes`)."""
+        redact_client_sizes(payload)
+
+
+def public_plan(plan: DPSGDPlan) -> dict[str, Any]:
+    """A client's plan for the results JSON, without its dataset size and expected batch."""
+    out = plan.to_dict()
+    out.pop("dataset_size")
+    out.pop("expected_batch_size")
+    return out
+
+
+def redact_client_sizes(payload: dict[str, Any]) -> None:
+    """Strip per-client sizes from a federated run's results payload (in place).
+
+    The partition sizes are public metadata by assumption (the server computes them from the config), but a
+    DP run's results file does not list them, nor the clear weight of each reply.
+    """
+    payload.pop("partition_sizes", None)
+    for session in payload.get("sessions", []):
+        session.pop("partition_sizes", None)
+    for record in payload.get("rounds", []):
+        for kind in ("clients", "client_eval"):
+            for row in record.get(kind, []):
+                row.pop("examples", None)
 
 
 # -- a run-wide ledger on the server ----------------------------------------------------------------
@@ -348,6 +394,10 @@ class ServerLedgerDP(StrategyWrapper):
         """For the round's record: ε spent so far."""
         return {"epsilon": self.ledger.epsilon(delta=self.delta)}
 
+    def redact_results(self, payload: dict[str, Any]) -> None:
+        """Remove per-client sizes from the results JSON (:func:`redact_client_sizes`)."""
+        redact_client_sizes(payload)
+
 
 # -- client-level DP -------------------------------------------------------------------------------
 class ClientLevelDP(ServerLedgerDP):
@@ -355,9 +405,19 @@ class ClientLevelDP(ServerLedgerDP):
 
     Sends the clipping norm C (and, for ``client_noise = "split"``, each client's noise share σ·C/√m) with
     the fit instructions; checks that every reply was clipped and carries weight 1; adds N(0, (σ·C/m')²) to
-    the average of the m' replies when the noise is central. ε is accounted per round as one step of the
-    sampled Gaussian mechanism with q = m/N and the noise multiplier the aggregate actually carried (with
-    split noise and dropouts, only the survivors' shares: σ·√(m'/m)); the ledger is :class:`ServerLedgerDP`'s.
+    the average of the m' replies when the noise is central, drawn from the run's DP randomness (fresh OS
+    entropy unless ``privacy.reproducible_noise``). ε is accounted per round as one Gaussian mechanism on the
+    sum with the noise multiplier the aggregate actually carried (with split noise and dropouts, only the
+    survivors' shares: σ·√(m'/m)), **without** amplification by client sampling (q = 1): Flower samples a
+    fixed number of clients without replacement, and the server that picks them is one of the parties the
+    guarantee is meant for (``split``), so sampling is not secret from it. The ledger is
+    :class:`ServerLedgerDP`'s.
+
+    Raises
+    ------
+    ConfigError
+        An unknown ``client_noise``, a strategy other than FedAvg(M), or split noise without SecAgg+ (each
+        client's update would reach the server with only its σ·C/√m share of the noise).
     """
 
     def __init__(self, strategy: Strategy, cfg: Config) -> None:
@@ -375,13 +435,21 @@ class ClientLevelDP(ServerLedgerDP):
                 "only post-processes the noised average): the clipping bound holds for the plain average of clipped "
                 "updates"
             )
+        if privacy.client_noise == "split" and not cfg.secagg.enabled:
+            raise ConfigError(
+                "privacy.client_noise = 'split' without SecAgg+: every client adds only its share sigma*C/sqrt(m) of "
+                "the noise, so without secure aggregation the server would see each clipped update almost unnoised; "
+                "set secagg.enabled = true, or privacy.client_noise = 'central' (the server adds the noise and is "
+                "trusted with the clipped updates)"
+            )
         super().__init__(strategy, accountant=privacy.accountant, delta=privacy.delta)
         self.m = sampled_clients(cfg)
         self.n = n
         self.clip = privacy.max_grad_norm
         self.split = privacy.client_noise == "split"
-        self.seed = cfg.train.seed
         self.target_epsilon = privacy.epsilon
+        self.privacy = privacy
+        self.train_seed = cfg.train.seed
         self.sigma, _ = noise_for_target(
             target_epsilon=privacy.epsilon,
             target_delta=privacy.delta,
@@ -389,10 +457,11 @@ class ClientLevelDP(ServerLedgerDP):
             steps=cfg.federation.rounds,
             accountant=privacy.accountant,
             noise_multiplier=privacy.noise_multiplier,
-            schedule=f"{cfg.federation.rounds} rounds of {self.m} of {n} clients",
+            schedule=f"{cfg.federation.rounds} rounds (client sampling not credited)",
         )
+        self.warnings = [w for w in [delta_warning(privacy.delta, n)] if w]
         log.info(
-            "client-level DP: sigma %.3f, C = %.3g, %s noise, q = %d/%d clients per round",
+            "client-level DP: sigma %.3f, C = %.3g, %s noise, %d of %d clients per round (not credited)",
             self.sigma,
             self.clip,
             "split" if self.split else "central",
@@ -402,8 +471,8 @@ class ClientLevelDP(ServerLedgerDP):
 
     @property
     def sample_rate(self) -> float:
-        """q = m/N: the chance that a client is sampled in a round."""
-        return min(1.0, self.m / self.n)
+        """The sampling rate the accountant credits: 1 (see the class doc)."""
+        return 1.0
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -419,7 +488,7 @@ class ClientLevelDP(ServerLedgerDP):
             if self.split
             else 0.0
         )
-        add_fit_config(instructions, {KEY_CLIP: self.clip, KEY_NOISE_STD: share, KEY_NOISE_SEED: self.seed})
+        add_fit_config(instructions, {KEY_CLIP: self.clip, KEY_NOISE_STD: share})
         return instructions
 
     def aggregate_fit(
@@ -434,7 +503,7 @@ class ClientLevelDP(ServerLedgerDP):
         if weights != {1}:
             raise PrivacyError(
                 f"client-level DP: replies carry weights {sorted(weights)} instead of 1; the clients must run "
-                "privmed's client_dp_mod (it clips the update and sends weight 1)"
+                "privmed's ClientDPMod (it clips the update and sends weight 1)"
             )
         parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
         if parameters is None:
@@ -444,8 +513,8 @@ class ClientLevelDP(ServerLedgerDP):
             sigma_eff = split_noise_multiplier(self.sigma, survivors=survivors, sampled=self.m)
         else:
             std = self.sigma * self.clip / survivors
-            rng = np.random.default_rng([self.seed, server_round, 7919])
-            noised = add_gaussian_noise(parameters_to_ndarrays(parameters), std=std, generator=rng)
+            randomness = dp_randomness(self.privacy, seed=self.train_seed, key=("client-central-noise", server_round))
+            noised = add_gaussian_noise(parameters_to_ndarrays(parameters), std=std, generator=randomness)
             parameters = ndarrays_to_parameters(noised)
             sigma_eff = self.sigma
         epsilon = self.account_round(noise_multiplier=sigma_eff, sample_rate=self.sample_rate)
@@ -462,50 +531,86 @@ class ClientLevelDP(ServerLedgerDP):
             "noise": "split" if self.split else "central",
             "sampled_clients": self.m,
             "total_clients": self.n,
+            "client_sampling": "not credited (q = 1): the server picks the clients",
             "delta": self.delta,
+            "randomness": describe(self.privacy),
+            "warnings": list(self.warnings),
         }
 
 
-def client_dp_mod(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+class ClientDPMod:
     """Client mod for client-level DP: clip the update Δ = w_local − w_global to C, add the noise share.
 
-    Runs on training messages only. Reads C (and the split-noise std and seed) from the fit instructions
-    sent by :class:`ClientLevelDP`, replaces the reply's parameters by w_global + clip(Δ) (+ noise) and its
-    weight by 1, and drops metrics computed from private data (the training loss). Under SecAgg+ it must run
-    *inside* ``secaggplus_mod`` so that what gets masked is the clipped, noised update (privmed orders the
-    mods that way).
+    Runs on training messages only. Reads C and the split-noise std from the fit instructions sent by
+    :class:`ClientLevelDP`, replaces the reply's parameters by w_global + clip(Δ) (+ noise from the run's DP
+    randomness: fresh OS entropy, nothing the server sent or could derive) and its weight by 1, and keeps
+    only public metrics (:data:`PUBLIC_METRICS`). Under SecAgg+ it must run *inside* ``secaggplus_mod`` so
+    that what gets masked is the clipped, noised update (privmed orders the mods that way).
+
+    Parameters
+    ----------
+    cfg
+        The run's config (``[privacy]`` chooses the randomness; ``train.seed`` is read only by a replay).
     """
-    if message.metadata.message_type != MessageType.TRAIN:
-        return call_next(message, context)
-    fit_ins = compat.recorddict_to_fitins(message.content, keep_input=True)
-    if KEY_CLIP not in fit_ins.config:
-        raise PrivacyError(
-            "client-level DP: the server did not send a clipping norm; run the server with privacy.mode = 'client'"
+
+    def __init__(self, cfg: Config) -> None:
+        self.privacy = cfg.privacy
+        self.train_seed = cfg.train.seed
+
+    def __call__(self, message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        if message.metadata.message_type != MessageType.TRAIN:
+            return call_next(message, context)
+        fit_ins = compat.recorddict_to_fitins(message.content, keep_input=True)
+        if KEY_CLIP not in fit_ins.config:
+            raise PrivacyError(
+                "client-level DP: the server did not send a clipping norm; run the server with privacy.mode = 'client'"
+            )
+        clip = float(fit_ins.config[KEY_CLIP])
+        std = float(fit_ins.config.get(KEY_NOISE_STD, 0.0))
+        global_weights = parameters_to_ndarrays(fit_ins.parameters)
+        reply = call_next(message, context)
+        if reply.has_error():
+            return reply
+        fit_res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+        local = parameters_to_ndarrays(fit_res.parameters)
+        pairs = zip(local, global_weights, strict=True)
+        update = [np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64) for w, g in pairs]
+        clipped, norm = clip_update(update, max_norm=clip)
+        if std > 0:
+            pid = int(fit_res.metrics.get("partition_id", 0))
+            key = ("client-noise-share", int(fit_ins.config.get("server_round", 0)), pid)
+            randomness = dp_randomness(self.privacy, seed=self.train_seed, key=key)
+            clipped = add_gaussian_noise(clipped, std=std, generator=randomness)
+        fit_res.parameters = ndarrays_to_parameters(
+            [(g + c).astype(g.dtype, copy=False) for g, c in zip(global_weights, clipped, strict=True)]
         )
-    clip = float(fit_ins.config[KEY_CLIP])
-    std = float(fit_ins.config.get(KEY_NOISE_STD, 0.0))
-    global_weights = parameters_to_ndarrays(fit_ins.parameters)
-    reply = call_next(message, context)
-    if reply.has_error():
+        # The update's norm and the training loss come from private data without noise: they stay on the client.
+        log.debug("client-level DP: update norm %.4g, clipped to %.4g", norm, clip)
+        fit_res.metrics = {k: v for k, v in fit_res.metrics.items() if k in PUBLIC_METRICS}
+        fit_res.num_examples = 1
+        reply.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
         return reply
-    fit_res = compat.recorddict_to_fitres(reply.content, keep_input=True)
-    local = parameters_to_ndarrays(fit_res.parameters)
-    pairs = zip(local, global_weights, strict=True)
-    update = [np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64) for w, g in pairs]
-    clipped, norm = clip_update(update, max_norm=clip)
-    if std > 0:
-        pid = int(fit_res.metrics.get("partition_id", -1))
-        server_round = int(fit_ins.config.get("server_round", 0))
-        rng = np.random.default_rng([int(fit_ins.config.get(KEY_NOISE_SEED, 0)), server_round, pid + 1, 104729])
-        clipped = add_gaussian_noise(clipped, std=std, generator=rng)
-    fit_res.parameters = ndarrays_to_parameters(
-        [(g + c).astype(g.dtype, copy=False) for g, c in zip(global_weights, clipped, strict=True)]
-    )
-    # The update's norm and the training loss come from private data without noise: they stay on the client.
-    log.debug("client-level DP: update norm %.4g, clipped to %.4g", norm, clip)
-    fit_res.metrics = {k: v for k, v in fit_res.metrics.items() if k not in PRIVATE_METRICS}
-    fit_res.num_examples = 1
-    reply.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+
+
+#: Where a fit reply carries its weight (``num_examples``) in the clear (Flower's legacy record layout).
+NUM_EXAMPLES_RECORD = "fitres.num_examples"
+
+
+def clear_weight_mod(message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Outermost client mod under DP: the weight a fit reply shows in the clear becomes 1.
+
+    A client's number of examples is computed from its private data without noise. Under SecAgg+ its real
+    weight still reaches the aggregate, inside the masked vector (``secaggplus_mod`` runs inside this mod and
+    folds ``num_examples / max_weight`` into what it masks); without SecAgg+ the server weights the replies by
+    the partition sizes it holds as public metadata (:meth:`SampleLevelDP.aggregate_fit`). Either way the
+    count itself never leaves the client.
+    """
+    reply = call_next(message, context)
+    if message.metadata.message_type != MessageType.TRAIN or reply.has_error():
+        return reply
+    record = reply.content.metric_records.get(NUM_EXAMPLES_RECORD)
+    if record is not None:
+        record["num_examples"] = 1
     return reply
 
 
@@ -522,10 +627,15 @@ def _client_strategy(strategy: Strategy, cfg: Config) -> Strategy:
 
 
 def _client_mods(cfg: Config) -> list[registry.Mod]:
-    return [client_dp_mod] if cfg.privacy.mode == "client" else []
+    return [ClientDPMod(cfg)] if cfg.privacy.mode == "client" else []
+
+
+def _clear_weight_mods(cfg: Config) -> list[registry.Mod]:
+    return [clear_weight_mod] if cfg.privacy.mode != "none" else []
 
 
 registry.TRAINING_WRAPPERS["sample"] = dp_sgd_wrapper
 registry.STRATEGY_WRAPPERS["dp-sample"] = _sample_strategy
 registry.STRATEGY_WRAPPERS["dp-client"] = _client_strategy
 registry.MOD_FACTORIES["dp"] = _client_mods
+registry.MOD_FACTORIES["dp-clear-weight"] = _clear_weight_mods

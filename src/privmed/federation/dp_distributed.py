@@ -34,8 +34,14 @@ What the guarantee assumes, and what it does not cover:
   end above the target when clients drop out (a warning says so).
 - Client sampling (``fraction_fit`` < 1) only lowers a given example's chance of being used; accounting at
   rate q ignores that extra amplification, which is conservative.
+- The noise and the Poisson sampling are drawn from fresh OS entropy on every client in every round
+  (:mod:`privmed.privacy.randomness`; a cryptographically secure generator with ``privacy.secure_rng``):
+  the server cannot regenerate them from the config, the round and the partition id.
 - SecAgg+'s quantisation (stochastic rounding to its grid, weights rounded to 1/Q) is outside the Gaussian
-  analysis, as is the seeded, not cryptographically secure, noise generator.
+  analysis.
+- Only SGD (``train.optimizer = "sgd"``): the client's one step must be linear in its noised gradient sum,
+  or the weighted average of the steps is not the accounted Gaussian sum (Adam's first step is about
+  lr·sign(S + z)).
 """
 
 from __future__ import annotations
@@ -45,7 +51,6 @@ import math
 import warnings
 from typing import Any
 
-import torch
 from flwr.common import FitIns, FitRes, Parameters, Scalar
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -55,7 +60,7 @@ from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import registry, task
 from privmed.federation.dp import (
-    PRIVATE_METRICS,
+    PUBLIC_METRICS,
     ServerLedgerDP,
     add_fit_config,
     check_no_client_evaluation,
@@ -64,7 +69,8 @@ from privmed.federation.dp import (
 )
 from privmed.federation.sampling import sampled_clients
 from privmed.privacy import make_private, noise_for_target
-from privmed.privacy.validation import PrivacyWarning, check_privacy_config
+from privmed.privacy.randomness import describe, dp_randomness
+from privmed.privacy.validation import PrivacyWarning, check_privacy_config, delta_warning
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,13 @@ def check_distributed(cfg: Config) -> None:
             "'fedavgm' (the example-weighted average of the clients' steps is the DP-SGD step; server momentum "
             "only post-processes it)"
         )
+    if cfg.train.optimizer.lower() != "sgd":
+        raise ConfigError(
+            f"train.optimizer = {cfg.train.optimizer!r}: privacy.mode = 'distributed' needs 'sgd', whose one step is "
+            "linear in the client's noised gradient sum, so that the weighted average of the clients' steps is the "
+            "accounted DP-SGD step; an adaptive optimizer's step is not (Adam's first step is about lr*sign(S + z)); "
+            "set train.optimizer = 'sgd' (server momentum: federation.strategy = 'fedavgm')"
+        )
     check_sample_mode(cfg)
     check_no_client_evaluation(cfg)
 
@@ -118,7 +131,8 @@ def distributed_dp_wrapper(local: task.LocalTraining, cfg: Config, partition_id:
         )
     rate = float(local.instructions[KEY_SAMPLE_RATE])
     share = float(local.instructions[KEY_NOISE_SHARE])
-    noise_seed = int(torch.randint(0, 2**62, (1,)).item())  # from the round's seeded generator
+    server_round = int(local.instructions.get("server_round", 0))
+    randomness = dp_randomness(cfg.privacy, seed=cfg.train.seed, key=("dp-distributed", server_round, partition_id))
     model, optimizer, loader = make_private(
         local.model,
         local.optimizer,
@@ -129,7 +143,7 @@ def distributed_dp_wrapper(local: task.LocalTraining, cfg: Config, partition_id:
         steps=1,
         grad_sample_mode=cfg.privacy.grad_sample_mode,
         views_per_example=cfg.train.augment_multiplicity,
-        noise_generator=torch.Generator().manual_seed(noise_seed),
+        randomness=randomness,
     )
     return task.LocalTraining(
         model,
@@ -139,7 +153,7 @@ def distributed_dp_wrapper(local: task.LocalTraining, cfg: Config, partition_id:
         state=local.state,
         instructions=local.instructions,
         finalizers=list(local.finalizers),
-        withheld={*local.withheld, *PRIVATE_METRICS},
+        public_metrics=PUBLIC_METRICS,
     )
 
 
@@ -189,6 +203,8 @@ class DistributedDP(ServerLedgerDP):
                 schedule=schedule,
             )
         self.share = self.sigma / math.sqrt(self.m)
+        self.randomness = describe(privacy)
+        self.warnings = [w for w in [delta_warning(privacy.delta, self.total_examples)] if w]
         log.info(
             "distributed DP-SGD: sigma %.3f over the union of %d examples (%s), C = %.3g; each of %d clients adds "
             "noise share sigma/sqrt(%d) = %.3f; planned epsilon %.3f at delta %.3g",
@@ -257,6 +273,8 @@ class DistributedDP(ServerLedgerDP):
             "sampled_clients": self.m,
             "planned_steps": self.rounds,
             "epsilon_planned": self.epsilon_planned,
+            "randomness": self.randomness,
+            "warnings": list(self.warnings),
         }
 
 

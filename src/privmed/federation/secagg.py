@@ -253,13 +253,18 @@ def plan_secagg(cfg: Config, partition_sizes: Sequence[int]) -> SecAggPlan:
             f"secagg.max_weight = {max_weight:g} is so large that a client with {smallest} examples gets weight 0 "
             f"at quantization_range = {q}; lower max_weight (0 = automatic)"
         )
-    if t <= shares // 2:
-        log.warning(
-            "secagg.reconstruction_threshold = %d is at most half of num_shares = %d: a server that lies about "
-            "dropouts could collect both kinds of shares of a client; Bell et al. assume threshold > num_shares / 2",
-            t,
-            shares,
+    if 2 * t <= shares:
+        why = (
+            f"secagg.reconstruction_threshold = {t} is at most half of num_shares = {shares}: a server that lies about "
+            "which clients dropped out can collect both a client's mask-key shares and its private-mask shares and "
+            "unmask its update (Bell et al. 2020 assume threshold > num_shares / 2)"
         )
+        if not sa.allow_low_threshold:
+            raise ConfigError(
+                f"{why}; raise the threshold to at least {shares // 2 + 1}, or set secagg.allow_low_threshold = true "
+                "to accept a server trusted not to lie about dropouts"
+            )
+        log.warning("%s; accepted because secagg.allow_low_threshold = true", why)
     return SecAggPlan(
         num_shares=shares,
         reconstruction_threshold=t,
@@ -374,13 +379,13 @@ class SecAggWorkflow(SecAggPlusWorkflow):
     def _stage(self, name: str, run: Callable[..., bool], grid: Grid, context: Any, state: Any) -> bool:
         timed = _TimedGrid(grid)
         started = time.perf_counter()
-        if name == "unmask":  # the survivors' weights are known from their (parameter-less) FitRes
-            weights = [int(res.num_examples) for _, res in state.legacy_results]
-            self.current["survivor_weights"] = weights
-            self.current["survivor_partitions"] = sorted(
+        if name == "unmask":  # the survivors are known from their (parameter-less) FitRes
+            survivors = sorted(
                 int(res.metrics["partition_id"]) for _, res in state.legacy_results if "partition_id" in res.metrics
             )
-            self.current["max_abs_error_bound"] = self.plan.bound(weights)
+            self.current["survivor_partitions"] = survivors
+            # their weights from the plan (public sizes), not from the replies: under DP the clear weight is 1
+            self.current["max_abs_error_bound"] = self.plan.bound([self.plan.client_weights[pid] for pid in survivors])
         ok = bool(run(timed, context, state))
         total = time.perf_counter() - started
         self.current["stages"][name] = {

@@ -107,8 +107,9 @@ STRATEGIES: dict[str, Callable[[Config, dict[str, Any]], Strategy]] = {
 
 #: Wrappers applied in order to the base strategy, each deciding from the config whether to wrap
 #: (the DP wrappers of :mod:`privmed.federation.dp` register here). A wrapper may define ``round_report()``
-#: (merged into every round's record, e.g. the epsilon spent so far) and ``summary()`` (the results JSON's
-#: ``"privacy_details"``: sigma, clipping norm, per-client plans).
+#: (merged into every round's record, e.g. the epsilon spent so far), ``summary()`` (the results JSON's
+#: ``"privacy_details"``: sigma, clipping norm, per-client plans) and ``redact_results(payload)`` (removes what
+#: the results JSON must not hold, e.g. per-client sizes under DP).
 
 
 def strategy_reports(strategy: Strategy | None, method: str) -> dict[str, Any]:
@@ -289,9 +290,9 @@ class FederatedWorkflow(DefaultWorkflow):
         try:
             c_done.wait()
             t0 = time.perf_counter()
-            sizes = self._handshake(grid, manager)
+            partitions = self._handshake(grid, manager)
             startup = time.perf_counter() - t0
-            self.on_start({"startup_seconds": startup, "partition_sizes": sizes})
+            self.on_start({"startup_seconds": startup, "partitions": partitions})
             self._init_parameters(context)
             cfg_record = context.state.config_records[MAIN_CONFIGS_RECORD]
             for server_round in range(self.start_round, context.config.num_rounds + 1):
@@ -317,8 +318,8 @@ class FederatedWorkflow(DefaultWorkflow):
             f_stop.set()
             thread.join()
 
-    def _handshake(self, grid: MeteredGrid, manager: SeededClientManager) -> dict[int, int]:
-        """Wait for the expected nodes, ask each for its partition; return partition id -> examples."""
+    def _handshake(self, grid: MeteredGrid, manager: SeededClientManager) -> list[int]:
+        """Wait for the expected nodes, ask each for its partition; return the partition ids, sorted."""
         deadline = time.monotonic() + self.connect_timeout
         node_ids = list(grid.get_node_ids())
         while len(node_ids) < self.expected_clients and time.monotonic() < deadline:
@@ -344,16 +345,16 @@ class FederatedWorkflow(DefaultWorkflow):
             raise PrivmedError(
                 "clients failed to start: " + "; ".join(sorted(set(errors)) or [f"{missing} node(s) did not answer"])
             )
-        sizes: dict[int, int] = {}
+        seen: set[int] = set()
         for reply in replies:
             props = compat.recorddict_to_getpropertiesres(reply.content).properties
             pid = int(props["partition_id"])
-            if pid in sizes:
+            if pid in seen:
                 raise PrivmedError(f"two SuperNodes hold partition-id={pid}; give every SuperNode its own partition-id")
-            sizes[pid] = int(props["examples"])
+            seen.add(pid)
             grid.partition_of[reply.metadata.src_node_id] = pid
             manager.partition_of[str(reply.metadata.src_node_id)] = pid
-        return dict(sorted(sizes.items()))
+        return sorted(seen)
 
     def _init_parameters(self, context: LegacyContext) -> None:
         parameters = context.strategy.initialize_parameters(client_manager=context.client_manager)
@@ -484,7 +485,6 @@ class ServerRun:
 
     def on_start(self, info: dict[str, Any]) -> None:
         self.session.update(info)
-        self.session["partition_sizes"] = {str(k): v for k, v in info["partition_sizes"].items()}
         if self.progress:
             self.progress("start", {**info, "start_round": self.start_round, "rounds": self.cfg.federation.rounds})
 
@@ -602,14 +602,16 @@ class ServerRun:
         payload["predictions"] = self.predictions
         payload["privacy_details"] = strategy_reports(self.strategy, "summary") or None
         payload["secagg"] = _call_if_defined(self.fit_workflow, "summary")
+        for obj in checkpoint.strategy_chain(self.strategy) if self.strategy is not None else []:
+            _call_if_defined(obj, "redact_results", payload)  # e.g. DP: no per-client sizes
         write_json_atomic(self.out_dir / "results.json", payload)
         return payload
 
 
-def _call_if_defined(obj: Any, method: str) -> Any:
-    """``obj.method()`` when ``obj`` has such a method, else ``None``."""
+def _call_if_defined(obj: Any, method: str, *args: Any) -> Any:
+    """``obj.method(*args)`` when ``obj`` has such a method, else ``None``."""
     fn = getattr(obj, method, None)
-    return fn() if callable(fn) else None
+    return fn(*args) if callable(fn) else None
 
 
 def select_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:

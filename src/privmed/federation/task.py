@@ -62,9 +62,10 @@ class LocalTraining:
     instructions: Mapping[str, Any] = field(default_factory=dict)
     #: called after local training, in order; each returns metrics to report (e.g. the epsilon spent)
     finalizers: list[Callable[[], dict[str, float]]] = field(default_factory=list)
-    #: metrics never sent to the server (under DP: anything computed from private data without noise, such as
-    #: the training loss, would leak outside the guarantee)
-    withheld: set[str] = field(default_factory=set)
+    #: when set, the only metrics sent to the server (an allow-list: under DP, anything computed from private
+    #: data without noise, such as the training loss or the time local training took, would leak outside the
+    #: guarantee); ``None`` sends them all
+    public_metrics: frozenset[str] | None = None
 
 
 def _no_wrapper(local: LocalTraining, cfg: Config, partition_id: int) -> LocalTraining:
@@ -221,9 +222,12 @@ def fit_local(
 ) -> tuple[list[np.ndarray], dict[str, float]]:
     """Train the global model on one client's data and return the new weights and metrics.
 
-    Seeds everything from ``(train.seed, server_round, partition_id)``, so the same round on the same
-    client gives the same update whether the run was resumed or not. ``state`` is the client's persistent
-    state and ``instructions`` the round's fit config; both are handed to the training wrapper.
+    Seeds what is not private from ``(train.seed, server_round, partition_id)`` (the global torch state for
+    augmentation, the loader's shuffling), so a non-private round on a client gives the same update whether
+    the run was resumed or not. The randomness a DP wrapper relies on (Poisson sampling, noise) is never
+    drawn from these seeds (:mod:`privmed.privacy.randomness`). ``state`` is the client's persistent state and
+    ``instructions`` the round's fit config; both are handed to the training wrapper, which may restrict the
+    metrics sent to the server (``public_metrics``).
     """
     seed = round_seed(cfg.train.seed, server_round, partition_id)
     set_seed(seed)
@@ -266,8 +270,8 @@ def fit_local(
     }
     for finish in local.finalizers:
         metrics.update(finish())
-    for key in local.withheld:
-        metrics.pop(key, None)
+    if local.public_metrics is not None:
+        metrics = {k: v for k, v in metrics.items() if k in local.public_metrics}
     return get_weights(model), metrics
 
 

@@ -73,6 +73,7 @@ from privmed.gan.config import GanConfig
 from privmed.models.dcgan import Discriminator, Generator, build_gan
 from privmed.privacy import make_private
 from privmed.privacy.dpsgd import poisson_loader
+from privmed.privacy.randomness import dp_randomness
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +300,9 @@ def _poisson_only(local: task.LocalTraining, cfg: Config, partition_id: int) -> 
 
 
 def _distributed(local: task.LocalTraining, cfg: Config, partition_id: int) -> task.LocalTraining:
-    """``"distributed"``: privmed's :func:`~privmed.federation.dp_distributed.distributed_dp_wrapper` as is,
-    its noise seed drawn from fresh OS entropy (not from the run's seeded generator)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(secrets.randbits(63))
-        return distributed_dp_wrapper(local, cfg, partition_id)
+    """``"distributed"``: privmed's :func:`~privmed.federation.dp_distributed.distributed_dp_wrapper` as is (its
+    noise and sampling come from :func:`privmed.privacy.randomness.dp_randomness`: fresh OS entropy by default)."""
+    return distributed_dp_wrapper(local, cfg, partition_id)
 
 
 def _per_client_noise(local: task.LocalTraining, cfg: Config, partition_id: int) -> task.LocalTraining:
@@ -317,7 +316,11 @@ def _per_client_noise(local: task.LocalTraining, cfg: Config, partition_id: int)
         sample_rate=float(local.instructions[KEY_SAMPLE_RATE]),
         steps=1,
         grad_sample_mode=cfg.privacy.grad_sample_mode,
-        noise_generator=fresh_generator(),
+        randomness=dp_randomness(
+            cfg.privacy,
+            seed=cfg.train.seed,
+            key=("hfgan-sample", int(local.instructions.get("server_round", 0)), partition_id),
+        ),
     )
     return dataclasses.replace(local, model=model, optimizer=optimizer, loader=loader)
 

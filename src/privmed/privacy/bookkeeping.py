@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from privmed.errors import PrivacyError
+from privmed.privacy.randomness import NoiseFromRandomness
 
 logger = logging.getLogger(__name__)
 
@@ -273,12 +274,13 @@ class BookKeepingGradSampleModule(GradSampleModuleFastGradientClipping):
         self._pending.clear()
 
 
-class BookKeepingDPOptimizer(DPOptimizerFastGradientClipping):
+class BookKeepingDPOptimizer(NoiseFromRandomness, DPOptimizerFastGradientClipping):
     """Opacus' DP optimizer for fast gradient clipping, fed by :class:`BookKeepingGradSampleModule`.
 
     ``step()`` first writes the clipped sum into ``p.grad`` (replacing the unclipped gradient of the
-    ordinary backward pass), then lets Opacus add N(0, (σC)²) noise, scale by the expected batch size, call
-    the accountant hook and step the wrapped optimizer.
+    ordinary backward pass), then adds N(0, (σC)²) noise from its ``randomness``
+    (:class:`~privmed.privacy.randomness.NoiseFromRandomness`), and Opacus scales by the expected batch size,
+    calls the accountant hook and steps the wrapped optimizer.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, module: BookKeepingGradSampleModule, **kwargs: Any) -> None:

@@ -2,8 +2,9 @@
 
 Each sampled client's model update (a list of arrays, one per parameter tensor) is clipped to global L2
 norm C; the server's *sum* of clipped updates then has sensitivity C to adding or removing one client,
-and Gaussian noise of std σ·C on that sum gives the Gaussian mechanism; client sampling at rate
-q = sampled / total amplifies it (accounted like DP-SGD with clients as records).
+and Gaussian noise of std σ·C on that sum gives the Gaussian mechanism, accounted like DP-SGD with clients
+as records. Client sampling would amplify it only if it were secret Poisson sampling, hidden from the
+adversary; privmed's server picks the clients itself, so by default no amplification is credited.
 
 Where the noise is added:
 
@@ -30,6 +31,7 @@ import torch
 
 from privmed.errors import PrivacyError
 from privmed.privacy.accounting import calibrate_noise, epsilon_for
+from privmed.privacy.randomness import DPRandomness
 from privmed.privacy.validation import (
     check_clipping_norm,
     check_count,
@@ -89,17 +91,20 @@ def add_gaussian_noise(
     *,
     std: float,
     seed: int | None = None,
-    generator: np.random.Generator | torch.Generator | None = None,
+    generator: np.random.Generator | torch.Generator | DPRandomness | None = None,
 ) -> list[Tensorish]:
     """Return copies of ``tensors`` with i.i.d. N(0, std²) noise added to every entry.
 
-    Numpy arrays take noise from a :class:`numpy.random.Generator`, tensors from a
-    :class:`torch.Generator`; ``seed`` builds one when ``generator`` is not given (``None``: fresh
-    entropy). Pseudo-random noise is fine for experiments; a production deployment needs a secure RNG.
+    With a :class:`~privmed.privacy.randomness.DPRandomness` (what privmed's DP code passes: fresh OS entropy,
+    or a secure generator) it draws all the noise. Otherwise numpy arrays take noise from a
+    :class:`numpy.random.Generator`, tensors from a :class:`torch.Generator`; ``seed`` builds one when
+    ``generator`` is not given (``None``: fresh entropy).
     """
     sigma = check_noise_multiplier(std, name="std")
     if seed is not None and generator is not None:
         raise PrivacyError("give either seed or generator, not both")
+    if isinstance(generator, DPRandomness):
+        return [_add_from(generator, t, sigma) for t in tensors]
     np_gen: np.random.Generator | None = None
     torch_gen: torch.Generator | None = None
     if isinstance(generator, np.random.Generator):
@@ -113,11 +118,7 @@ def add_gaussian_noise(
         floating = (
             t.is_floating_point() if isinstance(t, torch.Tensor) else np.issubdtype(np.asarray(t).dtype, np.floating)
         )
-        if not floating:
-            raise PrivacyError(
-                f"tensor {i} has integer dtype {t.dtype}; noise can only be added to floating-point parameters "
-                "(drop integer buffers such as BatchNorm's num_batches_tracked from the update)"
-            )
+        _check_floating(i, floating, t.dtype)
         if isinstance(t, torch.Tensor):
             if torch_gen is None:
                 torch_gen = torch.Generator(device=t.device)
@@ -133,6 +134,23 @@ def add_gaussian_noise(
             arr = np.asarray(t)
             out.append((arr + np_gen.normal(0.0, sigma, size=arr.shape)).astype(arr.dtype, copy=False))
     return out
+
+
+def _add_from(randomness: DPRandomness, t: Tensorish, std: float) -> Tensorish:
+    if isinstance(t, torch.Tensor):
+        _check_floating(0, t.is_floating_point(), t.dtype)
+        return randomness.add_gaussian(t.detach(), std=std)
+    arr = np.asarray(t)
+    _check_floating(0, np.issubdtype(arr.dtype, np.floating), arr.dtype)
+    return randomness.add_gaussian(torch.from_numpy(np.array(arr)), std=std).numpy()
+
+
+def _check_floating(index: int, floating: bool, dtype: object) -> None:
+    if not floating:
+        raise PrivacyError(
+            f"tensor {index} has integer dtype {dtype}; noise can only be added to floating-point parameters "
+            "(drop integer buffers such as BatchNorm's num_batches_tracked from the update)"
+        )
 
 
 def client_level_noise_std(
@@ -151,12 +169,12 @@ def client_level_noise_std(
     return central / math.sqrt(m) if split_across_clients else central
 
 
-def _client_sample_rate(num_sampled_clients: int, num_total_clients: int) -> float:
+def _client_sample_rate(num_sampled_clients: int, num_total_clients: int, *, credit_sampling: bool) -> float:
     m = check_count("num_sampled_clients", num_sampled_clients, minimum=1)
     n = check_count("num_total_clients", num_total_clients, minimum=1)
     if m > n:
         raise PrivacyError(f"num_sampled_clients = {m} exceeds num_total_clients = {n}; sample at most {n} clients")
-    return m / n
+    return m / n if credit_sampling else 1.0
 
 
 def client_level_epsilon(
@@ -167,14 +185,18 @@ def client_level_epsilon(
     rounds: int,
     delta: float,
     accountant: str = "rdp",
+    credit_sampling: bool = False,
 ) -> float:
-    """ε of client-level DP after ``rounds`` rounds, crediting client sampling q = m / N.
+    """ε of client-level DP after ``rounds`` rounds (clients as records, McMahan et al. 2018).
 
-    One round is one Poisson-subsampled Gaussian step with clients as records (McMahan et al. 2018).
-    Flower samples a fixed number of clients, not Poisson; the Poisson analysis is the usual
-    approximation for that. δ ≥ 1/N (N clients) warns.
+    By default every round is accounted as a Gaussian mechanism on the sum **without** amplification by client
+    sampling (q = 1): sound whoever knows which clients were sampled, which privmed's server always does (it
+    picks them, and Flower samples a fixed number without replacement, not the Poisson sampling the
+    subsampled-Gaussian accountants assume). ``credit_sampling = True`` credits q = m / N; that is only valid
+    for secret Poisson sampling with a fixed denominator, against an adversary who does not see who took part.
+    δ ≥ 1/N (N clients) is refused.
     """
-    q = _client_sample_rate(num_sampled_clients, num_total_clients)
+    q = _client_sample_rate(num_sampled_clients, num_total_clients, credit_sampling=credit_sampling)
     delta = check_delta(delta, dataset_size=num_total_clients)
     rounds = check_count("rounds", rounds)
     return epsilon_for(
@@ -190,9 +212,11 @@ def client_level_noise_multiplier(
     num_total_clients: int,
     rounds: int,
     accountant: str = "rdp",
+    credit_sampling: bool = False,
 ) -> float:
-    """σ for client-level DP so that ``rounds`` rounds at q = m / N meet (ε, δ) (see :func:`calibrate_noise`)."""
-    q = _client_sample_rate(num_sampled_clients, num_total_clients)
+    """σ for client-level DP so that ``rounds`` rounds meet (ε, δ) (:func:`calibrate_noise`; q as in
+    :func:`client_level_epsilon`)."""
+    q = _client_sample_rate(num_sampled_clients, num_total_clients, credit_sampling=credit_sampling)
     delta = check_delta(target_delta, dataset_size=num_total_clients, name="target_delta")
     return calibrate_noise(
         target_epsilon=target_epsilon, target_delta=delta, sample_rate=q, steps=rounds, accountant=accountant

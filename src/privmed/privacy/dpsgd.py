@@ -3,7 +3,8 @@
 One entry point, :func:`make_private`, turns a model, optimizer and data loader into their DP-SGD
 counterparts: per-sample gradients (Opacus grad-sample module), per-sample clipping to norm C, Gaussian
 noise of std σ·C on the summed clipped gradient, and Poisson sampling of batches (the sampling the
-accountant assumes). It deliberately keeps **no accountant of its own**: pass an
+accountant assumes), both drawn from a :class:`~privmed.privacy.randomness.DPRandomness` (fresh OS entropy
+unless the caller passes another source). It deliberately keeps **no accountant of its own**: pass an
 :class:`~privmed.privacy.accounting.AccountantState` and every optimizer step is recorded there, so the
 client's ledger is whatever the caller persists (Flower ``context.state``, a file), never reset by a
 new model.
@@ -20,24 +21,24 @@ layers. ``bench/dpsgd_cost.py`` measures which is fastest here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any
 
 import torch
 from opacus import GradSampleModule
-from opacus.data_loader import DPDataLoader, dtype_safe, shape_safe, wrap_collate_with_empty
+from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.grad_sample import AbstractGradSampleModule
 from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from opacus.validators.errors import IllegalModuleConfigurationError
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from privmed.config import PrivacyConfig
 from privmed.errors import PrivacyError
@@ -48,6 +49,7 @@ from privmed.privacy.accounting import (
     steps_per_run,
 )
 from privmed.privacy.bookkeeping import BookKeepingDPOptimizer, BookKeepingGradSampleModule
+from privmed.privacy.randomness import DPRandomness, NoiseFromRandomness, fresh_randomness
 from privmed.privacy.validation import (
     check_clipping_norm,
     check_count,
@@ -78,8 +80,12 @@ class GradSampleMode:
     views: bool = False
 
 
+class PrivmedDPOptimizer(NoiseFromRandomness, DPOptimizer):
+    """Opacus' DP optimizer with the noise drawn from a :class:`~privmed.privacy.randomness.DPRandomness`."""
+
+
 def _plain_dp_optimizer(optimizer: torch.optim.Optimizer, module: AbstractGradSampleModule, **kw: Any) -> DPOptimizer:
-    return DPOptimizer(optimizer, **kw)
+    return PrivmedDPOptimizer(optimizer, **kw)
 
 
 def _bookkeeping_optimizer(
@@ -177,7 +183,7 @@ def make_private(
     poisson_sampling: bool = True,
     grad_sample_mode: str = "hooks",
     accountant_state: AccountantState | None = None,
-    noise_generator: torch.Generator | None = None,
+    randomness: DPRandomness | None = None,
     loss_reduction: str = "mean",
     views_per_example: int = 1,
     sample_rate: float | None = None,
@@ -206,8 +212,11 @@ def make_private(
     accountant_state
         Where every step is recorded as ``(σ, q·accumulated_iterations, 1)``; the single source of truth
         for ε. ``None`` records nothing (then nothing can report ε: only for benchmarks).
-    noise_generator
-        Seeded generator for the noise (tests and reproducible runs). Not a cryptographically secure RNG.
+    randomness
+        Where the Gaussian noise and the Poisson sampling come from
+        (:mod:`privmed.privacy.randomness`); ``None``: a torch generator seeded with fresh OS entropy, never
+        derived from anything the caller or an observer holds. Pass ``seeded_randomness(seed)`` only for a
+        test or benchmark that must replay its noise (such a run is not private against the seed's holder).
     loss_reduction
         ``"mean"`` (the gradient is divided by the expected batch size) or ``"sum"``.
     views_per_example
@@ -256,6 +265,8 @@ def make_private(
     gs_model = mode.module(model, loss_reduction, clip, views)
     if (sample_rate is not None or steps is not None) and not poisson_sampling:
         raise PrivacyError("sample_rate and steps describe Poisson sampling; keep poisson_sampling=True")
+    if randomness is None:
+        randomness = fresh_randomness()
     n = len(loader.dataset)  # type: ignore[arg-type]
     if sample_rate is not None:  # a given rate: the expected batch is exactly q·n (not rounded)
         rate = check_sample_rate(sample_rate)
@@ -265,11 +276,7 @@ def make_private(
         expected_batch_size = max(1, int(n * rate))
     if poisson_sampling:
         gs_model.forbid_grad_accumulation()
-        if sample_rate is None and steps is None:
-            dp_loader: DataLoader = DPDataLoader.from_data_loader(loader, generator=loader.generator)
-            rate = 1 / len(dp_loader)
-        else:
-            dp_loader = poisson_loader(loader, sample_rate=rate, steps=steps)
+        dp_loader: DataLoader = poisson_loader(loader, sample_rate=rate, steps=steps, randomness=randomness)
     else:
         msg = (
             "poisson_sampling=False: fixed-size shuffled batches are accounted as if Poisson-sampled, which is "
@@ -286,7 +293,7 @@ def make_private(
         max_grad_norm=clip,
         expected_batch_size=expected_batch_size,
         loss_reduction=loss_reduction,
-        generator=noise_generator,
+        randomness=randomness,
     )
     if accountant_state is not None:
         state = accountant_state
@@ -296,32 +303,66 @@ def make_private(
 
         dp_optimizer.attach_step_hook(record_step)
     logger.debug(
-        "DP-SGD: sigma=%.4f C=%.4g q=%.4g expected batch %.1f, mode %s",
+        "DP-SGD: sigma=%.4f C=%.4g q=%.4g expected batch %.1f, mode %s, randomness %s",
         sigma,
         clip,
         rate,
         expected_batch_size,
         grad_sample_mode,
+        randomness.name,
     )
     return gs_model, dp_optimizer, dp_loader
 
 
-def poisson_loader(loader: DataLoader, *, sample_rate: float, steps: int | None = None) -> DataLoader:
-    """A loader over ``loader.dataset`` whose batches are Poisson samples at rate q (Opacus' sampler).
+class PoissonSampler(Sampler[list[int]]):
+    """Batches of indices in which every example is included independently with probability q.
 
-    Like Opacus' ``DPDataLoader.from_data_loader`` (same collate function, empty batches allowed, the
-    loader's generator), but with q given rather than ``1 / len(loader)`` and ``steps`` batches per pass
-    (default ``int(1/q)``, as Opacus).
+    Opacus' ``UniformWithReplacementSampler`` with the uniforms from a
+    :class:`~privmed.privacy.randomness.DPRandomness` (whose draws nobody but the client can predict) instead
+    of the loader's generator (which privmed seeds from the config for non-private batches).
+
+    Parameters
+    ----------
+    num_samples
+        n, the dataset size.
+    sample_rate
+        q.
+    randomness
+        The source of the inclusion draws.
+    steps
+        Batches per pass; default ``int(1/q)``, as Opacus.
+    """
+
+    def __init__(self, *, num_samples: int, sample_rate: float, randomness: DPRandomness, steps: int | None = None):
+        self.num_samples = check_count("num_samples", num_samples, minimum=1)
+        self.sample_rate = check_sample_rate(sample_rate)
+        self.randomness = randomness
+        self.steps = int(1 / self.sample_rate) if steps is None else check_count("steps", steps, minimum=1)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(self.steps):
+            yield self.randomness.bernoulli(self.num_samples, self.sample_rate).nonzero().view(-1).tolist()
+
+
+def poisson_loader(
+    loader: DataLoader, *, sample_rate: float, steps: int | None = None, randomness: DPRandomness | None = None
+) -> DataLoader:
+    """A loader over ``loader.dataset`` whose batches are Poisson samples at rate q (:class:`PoissonSampler`).
+
+    Like Opacus' ``DPDataLoader.from_data_loader`` (same collate function, empty batches allowed), but with
+    q given rather than ``1 / len(loader)``, ``steps`` batches per pass (default ``int(1/q)``, as Opacus) and
+    the inclusion draws from ``randomness`` (``None``: fresh OS entropy), never from the loader's generator.
     """
     q = check_sample_rate(sample_rate)
-    if steps is not None:
-        check_count("steps", steps, minimum=1)
     dataset = loader.dataset
     first = dataset[0]  # type: ignore[index]
-    sampler = UniformWithReplacementSampler(
+    sampler = PoissonSampler(
         num_samples=len(dataset),  # type: ignore[arg-type]
         sample_rate=q,
-        generator=loader.generator,
+        randomness=randomness if randomness is not None else fresh_randomness(),
         steps=steps,
     )
     collate = wrap_collate_with_empty(
@@ -330,6 +371,16 @@ def poisson_loader(loader: DataLoader, *, sample_rate: float, steps: int | None 
         dtypes=[dtype_safe(x) for x in first],
     )
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=loader.num_workers)
+
+
+def set_randomness(optimizer: DPOptimizer, loader: DataLoader, randomness: DPRandomness) -> None:
+    """Draw the noise of ``optimizer`` and the Poisson batches of ``loader`` (both from :func:`make_private`)
+    from ``randomness`` from now on (e.g. a fresh source every epoch)."""
+    if not isinstance(optimizer, NoiseFromRandomness):
+        raise PrivacyError("set_randomness needs the DP optimizer that make_private returned")
+    optimizer.randomness = randomness
+    if isinstance(loader.batch_sampler, PoissonSampler):
+        loader.batch_sampler.randomness = randomness
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -379,6 +430,7 @@ class DPSGDPlan:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of scalars; federated clients re-plan every round
 def plan_dpsgd(
     *,
     target_epsilon: float | None,
@@ -448,6 +500,7 @@ def plan_from_config(
     privacy: PrivacyConfig, *, dataset_size: int, batch_size: int, rounds: int, local_epochs: int
 ) -> DPSGDPlan:
     """:func:`plan_dpsgd` for a ``[privacy]`` table (``mode = "sample"``)."""
+    check_delta(privacy.delta, dataset_size=dataset_size, name="privacy.delta")
     return plan_dpsgd(
         target_epsilon=privacy.epsilon,
         target_delta=privacy.delta,

@@ -1,9 +1,9 @@
 """Checks for privacy parameters, with messages that name the value and the fix.
 
-Every check raises :class:`~privmed.errors.PrivacyError` (exit code 2 in the CLI). The one soft check,
-δ ≥ 1/n, emits a :class:`PrivacyWarning` and logs it: such a δ allows a mechanism that publishes one
-whole record outright, so the guarantee is meaningless (Dwork & Roth 2014, sec. 2.3), but it is not
-an input error the code cannot run with.
+Every check raises :class:`~privmed.errors.PrivacyError` (exit code 2 in the CLI). δ ≥ 1/n is refused: such
+a δ allows a mechanism that publishes one whole record outright, so the guarantee is meaningless (Dwork & Roth
+2014, sec. 2.3). The one soft check, δ·n > 0.1 (a one-in-ten chance, summed over the records, that the
+guarantee fails), emits a :class:`PrivacyWarning` (:func:`delta_warning` gives its text for results files).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from privmed.errors import PrivacyError
 
 
 class PrivacyWarning(UserWarning):
-    """A privacy parameter is legal but weak (for instance δ ≥ 1/n)."""
+    """A privacy parameter is legal but weak (for instance δ·n > 0.1)."""
 
 
 def _finite_number(name: str, value: object) -> float:
@@ -39,16 +39,26 @@ def check_epsilon(epsilon: float, *, name: str = "epsilon") -> float:
     return eps
 
 
+#: δ·n above this is recorded as a warning (refused from δ·n ≥ 1).
+DELTA_TIMES_N_WARNING = 0.1
+
+
 def check_delta(delta: float, *, dataset_size: int | None = None, name: str = "delta") -> float:
-    """Return ``delta`` as a float; raise unless 0 < δ < 1; warn when δ ≥ 1/n.
+    """Return ``delta`` as a float; raise unless 0 < δ < 1 and δ < 1/n; warn when δ·n > 0.1.
 
     Parameters
     ----------
     delta
         The δ of (ε, δ)-DP.
     dataset_size
-        n, the number of records protected (a client's examples for sample-level DP, the number of
-        clients for client-level DP). When given, δ ≥ 1/n triggers a :class:`PrivacyWarning`.
+        n, the number of records protected (a client's examples for sample-level DP, the examples of the
+        whole federation for ``"distributed"``, the number of clients for client-level DP). When given,
+        δ ≥ 1/n raises and δ·n > 0.1 triggers a :class:`PrivacyWarning`.
+
+    Raises
+    ------
+    PrivacyError
+        For δ outside (0, 1) or δ ≥ 1/n, naming a δ to use.
     """
     d = _finite_number(name, delta)
     if not 0 < d < 1:
@@ -59,13 +69,27 @@ def check_delta(delta: float, *, dataset_size: int | None = None, name: str = "d
     if dataset_size is not None:
         n = check_count("dataset_size", dataset_size, minimum=1)
         if d >= 1.0 / n:
-            msg = (
-                f"{name} = {d:g} is not below 1/n = {1.0 / n:.3g} (n = {n} records): a mechanism that leaks "
-                f"a whole record with probability delta satisfies this bound; use delta < {1.0 / n:.3g}, "
+            raise PrivacyError(
+                f"{name} = {d:g} is not below 1/n = {1.0 / n:.3g} (n = {n} records): a mechanism that publishes "
+                f"a whole record with probability delta satisfies such a guarantee; use delta < {1.0 / n:.3g}, "
                 f"e.g. delta = {_suggest_delta(n):.1e}"
             )
-            warnings.warn(msg, PrivacyWarning, stacklevel=2)
+        warning = delta_warning(d, n, name=name)
+        if warning is not None:
+            warnings.warn(warning, PrivacyWarning, stacklevel=2)
     return d
+
+
+def delta_warning(delta: float, dataset_size: int, *, name: str = "privacy.delta") -> str | None:
+    """The warning for a δ with δ·n > 0.1 (for the log and the results file), else ``None``."""
+    n = int(dataset_size)
+    if delta * n <= DELTA_TIMES_N_WARNING:
+        return None
+    return (
+        f"{name} = {delta:g} times n = {n} records is {delta * n:.2g} > {DELTA_TIMES_N_WARNING:g}: the guarantee may "
+        f"fail outright for some record with that much probability in total; prefer delta <= "
+        f"{_suggest_delta(n):.1e}"
+    )
 
 
 def _suggest_delta(n: int) -> float:
@@ -122,10 +146,11 @@ PRIVACY_MODES = ("none", "sample", "client", "distributed")
 def check_privacy_config(privacy: object, *, dataset_size: int | None = None) -> None:
     """Check a ``[privacy]`` table (:class:`privmed.config.PrivacyConfig`) before any training starts.
 
-    ``dataset_size`` is n for the δ ≥ 1/n warning (the smallest client's dataset for ``mode = "sample"``,
-    the number of clients for ``mode = "client"``).
+    ``dataset_size`` is n for the δ < 1/n check (the smallest client's dataset for ``mode = "sample"``, the
+    federation's examples for ``"distributed"``, the number of clients for ``mode = "client"``).
     """
     from privmed.privacy.accounting import check_accountant_name
+    from privmed.privacy.randomness import randomness_name
 
     mode = getattr(privacy, "mode", None)
     if mode not in PRIVACY_MODES:
@@ -139,3 +164,4 @@ def check_privacy_config(privacy: object, *, dataset_size: int | None = None) ->
     if sigma is not None:
         check_noise_multiplier(sigma, name="privacy.noise_multiplier")
     check_accountant_name(getattr(privacy, "accountant", None))
+    randomness_name(privacy)
