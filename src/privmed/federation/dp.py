@@ -251,7 +251,7 @@ class SampleLevelDP(StrategyWrapper):
         #: the server weights the replies by them, since clients never send their counts under DP
         self.public_sizes = {pid: int(n) for pid, n in enumerate(partition_sizes)}
         self.randomness = describe(cfg.privacy)
-        self.warnings = [w for w in [delta_warning(cfg.privacy.delta, min(partition_sizes))] if w]
+        self.warnings = [w for w in [delta_warning(cfg.privacy.delta, max(partition_sizes))] if w]  # the largest n
         self.steps_json = "{}"
         sigmas = [p.noise_multiplier for p in self.plans.values()]
         log.info(
