@@ -135,6 +135,9 @@ class AuditRecorder(StrategyWrapper):
         self.default_lr = cfg.train.lr
         self._global: np.ndarray | None = None
         self._lr = cfg.train.lr
+        # the replies' weights: the public partition sizes (under DP a reply's clear weight is 1)
+        _, parts = task.load_federated_data(cfg)
+        self.public_sizes = [float(p.size) for p in parts]
 
     @property
     def canaries(self) -> CanarySet:
@@ -162,11 +165,10 @@ class AuditRecorder(StrategyWrapper):
         results: list[tuple[ClientProxy, FitRes]],
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        replies = {
-            int(res.metrics.get("partition_id", i)): (float(res.num_examples), self._at_canaries(
-                parameters_to_ndarrays(res.parameters)))
-            for i, (_, res) in enumerate(results)
-        }  # fmt: skip
+        replies = {}
+        for i, (_, res) in enumerate(results):
+            pid = int(res.metrics.get("partition_id", i))
+            replies[pid] = (self.public_sizes[pid], self._at_canaries(parameters_to_ndarrays(res.parameters)))
         parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
         if parameters is not None and self._global is not None and replies:
             save_round(
@@ -205,11 +207,11 @@ def replay_noise(
     """Regenerate the noise one client added in one round of ``privacy.mode = "distributed"`` from the config.
 
     What a server that knows the run config can do when the noise is derived from it: redo the client's
-    work up to the noise draw (:func:`privmed.federation.task.fit_local`'s seeding, model construction and
-    the plain training wrapper, which draws the noise seed) and draw the noise on a zero gradient. When the
-    noise comes from fresh OS entropy (issue 9's secret randomness) the replay yields unrelated noise and
-    the audit that subtracts it finds nothing. Returns the noise of each ``state_dict`` tensor (zeros for
-    tensors the optimizer does not hold).
+    work up to the noise draw (the plain training wrapper builds the client's DP source,
+    :func:`privmed.privacy.randomness.dp_randomness`; its Poisson sample is drawn first, then the noise on a zero
+    gradient). Only ``privacy.reproducible_noise = true`` makes that source a function of the config; with the
+    default fresh OS entropy the replay yields unrelated noise and the audit that subtracts it finds nothing.
+    Returns the noise of each ``state_dict`` tensor (zeros for tensors the optimizer does not hold).
     """
     from privmed.train import make_loader, make_optimizer, set_seed
 
@@ -222,6 +224,7 @@ def replay_noise(
     local = task.LocalTraining(model, make_optimizer(model, cfg.train), loader, {}, state={}, instructions=instructions)
     tensors = list(model.state_dict(keep_vars=True).values())
     out = ORIGINAL_WRAPPERS[cfg.privacy.mode](local, cfg, partition_id)
+    next(iter(out.loader), None)  # the client's Poisson draws come first from the same source, then the noise
     for p in out.optimizer.params:
         p.summed_grad = torch.zeros_like(p)
         p.grad = torch.zeros_like(p)
