@@ -38,6 +38,18 @@ def help_text(doc: str | None) -> str:
     return (doc or "").replace("``", "")
 
 
+def add_set_argument(parser: argparse.ArgumentParser, *, example: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable) into ``args.overrides``: config overrides in TOML syntax."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"override one config value (TOML syntax), e.g. --set {example}; repeatable",
+    )
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, *, example: str) -> None:
     """CONFIG (optional with ``--dataset``), ``--dataset``, ``--set``, ``--out``, ``--resume``, ``--overwrite``."""
     parser.add_argument(
@@ -54,14 +66,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, example: str) -> None:
         "schedule for any MedMNIST set); with CONFIG, replacing its data.name (and the data.options the new "
         "dataset does not take)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (TOML syntax), e.g. --set train.epochs=10; repeatable",
-    )
+    add_set_argument(parser, example="train.epochs=10")
     parser.add_argument("--out", type=Path, default=None, help="output folder (created if missing)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from privmed.cli._common import console
+from privmed.cli._common import add_set_argument, console, help_text
 from privmed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,19 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "audit",
         help="empirical privacy audit: canaries, epsilon lower bounds beside the formal epsilon, HTML report",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="TOML config file or preset name (omit with --quickstart)")
     parser.add_argument("--quickstart", action="store_true", help="offline demo on phantom data (a few minutes)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (TOML syntax), e.g. --set audit.canaries=2000; repeatable",
-    )
+    add_set_argument(parser, example="audit.canaries=2000")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config>-audit)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing audit output folder")
     parser.set_defaults(func=run)

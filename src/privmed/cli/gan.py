@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from privmed.cli._common import console
+from privmed.cli._common import add_set_argument, console, help_text
 from privmed.results import write_json_atomic
 
 
@@ -21,18 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "gan",
         help="HF-GAN: federated D from DP-noised gradients, local generators, synthetic augmentation",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", help="TOML config file or preset name (e.g. gan-smoke, pneumonia-hfgan)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value (TOML syntax), e.g. --set gan.rounds=50; repeatable",
-    )
+    add_set_argument(parser, example="gan.rounds=50")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config>-hfgan)")
     parser.add_argument("--classifier", action="store_true", help="then train the federated classifier, augmented")
     parser.add_argument("--no-eval", action="store_true", help="skip FID / IS / TSTR and the sample grid")
