@@ -111,3 +111,16 @@ def test_tabular_make_case_refuses_image_only_options(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "c.npz")]) == 2
     assert "one FedSGD gradient" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_tune_on_a_series_record_minimises_fmse_and_resumes(tmp_path):
+    case = tmp_path / "icu.npz"
+    argv = ["attack", "make-case", "--model", "tabular-mlp", "--dataset", "icu-synthetic", "--out", str(case)]
+    assert main(argv) == 0  # the MLP flattens the 48 x 76 series (steps from the data)
+    study = tmp_path / "st.db"
+    base = ["attack", "tune", str(case), "--attack", "tabular-gm", "--study", str(study), "--set", "iterations=30"]
+    assert main([*base, "--trials", "1", "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*base, "--trials", "1", "--out", str(tmp_path / "b.json")]) == 0
+    first, second = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert first["objective"] == "fmse" and first["direction"] == "minimize"
+    assert (first["trials"], second["trials"]) == (1, 2)  # the study resumed

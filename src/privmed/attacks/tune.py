@@ -6,9 +6,10 @@ Optimization", NeurIPS; the Bayesian optimisation the poster of ``docs``' gradie
 regularizer weights). The study lives in an SQLite file, so a killed ``privmed attack tune`` continues where
 it stopped.
 
-Objective: with a ground-truth file, the mean reconstruction PSNR (maximised; tuning on truth is an
-*upper bound* of what an attacker could do, useful to compare attacks at their best); without one, the
-attack's own matching loss ``Reconstruction.info["matching_loss"]`` (minimised; what a real attacker can
+Objective: with a ground-truth file, the reconstruction's quality by the record's modality
+(:data:`TRUTH_OBJECTIVES`: mean PSNR of images, maximised; FMSE of tables and series, minimised; tuning on
+truth is an *upper bound* of what an attacker could do, useful to compare attacks at their best); without one,
+the attack's own matching loss ``Reconstruction.info["matching_loss"]`` (minimised; what a real attacker can
 do).
 """
 
@@ -21,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from privmed.attacks.base import ATTACKS, get_attack
+from privmed.attacks.base import ATTACKS, get_attack, modality_of
 from privmed.attacks.record import UpdateRecord
 from privmed.errors import ConfigError
-from privmed.metrics.reconstruction import score
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,35 @@ SUGGEST: dict[str, Callable[[Any, str, float, float], Any]] = {
 }
 
 
+def _image_psnr(record: UpdateRecord, recon: np.ndarray, truth: np.ndarray) -> float:
+    from privmed.metrics.reconstruction import score
+
+    low, high = record.data.get("input_range", [-1.0, 1.0])
+    return float(score(recon, truth, input_range=(low, high))["psnr"]["mean"])
+
+
+def _tabular_fmse(record: UpdateRecord, recon: np.ndarray, truth: np.ndarray) -> float:
+    from privmed.metrics.tabular import score_tabular
+
+    return float(score_tabular(recon, truth, record.data)["fmse"])
+
+
+#: record modality -> (objective name, direction, ``(record, reconstructed, true inputs) -> value``) with truth
+TRUTH_OBJECTIVES: dict[str, tuple[str, str, Callable[[UpdateRecord, np.ndarray, np.ndarray], float]]] = {
+    "image": ("psnr", "maximize", _image_psnr),
+    "table": ("fmse", "minimize", _tabular_fmse),
+    "series": ("fmse", "minimize", _tabular_fmse),
+}
+
+
+def objective_name(record: UpdateRecord, *, truth: bool) -> tuple[str, str]:
+    """``(name, direction)`` of the objective :func:`tune` optimises for this record."""
+    if not truth:
+        return "matching_loss", "minimize"
+    name, direction, _ = TRUTH_OBJECTIVES[modality_of(record)]
+    return name, direction
+
+
 def objective_for(
     record: UpdateRecord,
     attack: str,
@@ -44,7 +73,7 @@ def objective_for(
     truth: tuple[np.ndarray, np.ndarray] | None,
     seed: int,
 ) -> tuple[Callable[[Any], float], str]:
-    """The Optuna objective and its direction (``"maximize"`` PSNR with truth, else ``"minimize"``)."""
+    """The Optuna objective and its direction (:data:`TRUTH_OBJECTIVES` with truth, else the matching loss)."""
     space = ATTACKS[attack].search_space()
     bad = sorted(set(space) & set(fixed))
     if bad:
@@ -55,20 +84,19 @@ def objective_for(
             raise ConfigError(
                 f"attack {attack!r}: search-space kind {kind!r} of {name!r} is not one of {list(SUGGEST)}"
             )
-    low, high = record.data.get("input_range", [-1.0, 1.0])
+    _, direction = objective_name(record, truth=truth is not None)
 
     def objective(trial: Any) -> float:
         settings = {**fixed, **{n: SUGGEST[k](trial, n, lo, hi) for n, (k, lo, hi) in space.items()}}
         rec = get_attack(attack, **settings).run(record, seed=seed)
         if truth is not None:
-            metrics = score(rec.inputs, truth[0], input_range=(low, high))
-            return float(metrics["psnr"]["mean"])
+            return TRUTH_OBJECTIVES[modality_of(record)][2](record, rec.inputs, truth[0])
         loss = rec.info.get("matching_loss")
         if loss is None:
             raise ConfigError(f"attack {attack!r} reports no matching loss; tune it with a ground-truth file")
         return float(loss)
 
-    return objective, ("maximize" if truth is not None else "minimize")
+    return objective, direction
 
 
 def tune(
@@ -91,9 +119,10 @@ def tune(
     if not ATTACKS[attack].search_space():
         raise ConfigError(f"attack {attack!r} has nothing to tune (its search_space() is empty)")
     objective, direction = objective_for(record, attack, fixed, truth=truth, seed=seed)
+    name = objective_name(record, truth=truth is not None)[0]
     study_path.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
-        study_name=study_name or f"{attack}-{'psnr' if truth is not None else 'matching'}",
+        study_name=study_name or f"{attack}-{name}",
         storage=f"sqlite:///{study_path}",
         sampler=optuna.samplers.TPESampler(seed=seed),
         direction=direction,
@@ -107,7 +136,7 @@ def tune(
     return {
         "attack": attack,
         "direction": direction,
-        "objective": "psnr" if truth is not None else "matching_loss",
+        "objective": name,
         "best_value": study.best_value,
         "best_settings": {**fixed, **study.best_params},
         "trials": len(study.trials),

@@ -287,6 +287,17 @@ def make_case_action(args: argparse.Namespace) -> int:
 TABULAR_DATASETS = ("breast-cancer-table", "icu-synthetic")
 
 
+def _series_kwargs(model: str, inputs: Any) -> dict[str, Any]:
+    """``{"steps": T}`` for a model that flattens a series (``tabular-mlp``) given ``(N, T, F)`` inputs, else ``{}``."""
+    import inspect
+
+    from privmed.models import MODELS
+
+    cls = MODELS.get(model)
+    takes_steps = cls is not None and "steps" in inspect.signature(cls).parameters
+    return {"steps": int(inputs.shape[1])} if takes_steps and inputs.ndim == 3 else {}
+
+
 def _make_tabular_case(args: argparse.Namespace, dataset: Any) -> int:
     from privmed.attacks.case_tabular import DPStep, make_tabular_case
     from privmed.attacks.record import save_truth
@@ -298,7 +309,14 @@ def _make_tabular_case(args: argparse.Namespace, dataset: Any) -> int:
         )
     dp = DPStep(epsilon=args.epsilon, max_grad_norm=args.max_grad_norm) if args.epsilon is not None else None
     record, inputs, labels = make_tabular_case(
-        dataset, model=args.model, batch_size=args.batch_size, seed=args.seed, width=args.width, split=args.split, dp=dp
+        dataset,
+        model=args.model,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        width=args.width,
+        split=args.split,
+        dp=dp,
+        model_kwargs=_series_kwargs(args.model, dataset.split(args.split).images),
     )
     path = record.save(args.out)
     truth = save_truth(path.with_name(path.name.removesuffix(".npz") + ".truth.npz"), inputs=inputs, labels=labels)
