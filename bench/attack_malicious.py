@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from privmed.config import Config, from_dict
+from privmed.metrics import reconstruction
 from privmed.results import machine, write_json_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -82,15 +83,10 @@ def scenario_config(name: str, seed: int, record_dir: Path) -> Config:
     return from_dict(raw, source=f"bench/attack_malicious.py {name}")
 
 
-# -- scoring (a small local stand-in for privmed.metrics.reconstruction) ---------------------------
+# -- scoring ---------------------------------------------------------------------------------------
 def psnr_matrix(truth: np.ndarray, recovered: np.ndarray) -> np.ndarray:
     """PSNR (dB, peak-to-peak 2) of every true image (rows) against every recovered one (columns)."""
-    if len(recovered) == 0:
-        return np.full((len(truth), 1), -np.inf)
-    t = truth.reshape(len(truth), -1).astype(np.float64)
-    r = recovered.reshape(len(recovered), -1).astype(np.float64)
-    mse = (t**2).mean(1)[:, None] + (r**2).mean(1)[None, :] - 2 * t @ r.T / t.shape[1]
-    return 10 * np.log10(4.0 / np.maximum(mse, 1e-20))
+    return reconstruction.psnr_matrix(truth, recovered, peak=2.0)
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from privmed.data.base import to_torch
 from privmed.errors import ConfigError
 from privmed.federation import malicious, registry, task
 from privmed.federation.server_app import build_strategy, fit_config
+from privmed.metrics.reconstruction import psnr_matrix
 from privmed.models import MODELS, build_model
 from privmed.train import set_weights
 
@@ -42,8 +43,7 @@ def case_cfg(**sections: dict) -> Config:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """PSNR (dB, peak-to-peak 2 for [-1, 1] images) of every row of ``a`` against every row of ``b``."""
-    mse = ((a.reshape(len(a), 1, -1) - b.reshape(1, len(b), -1)) ** 2).mean(-1)
-    return 10 * np.log10(4.0 / np.maximum(mse, 1e-30))
+    return psnr_matrix(a, b, peak=2.0)
 
 
 def truth_of(cfg: Config, partitions: list[int]) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from privmed.metrics.reconstruction import label_accuracy, match, score
+from privmed.metrics.reconstruction import label_accuracy, match, psnr_matrix, psnr_per_image, score
 
 
 def test_matching_undoes_a_permutation_and_identical_images_score_high():
@@ -37,3 +37,16 @@ def test_a_few_reconstructions_in_a_pool_must_beat_the_mean_images_best_match():
     assert score(guesses, pool, input_range=(-1, 1), mean_image=mean)["above_floor"] == 0
     exact = score(pool[:2], pool, input_range=(-1, 1), mean_image=mean)
     assert exact["above_floor"] == 2 and exact["images"] == 2
+
+
+def test_psnr_matrix_scores_every_pair_like_the_per_image_psnr():
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0, 1, (3, 1, 5, 5)), rng.uniform(0, 1, (4, 1, 5, 5))
+    matrix = psnr_matrix(a, b)
+    assert matrix.shape == (3, 4)
+    for i in range(3):
+        pairs = psnr_per_image(np.repeat(a[i : i + 1], 4, axis=0), b)
+        np.testing.assert_allclose(matrix[i], pairs, rtol=1e-9)
+    # the peak sets the scale: images in [-1, 1] have a range of 2, i.e. +6.02 dB for the same error
+    np.testing.assert_allclose(psnr_matrix(a, b, peak=2.0) - matrix, 20 * np.log10(2.0))
+    assert np.all(psnr_matrix(a, b[:0]) == -np.inf)

@@ -56,6 +56,7 @@ from privmed.config import Config
 from privmed.errors import ConfigError
 from privmed.federation import registry, task
 from privmed.federation.sampling import sampled_clients
+from privmed.federation.wiretap import ReplyTap
 
 log = logging.getLogger(__name__)
 
@@ -503,34 +504,21 @@ class ClippingGuard:
         return reply
 
 
-class UploadRecorder:
+class UploadRecorder(ReplyTap):
     """Client mod, outside ``secaggplus_mod``: save each masked vector as the server receives it.
 
     Writes ``masked-r<round>-p<partition>.npz`` (the arrays of the upload, the weight factor first) into
     ``folder``. For audits and tests (the statistical check that a masked upload looks like uniform noise).
-
-    Parameters
-    ----------
-    folder
-        Where to write; created when missing.
     """
 
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = str(folder)
-
-    def __call__(self, message: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        reply = call_next(message, context)
-        if message.metadata.message_type != MessageType.TRAIN or reply.has_error():
-            return reply
+    def write(self, message: Message, reply: Message, folder: Path, partition: object) -> None:
         configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
-        if configs is None or SecAggKey.MASKED_PARAMETERS not in configs:
-            return reply
+        if message.metadata.message_type != MessageType.TRAIN or configs is None:
+            return
+        if SecAggKey.MASKED_PARAMETERS not in configs:
+            return
         arrays = [bytes_to_ndarray(b) for b in configs[SecAggKey.MASKED_PARAMETERS]]  # type: ignore[union-attr]
-        folder = Path(self.folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        partition = context.node_config.get("partition-id", message.metadata.dst_node_id)
         np.savez(folder / f"masked-r{message.metadata.group_id}-p{partition}.npz", *arrays)
-        return reply
 
 
 def client_mods(cfg: Config) -> list[registry.Mod]:

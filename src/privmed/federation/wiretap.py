@@ -38,8 +38,11 @@ def clear_content(message: Message) -> dict[str, Any]:
     }
 
 
-class Wiretap:
-    """Client mod: write each reply's :func:`clear_content` to ``folder/<partition>-<n>.json``.
+class ReplyTap:
+    """Client mod base: hand each successful reply, as it leaves the node, to :meth:`write`.
+
+    Subclasses say what to keep; this class keeps the part they share (call the inner mods, skip error replies,
+    create ``folder``, name the client by its partition id).
 
     Parameters
     ----------
@@ -57,6 +60,17 @@ class Wiretap:
         folder = Path(self.folder)
         folder.mkdir(parents=True, exist_ok=True)
         partition = context.node_config.get("partition-id", message.metadata.dst_node_id)
+        self.write(message, reply, folder, partition)
+        return reply
+
+    def write(self, message: Message, reply: Message, folder: Path, partition: Any) -> None:
+        """Keep what this tap records of ``reply`` (the answer to ``message``) in ``folder``."""
+        raise NotImplementedError
+
+
+class Wiretap(ReplyTap):
+    """Client mod: write each reply's :func:`clear_content` to ``folder/<partition>-<n>.json``."""
+
+    def write(self, message: Message, reply: Message, folder: Path, partition: Any) -> None:
         index = len(list(folder.glob(f"{partition}-*.json")))
         (folder / f"{partition}-{index:04d}.json").write_text(json.dumps(clear_content(reply), default=str))
-        return reply

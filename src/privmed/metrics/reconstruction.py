@@ -50,6 +50,21 @@ def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-20))
 
 
+def psnr_matrix(a: np.ndarray, b: np.ndarray, *, peak: float = 1.0) -> np.ndarray:
+    """PSNR in dB of every image of ``a`` (rows) against every image of ``b`` (columns).
+
+    For a malicious server's many recovered bins, where which bin holds which image is unknown: a true image's
+    best match is its row's maximum. ``peak`` is the range of the pixel values (2 for images in ``[-1, 1]``).
+    An empty ``b`` gives one column of ``-inf`` (nothing recovered).
+    """
+    if len(b) == 0:
+        return np.full((len(a), 1), -np.inf)
+    x = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    y = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    mse = (x**2).mean(1)[:, None] + (y**2).mean(1)[None, :] - 2.0 * x @ y.T / x.shape[1]
+    return 10.0 * np.log10(peak**2 / np.maximum(mse, 1e-20))
+
+
 def ssim_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SSIM of each pair of unit-scale images ``(B, C, H, W)`` (Gaussian window 11, smaller for tiny images)."""
     side = min(a.shape[-2:])
