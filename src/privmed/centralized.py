@@ -194,6 +194,154 @@ def _load_resume(path: Path, cfg: Config) -> dict[str, Any]:
     return ckpt
 
 
+@dataclass
+class _Setup:
+    """A run's parts. ``model``, ``optimizer`` and ``train_loader`` are what the epochs step (DP-wrapped under
+    DP-SGD); the ``plain_*`` ones are the unwrapped objects that checkpoints save and resumes load into."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader
+    loss_fn: Callable[..., torch.Tensor]
+    plain_model: torch.nn.Module
+    plain_optimizer: torch.optim.Optimizer
+    plain_loader: torch.utils.data.DataLoader
+    private: _Private | None = None
+
+
+def _build(cfg: Config, dataset: Dataset, ckpt: dict[str, Any] | None) -> _Setup:
+    """Model, optimizer, loss and loaders from ``cfg`` (seeded), a checkpoint's weights loaded when resuming."""
+    t, info = cfg.train, dataset.info
+    set_seed(t.seed)
+    model = build_model(cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width)
+    optimizer = make_optimizer(model, t)
+    if ckpt is not None:  # into the plain model and optimizer, before any DP wrapper
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    train_loader = make_loader(dataset.train, info, batch_size=t.batch_size, shuffle=True, seed=t.seed)
+    return _Setup(
+        model=model,
+        optimizer=optimizer,
+        train_loader=train_loader,
+        val_loader=make_loader(dataset.val, info, batch_size=EVAL_BATCH, shuffle=False),
+        test_loader=make_loader(dataset.test, info, batch_size=EVAL_BATCH, shuffle=False),
+        loss_fn=make_loss(info),
+        plain_model=model,
+        plain_optimizer=optimizer,
+        plain_loader=train_loader,
+    )
+
+
+def _make_private(setup: _Setup, cfg: Config, dataset: Dataset, ckpt: dict[str, Any] | None) -> None:
+    """Wrap ``setup``'s model, optimizer and loader with DP-SGD (σ calibrated for all epochs; the ledger
+    continued from the checkpoint when resuming). The plain objects stay what checkpoints save."""
+    t = cfg.train
+    plan = plan_from_config(
+        cfg.privacy, dataset_size=len(dataset.train), batch_size=t.batch_size, rounds=t.epochs, local_epochs=1
+    )
+    saved = (ckpt or {}).get("privacy")
+    ledger = AccountantState.from_dict(saved) if saved else AccountantState(accountant=plan.accountant)
+    setup.private = _Private(plan, ledger, cfg.privacy, t.seed)
+    setup.model, setup.optimizer, setup.train_loader = make_private(
+        setup.model,
+        setup.optimizer,
+        setup.train_loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=plan.max_grad_norm,
+        grad_sample_mode=cfg.privacy.grad_sample_mode,
+        views_per_example=t.augment_multiplicity if t.augment else 1,
+        accountant_state=ledger,
+        randomness=setup.private.epoch_randomness(start_epoch_of(ckpt) + 1),
+    )
+    log.info(
+        "DP-SGD: sigma %.4f, C = %.3g, q = %.4g, %d steps for (epsilon %.3g, delta %.3g)",
+        plan.noise_multiplier,
+        plan.max_grad_norm,
+        plan.sample_rate,
+        plan.total_steps,
+        plan.target_epsilon,
+        plan.delta,
+    )
+
+
+def _train_one_epoch(setup: _Setup, cfg: Config, info: Any, epoch: int, cb: Callbacks) -> dict[str, Any]:
+    """One epoch of training and its validation scores: the history record of ``epoch``."""
+    t = cfg.train
+    # per-epoch seeds: a resumed non-private run sees the same batches and augmentations as an uninterrupted
+    # one; DP-SGD's noise and Poisson batches come from the epoch's DP randomness instead (never the seed)
+    setup.plain_loader.generator.manual_seed(t.seed * 100_003 + epoch)
+    torch.manual_seed(t.seed * 100_003 + epoch)
+    if setup.private is not None:
+        set_randomness(setup.optimizer, setup.train_loader, setup.private.epoch_randomness(epoch))
+    set_lr(setup.optimizer, lr_at(t, step=epoch, total=t.epochs))
+    stats = train_epoch(
+        setup.model,
+        setup.train_loader,
+        setup.optimizer,
+        setup.loss_fn,
+        augment=t.augment,
+        augment_multiplicity=t.augment_multiplicity,
+        on_batch=cb.on_batch,
+    )
+    record = {
+        "epoch": epoch,
+        "train_loss": stats["loss"],
+        "train_seconds": stats["seconds"],
+        "samples_per_s": stats["examples"] / stats["seconds"] if stats["seconds"] > 0 else None,
+        "val": evaluate(setup.model, setup.val_loader, info),
+    }
+    if setup.private is not None:
+        record["epsilon"] = setup.private.record()["epsilon"]
+    return record
+
+
+def _save_last(setup: _Setup, cfg: Config, out: Path, history: list[dict[str, Any]], best_epoch: int) -> None:
+    """``last.pt``: what a resume needs (plain weights, optimizer, history, config, the DP ledger)."""
+    state = {
+        "model": setup.plain_model.state_dict(),
+        "optimizer": setup.plain_optimizer.state_dict(),
+        "history": _clean(history),
+        "best_epoch": best_epoch,
+        "config": cfg.to_dict(),
+    }
+    if setup.private is not None:
+        state["privacy"] = setup.private.ledger.to_dict()
+    _save_atomic(state, out / "last.pt")
+
+
+def _dataset_record(dataset: Dataset) -> dict[str, Any]:
+    info = dataset.info
+    return {
+        "name": info.name,
+        "display_name": info.display_name,
+        "synthetic": info.synthetic,
+        "task": info.task,
+        "size": info.size,
+        "n_channels": info.n_channels,
+        "n_classes": info.n_labels,
+        "n_train": len(dataset.train),
+        "n_val": len(dataset.val),
+        "n_test": len(dataset.test),
+    }
+
+
+def _test_chosen(setup: _Setup, info: Any, out: Path, best_epoch: int) -> dict[str, Any]:
+    """Reload ``best.pt`` into the plain model and score it on val and test (binary tasks: also at the
+    validation threshold, ``vt_*``, as privmed federate reports); write its per-image predictions."""
+    model = setup.plain_model
+    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"])
+    val, test, val_logits, test_logits = evaluate_val_test_outputs(model, setup.val_loader, setup.test_loader, info)
+    predictions = write_predictions(
+        out,
+        info,
+        f"epoch{best_epoch}",
+        {"val": (scores_from_logits(val_logits, info), val), "test": (scores_from_logits(test_logits, info), test)},
+    )
+    return {"val": val, "test": test, "predictions": predictions}
+
+
 def train_centralized(
     cfg: Config,
     *,
@@ -232,63 +380,18 @@ def train_centralized(
     wall_start = time.perf_counter()
     cb = callbacks or Callbacks()
     check_train_config(cfg, select)
-    t = cfg.train
-    out = Path(out_dir)
+    t, out = cfg.train, Path(out_dir)
     ckpt = _load_resume(out / "last.pt", cfg) if resume else None
-
     if dataset is None:
         dataset = load_dataset(cfg.data.name, size=cfg.data.size, **cfg.data.options)
-    info = dataset.info
-    set_seed(t.seed)
-    model = build_model(cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width)
-    optimizer = make_optimizer(model, t)
-    loss_fn = make_loss(info)
-    train_loader = make_loader(dataset.train, info, batch_size=t.batch_size, shuffle=True, seed=t.seed)
-    val_loader = make_loader(dataset.val, info, batch_size=EVAL_BATCH, shuffle=False)
-    test_loader = make_loader(dataset.test, info, batch_size=EVAL_BATCH, shuffle=False)
-
-    history: list[dict[str, Any]] = []
-    best_epoch, best_key = 0, None
-    if ckpt is not None:  # into the plain model and optimizer, before any DP wrapper
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    plain_model, plain_optimizer, plain_loader = model, optimizer, train_loader
-    private: _Private | None = None
+    setup = _build(cfg, dataset, ckpt)
     if cfg.privacy.mode == "sample":
-        plan = plan_from_config(
-            cfg.privacy, dataset_size=len(dataset.train), batch_size=t.batch_size, rounds=t.epochs, local_epochs=1
-        )
-        saved = (ckpt or {}).get("privacy")
-        private = _Private(
-            plan,
-            AccountantState.from_dict(saved) if saved else AccountantState(accountant=plan.accountant),
-            cfg.privacy,
-            t.seed,
-        )
-        model, optimizer, train_loader = make_private(
-            model,
-            optimizer,
-            train_loader,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=plan.max_grad_norm,
-            grad_sample_mode=cfg.privacy.grad_sample_mode,
-            views_per_example=t.augment_multiplicity if t.augment else 1,
-            accountant_state=private.ledger,
-            randomness=private.epoch_randomness(start_epoch_of(ckpt) + 1),
-        )
-        log.info(
-            "DP-SGD: sigma %.4f, C = %.3g, q = %.4g, %d steps for (epsilon %.3g, delta %.3g)",
-            plan.noise_multiplier,
-            plan.max_grad_norm,
-            plan.sample_rate,
-            plan.total_steps,
-            plan.target_epsilon,
-            plan.delta,
-        )
+        _make_private(setup, cfg, dataset, ckpt)
+
+    history: list[dict[str, Any]] = list(ckpt["history"]) if ckpt is not None else []
+    best_epoch = int(ckpt["best_epoch"]) if ckpt is not None else 0
+    best_key = SELECTORS[select](history[best_epoch - 1]["val"]) if best_epoch else None
     if ckpt is not None:
-        history = list(ckpt["history"])
-        best_epoch = int(ckpt["best_epoch"])
-        best_key = SELECTORS[select](history[best_epoch - 1]["val"]) if best_epoch else None
         log.info("resuming %s at epoch %d of %d", out, len(history) + 1, t.epochs)
     start_epoch = len(history)
     if start_epoch > t.epochs:
@@ -296,65 +399,20 @@ def train_centralized(
 
     out.mkdir(parents=True, exist_ok=True)
     if cb.on_start:
-        cb.on_start((t.epochs - start_epoch) * len(train_loader), start_epoch)
+        cb.on_start((t.epochs - start_epoch) * len(setup.train_loader), start_epoch)
     for epoch in range(start_epoch + 1, t.epochs + 1):
-        # per-epoch seeds: a resumed non-private run sees the same batches and augmentations as an uninterrupted
-        # one; DP-SGD's noise and Poisson batches come from the epoch's DP randomness instead (never the seed)
-        plain_loader.generator.manual_seed(t.seed * 100_003 + epoch)
-        torch.manual_seed(t.seed * 100_003 + epoch)
-        if private is not None:
-            set_randomness(optimizer, train_loader, private.epoch_randomness(epoch))
-        set_lr(optimizer, lr_at(t, step=epoch, total=t.epochs))
-        stats = train_epoch(
-            model,
-            train_loader,
-            optimizer,
-            loss_fn,
-            augment=t.augment,
-            augment_multiplicity=t.augment_multiplicity,
-            on_batch=cb.on_batch,
-        )
-        val = evaluate(model, val_loader, info)
-        record = {
-            "epoch": epoch,
-            "train_loss": stats["loss"],
-            "train_seconds": stats["seconds"],
-            "samples_per_s": stats["examples"] / stats["seconds"] if stats["seconds"] > 0 else None,
-            "val": val,
-        }
-        if private is not None:
-            record["epsilon"] = private.record()["epsilon"]
+        record = _train_one_epoch(setup, cfg, dataset.info, epoch, cb)
         history.append(record)
-        key = SELECTORS[select](val)
+        key = SELECTORS[select](record["val"])
         is_best = best_key is None or key > best_key
         if is_best:
             best_epoch, best_key = epoch, key
-            _save_atomic({"model": plain_model.state_dict(), "epoch": epoch}, out / "best.pt")
-        _save_atomic(
-            {
-                "model": plain_model.state_dict(),
-                "optimizer": plain_optimizer.state_dict(),
-                "history": _clean(history),
-                "best_epoch": best_epoch,
-                "config": cfg.to_dict(),
-                **({"privacy": private.ledger.to_dict()} if private is not None else {}),
-            },
-            out / "last.pt",
-        )
+            _save_atomic({"model": setup.plain_model.state_dict(), "epoch": epoch}, out / "best.pt")
+        _save_last(setup, cfg, out, history, best_epoch)
         if cb.on_epoch:
             cb.on_epoch(_clean(record), is_best)
 
-    model = plain_model
-    model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=True)["model"])
-    # binary tasks: also the validation threshold and the test metrics at it (vt_*), as privmed federate reports
-    val, test, val_logits, test_logits = evaluate_val_test_outputs(model, val_loader, test_loader, info)
-    predictions = write_predictions(
-        out,
-        info,
-        f"epoch{best_epoch}",
-        {"val": (scores_from_logits(val_logits, info), val), "test": (scores_from_logits(test_logits, info), test)},
-    )
-    train_examples = sum(len(dataset.train) for _ in history)
+    chosen = _test_chosen(setup, dataset.info, out, best_epoch)
     train_seconds = sum(h["train_seconds"] for h in history)
     return _clean(
         {
@@ -362,35 +420,24 @@ def train_centralized(
             "config": cfg.to_dict(),
             "config_source": cfg.source,
             "machine": machine(),
-            "dataset": {
-                "name": info.name,
-                "display_name": info.display_name,
-                "synthetic": info.synthetic,
-                "task": info.task,
-                "size": info.size,
-                "n_channels": info.n_channels,
-                "n_classes": info.n_labels,
-                "n_train": len(dataset.train),
-                "n_val": len(dataset.val),
-                "n_test": len(dataset.test),
-            },
+            "dataset": _dataset_record(dataset),
             "model": {
                 "name": cfg.model.name.lower(),
-                "width": getattr(model, "width", cfg.model.width),
-                "parameters": count_parameters(model),
+                "width": getattr(setup.plain_model, "width", cfg.model.width),
+                "parameters": count_parameters(setup.plain_model),
             },
             "seed": t.seed,
             "selection": {"split": "val", "metric": select},
             "epochs": t.epochs,
             "chosen_epoch": best_epoch,
             "history": history,
-            "val": val,
-            "test": test,
-            "samples_per_s": train_examples / train_seconds if train_seconds > 0 else None,
+            "val": chosen["val"],
+            "test": chosen["test"],
+            "samples_per_s": len(dataset.train) * len(history) / train_seconds if train_seconds > 0 else None,
             "train_seconds": train_seconds,
             "wall_seconds": time.perf_counter() - wall_start,
             "checkpoints": {"best": str(out / "best.pt"), "last": str(out / "last.pt")},
-            "predictions": predictions,
-            "privacy": private.record() if private is not None else None,
+            "predictions": chosen["predictions"],
+            "privacy": setup.private.record() if setup.private is not None else None,
         }
     )
