@@ -237,6 +237,49 @@ def make_private(
     """
     sigma = check_noise_multiplier(noise_multiplier)
     clip = check_clipping_norm(max_grad_norm)
+    mode = _check_wrappable(model, optimizer, loader, grad_sample_mode, loss_reduction, views_per_example)
+    if (sample_rate is not None or steps is not None) and not poisson_sampling:
+        raise PrivacyError("sample_rate and steps describe Poisson sampling; keep poisson_sampling=True")
+    model.train()
+    gs_model = mode.module(model, loss_reduction, clip, views_per_example)
+    randomness = randomness if randomness is not None else fresh_randomness()
+    dp_loader, rate, expected_batch_size = _dp_sampling(
+        loader, poisson=poisson_sampling, sample_rate=sample_rate, steps=steps, randomness=randomness
+    )
+    if poisson_sampling:
+        gs_model.forbid_grad_accumulation()
+    dp_optimizer = mode.optimizer(
+        optimizer,
+        gs_model,
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        expected_batch_size=expected_batch_size,
+        loss_reduction=loss_reduction,
+        randomness=randomness,
+    )
+    if accountant_state is not None:
+        _record_steps(dp_optimizer, accountant_state, rate)
+    logger.debug(
+        "DP-SGD: sigma=%.4f C=%.4g q=%.4g expected batch %.1f, mode %s, randomness %s",
+        sigma,
+        clip,
+        rate,
+        expected_batch_size,
+        grad_sample_mode,
+        randomness.name,
+    )
+    return gs_model, dp_optimizer, dp_loader
+
+
+def _check_wrappable(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    grad_sample_mode: str,
+    loss_reduction: str,
+    views: int,
+) -> GradSampleMode:
+    """Refuse what :func:`make_private` cannot wrap soundly, each with its reason; the mode to use."""
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise PrivacyError(
             f"unknown grad_sample_mode {grad_sample_mode!r}; choose one of {', '.join(GRAD_SAMPLE_MODES)}"
@@ -251,10 +294,8 @@ def make_private(
         raise PrivacyError("the optimizer holds parameters that are not the model's; build it from model.parameters()")
     if len(loader) == 0:
         raise PrivacyError("the training loader is empty; the client has no examples to train on")
-
-    model.train()
     mode = GRAD_SAMPLE_MODES[grad_sample_mode]
-    views = check_count("views_per_example", views_per_example, minimum=1)
+    views = check_count("views_per_example", views, minimum=1)
     if views > 1 and not mode.views:
         able = ", ".join(name for name, m in GRAD_SAMPLE_MODES.items() if m.views)
         raise PrivacyError(
@@ -262,56 +303,47 @@ def make_private(
             f"example's views together ({able}); {grad_sample_mode!r} would clip every view as its own example, "
             f"so one example could move the update {views} times as far as the accountant assumes"
         )
-    gs_model = mode.module(model, loss_reduction, clip, views)
-    if (sample_rate is not None or steps is not None) and not poisson_sampling:
-        raise PrivacyError("sample_rate and steps describe Poisson sampling; keep poisson_sampling=True")
-    if randomness is None:
-        randomness = fresh_randomness()
+    return mode
+
+
+def _dp_sampling(
+    loader: DataLoader,
+    *,
+    poisson: bool,
+    sample_rate: float | None,
+    steps: int | None,
+    randomness: DPRandomness,
+) -> tuple[DataLoader, float, float]:
+    """The loader DP-SGD draws its batches from, its rate q and the expected batch size.
+
+    Poisson sampling at ``sample_rate`` (the expected batch is exactly q·n) or at 1 / len(loader); without
+    Poisson sampling the loader's shuffled fixed-size batches, accounted as if Poisson (warned).
+    """
     n = len(loader.dataset)  # type: ignore[arg-type]
-    if sample_rate is not None:  # a given rate: the expected batch is exactly q·n (not rounded)
+    if sample_rate is not None:
         rate = check_sample_rate(sample_rate)
         expected_batch_size: float = n * rate
     else:
         rate = 1 / len(loader)
         expected_batch_size = max(1, int(n * rate))
-    if poisson_sampling:
-        gs_model.forbid_grad_accumulation()
-        dp_loader: DataLoader = poisson_loader(loader, sample_rate=rate, steps=steps, randomness=randomness)
-    else:
-        msg = (
-            "poisson_sampling=False: fixed-size shuffled batches are accounted as if Poisson-sampled, which is "
-            "an approximation, not a proof; keep poisson_sampling=True for a guarantee"
-        )
-        logger.warning(msg)
-        warnings.warn(msg, stacklevel=2)
-        dp_loader = loader
-        rate = 1 / len(dp_loader)
-    dp_optimizer = mode.optimizer(
-        optimizer,
-        gs_model,
-        noise_multiplier=sigma,
-        max_grad_norm=clip,
-        expected_batch_size=expected_batch_size,
-        loss_reduction=loss_reduction,
-        randomness=randomness,
+    if poisson:
+        return poisson_loader(loader, sample_rate=rate, steps=steps, randomness=randomness), rate, expected_batch_size
+    msg = (
+        "poisson_sampling=False: fixed-size shuffled batches are accounted as if Poisson-sampled, which is "
+        "an approximation, not a proof; keep poisson_sampling=True for a guarantee"
     )
-    if accountant_state is not None:
-        state = accountant_state
+    logger.warning(msg)
+    warnings.warn(msg, stacklevel=3)
+    return loader, 1 / len(loader), expected_batch_size
 
-        def record_step(opt: DPOptimizer) -> None:
-            state.step(noise_multiplier=opt.noise_multiplier, sample_rate=rate * opt.accumulated_iterations, steps=1)
 
-        dp_optimizer.attach_step_hook(record_step)
-    logger.debug(
-        "DP-SGD: sigma=%.4f C=%.4g q=%.4g expected batch %.1f, mode %s, randomness %s",
-        sigma,
-        clip,
-        rate,
-        expected_batch_size,
-        grad_sample_mode,
-        randomness.name,
-    )
-    return gs_model, dp_optimizer, dp_loader
+def _record_steps(optimizer: DPOptimizer, state: AccountantState, rate: float) -> None:
+    """Record every step of ``optimizer`` in ``state`` as ``(σ, q·accumulated_iterations, 1)``."""
+
+    def record_step(opt: DPOptimizer) -> None:
+        state.step(noise_multiplier=opt.noise_multiplier, sample_rate=rate * opt.accumulated_iterations, steps=1)
+
+    optimizer.attach_step_hook(record_step)
 
 
 class PoissonSampler(Sampler[list[int]]):
