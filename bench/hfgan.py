@@ -90,8 +90,9 @@ def gan_row(cfg: Config, gan: GanConfig, out: Path, *, private: bool, epsilon: f
 
 
 def centralized_gan_fid(cfg: Config, gan: GanConfig, out: Path) -> dict[str, Any]:
-    """A non-private centralised DCGAN (same G, D, Adam, D:G ratio and number of D steps; batch 64 of the whole
-    training split; plain torch), evaluated like HF-GAN's generators: the FID reference."""
+    """A non-private centralised DCGAN (same G, D, Adam, D:G ratio and number of D steps; ``gan.batch_size`` real
+    images of the whole training split and as many fakes as a federated D step sees per step; plain torch),
+    evaluated like HF-GAN's generators: the FID reference."""
     from privmed.data.base import to_torch
     from privmed.gan.evaluate import evaluate_synthetic
 
@@ -102,14 +103,15 @@ def centralized_gan_fid(cfg: Config, gan: GanConfig, out: Path) -> dict[str, Any
     g_opt, d_opt = adam(g.parameters(), gan, gan.lr_g), adam(d.parameters(), gan, gan.lr_d)
     x_all, y_all = to_torch(dataset.train, info).tensors
     gen = torch.Generator().manual_seed(cfg.train.seed)
+    n_fake = gan.fake_batch * cfg.data.num_clients  # the fakes of one federated D step (every client's)
     started = time.perf_counter()
     for step in range(gan.rounds):
         if step % gan.d_steps_per_g_step == 0:
-            train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.fake_batch, generator=gen)
+            train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.g_batch, generator=gen)
         idx = torch.randint(0, len(x_all), (gan.batch_size,), generator=gen)
-        y_fake = uniform_labels(gan.fake_batch, info.n_labels, gen)
+        y_fake = uniform_labels(n_fake, info.n_labels, gen)
         with torch.no_grad():
-            x_fake = g(torch.randn(gan.fake_batch, gan.latent_dim, generator=gen), y_fake)
+            x_fake = g(torch.randn(n_fake, gan.latent_dim, generator=gen), y_fake)
         real, fake = d(x_all[idx], y_all[idx]), d(x_fake, y_fake)
         loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
             fake, torch.zeros_like(fake)
@@ -182,6 +184,7 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
             f"gan.eval_samples={args.eval_samples}",
             f"gan.eval_epochs={args.eval_epochs}",
             f"federation.rounds={args.clf_rounds}",
+            *args.set,
         ],
     )
     root = Path(args.work) / name
@@ -218,17 +221,23 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
             ),
         ),
     ]
+    for label in args.rerun:  # rows of an earlier run that this run replaces
+        rows["rows"].pop(label, None)
+    for row in rows["rows"].values():  # rows of an earlier run (made before rows had a session) say so
+        if "session" not in row:
+            row.setdefault("carried_from", payload.get("previous_command") or "an earlier run")
     for label, fn in plan:
         if label in rows["rows"] and "error" not in rows["rows"][label]:
             continue
         if args.only and label not in args.only:
             continue
-        started = time.perf_counter()
+        started, load = time.perf_counter(), os.getloadavg()[0]
         try:
             rows["rows"][label] = {**fn(), "wall_seconds": time.perf_counter() - started}
         except Exception as exc:  # a failed row is recorded, not hidden, and the others still run
             log.exception("%s / %s failed", name, label)
             rows["rows"][label] = {"error": repr(exc), "wall_seconds": time.perf_counter() - started}
+        rows["rows"][label].update(load_average_1min=[load, os.getloadavg()[0]], session=payload["command"])
         save()
 
 
@@ -414,17 +423,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("PRIVMED_DATA_DIR", DEFAULT_DATA_DIR))
     parser.add_argument("--only", nargs="+", default=[], metavar="ROW", help="run only these rows (labels)")
     parser.add_argument(
+        "--rerun", nargs="+", default=[], metavar="ROW", help="drop these rows of an earlier run first, then run them"
+    )
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more config overrides")
+    parser.add_argument("--notes", default="", help="notes for the table file (what this run is, what it is not)")
+    parser.add_argument(
         "--merge", nargs="+", default=[], metavar="NAME", help="only merge bench/results/<NAME>.json into --name"
     )
+    parser.add_argument("--render", action="store_true", help="only rewrite bench/results/<NAME>.md from its JSON")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.name, args.merge)
+    if args.render:
+        (RESULTS_DIR / f"{args.name}.md").write_text(
+            markdown(json.loads((RESULTS_DIR / f"{args.name}.json").read_text()))
+        )
+        return 0
     os.environ["PRIVMED_DATA_DIR"] = args.data_dir
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").setLevel(logging.ERROR)
     json_path, md_path = RESULTS_DIR / f"{args.name}.json", RESULTS_DIR / f"{args.name}.md"
     payload: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {"datasets": {}}
+    payload["previous_command"] = payload.get("command")
     payload.update(args=vars(args), machine=machine(), seeds=[0], command=" ".join(sys.argv))
+    if args.notes:
+        payload["notes"] = args.notes
 
     def save() -> None:
         write_json_atomic(json_path, payload)
