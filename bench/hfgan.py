@@ -173,6 +173,9 @@ def classifier_epsilons(results: dict[str, Any]) -> dict[str, float | None]:
     return {
         "epsilon_classifier": max(clients) if clients else None,
         "epsilon_classifier_server_mirror": last.get("epsilon"),
+        "epsilon_classifier_server_public_sizes": (
+            (results.get("augmentation") or {}).get("epsilon_server_public_sizes") or {}
+        ).get("max"),
     }
 
 
@@ -295,6 +298,27 @@ def goals(rows: dict[str, Any]) -> list[str]:
     return out + ([""] if out else [])
 
 
+def load_note(payload: dict[str, Any]) -> str:
+    """The 1-minute load average seen at the start and end of this run's rows (the machine is shared)."""
+    loads = [
+        x
+        for data in payload["datasets"].values()
+        for row in data["rows"].values()
+        if "carried_from" not in row
+        for x in row.get("load_average_1min", [])
+    ]
+    return f"1-min load average {min(loads):.1f}-{max(loads):.1f} at the rows' starts and ends" if loads else "load ?"
+
+
+def ratio(payload: dict[str, Any]) -> int:
+    """The D:G step ratio the GAN rows ran with."""
+    for data in payload["datasets"].values():
+        gan = (data.get("config") or {}).get("gan") or {}
+        if gan.get("d_steps_per_g_step"):
+            return int(gan["d_steps_per_g_step"])
+    return 5
+
+
 def markdown(payload: dict[str, Any]) -> str:
     from privmed.metrics.generative import FEATURES_NOTE
 
@@ -303,7 +327,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "# HF-GAN: federated D from DP-noised gradients, local generators, synthetic augmentation",
         "",
         f"Machine: {payload['machine'].get('platform', '?')}, {payload['machine'].get('cpu_count', '?')} CPUs shared "
-        "with other engineers' jobs (load average 20-32 during the run: every time below is inflated by that), "
+        f"with other engineers' jobs ({load_note(payload)}: every time below is inflated by that), "
         f"torch {payload['machine'].get('torch', '?')}, {payload['machine'].get('date', '')}. Seed 0 (one seed). "
         "10 clients, Dirichlet alpha = 0.1 (the partitions of `pneumonia-10c-a0.1` / `breast-10c-a0.1`). "
         "Command(s): `"
@@ -311,14 +335,17 @@ def markdown(payload: dict[str, Any]) -> str:
         + "`.",
         "",
         *([f"Notes: {payload['notes']}", ""] if payload.get("notes") else []),
-        f"**Reduced run** (2-hour budget on a shared 2-core CPU): {a['gan_rounds']} GAN rounds (D steps; the presets "
-        f"say 1000), {a['clf_rounds']} classifier rounds of 1 local epoch, {a['eval_samples']} synthetic images per "
-        f"class for FID/IS/TSTR, evaluation CNNs trained {a['eval_epochs']} epochs. epsilon_D = {a['epsilon_d']} "
-        f"(distributed noise under SecAgg+), epsilon_clf = {a['epsilon_c']} (DP-SGD per client), delta = 1e-5.",
+        f"**Reduced run** (a shared 2-core CPU): {a['gan_rounds']} GAN rounds (D steps; the presets say 1000), "
+        f"{a['clf_rounds']} classifier rounds of 1 local epoch, {a['eval_samples']} synthetic images per class for "
+        f"FID/IS/TSTR, evaluation CNNs trained {a['eval_epochs']} epochs; GAN overrides {a.get('set') or 'none'}. "
+        f"epsilon_D = {a['epsilon_d']} (distributed noise under SecAgg+), epsilon_clf = {a['epsilon_c']} (DP-SGD per "
+        "client), delta = 1e-5.",
         "",
         f"{FEATURES_NOTE}. TSTR: accuracy of a small CNN trained only on synthetic images, tested on the real test "
         "split (ratio: / the same CNN trained on the real training split). For rows with DP on both D and the "
-        "classifier, a real image's total epsilon is the sum (sequential composition).",
+        "classifier, a real image's total epsilon is the sum (sequential composition). Rows marked † were carried "
+        "from an earlier run of this file (same partitions, seed and classifier rounds; settings in the JSON, "
+        "`carried_from` / `carried_args`): they do not use the GAN.",
         "",
     ]
     for name, data in payload["datasets"].items():
@@ -339,13 +366,14 @@ def markdown(payload: dict[str, Any]) -> str:
             if "error" in r:
                 lines.append(f"| {label} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
                 continue
+            mark = " †" if "carried_from" in r else ""
             g = gdp if label == "(c) + DP" else gnp if label == "(c) + HF-GAN" else None
             eps_d = g.get("epsilon_D") if g else None
             eps_c = r.get("epsilon_classifier")
             total = (eps_d or 0) + (eps_c or 0) if (eps_d or eps_c) else None
             tstr = f"{_f(g['tstr']['accuracy'])} ({_f(g['tstr_ratio'], 2)})" if g and "tstr" in g else "—"
             lines.append(
-                f"| {label} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | {_f(r['auc'])} | {tstr} | "
+                f"| {label}{mark} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | {_f(r['auc'])} | {tstr} | "
                 f"{_f(g.get('is') if g else None)} | {_f(g.get('fid') if g else None, 2)} | {_f(eps_d, 2)} | "
                 f"{_f(eps_c, 2)} | {_f(total, 2)} | {_f(g.get('gan_round_seconds') if g else None, 2)} |"
             )
@@ -371,10 +399,11 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += [
         "## Reading these numbers",
         "",
-        f"- {a['gan_rounds']} D steps are {a['gan_rounds'] // 5} G updates per client at the presets' D:G ratio of 5: "
-        "far too few for a DCGAN. The generators' images are still noise-like (FID far above the real-vs-real floor; "
-        "the sample grids in the run folders, not committed, show it). Every FID / IS / TSTR here measures an early, "
-        "untrained state, and the FID goal compares equally untrained generators.",
+        f"- {a['gan_rounds']} D steps are {a['gan_rounds'] // ratio(payload)} G updates per client at a D:G ratio of "
+        f"{ratio(payload)}; Bie et al. (TMLR 2023) reach FID 13.3 on MNIST at epsilon = 10 with 450,000 D steps at "
+        "a ratio of 50 (9,000 G steps) on a GPU. This CPU budget is about 1/1000 of theirs: every FID / IS / TSTR "
+        "here measures an early state of training, private and centralised alike (FID against the real-vs-real "
+        "floor says how early; the sample grids in the run folders, not committed, show it).",
         "- IS uses a domain classifier trained for only a few epochs; with 2 classes IS lies in [1, 2] and is near 1 "
         "even on real test images when that classifier is unsure: uninformative here.",
         "- TSTR accuracy near the test split's majority-class rate means the TSTR classifier predicts one class.",
@@ -385,8 +414,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "skewed client's class prior. One seed: no error bars.",
         "- ε_clf is the largest of the clients' own DP-SGD ledgers. For (c) + DP the server's mirror of "
         '`privacy.mode = "sample"` (`epsilon_classifier_server_mirror` in the JSON) over-states it: it plans with '
-        "the real partition sizes while each augmented client calibrated σ for its real + synthetic images (a "
-        "known gap: the server is not told the augmented sizes).",
+        "the real partition sizes while each augmented client calibrated σ for its real + synthetic images; the "
+        "augmented size n + round(ratio·n) is public, and `epsilon_classifier_server_public_sizes` is the server's "
+        "accounting from it (equal to the clients' ledgers).",
         "- A full run (the presets' 1000 D steps) costs about 1000 x the steady time per GAN round above, per GAN.",
         "",
     ]
@@ -394,15 +424,29 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def merge(name: str, others: list[str]) -> int:
-    """Merge the datasets of runs made in parallel (same settings, one dataset each) into one table file."""
+    """Merge the rows of runs made in parallel (same settings) into ``name``'s table file.
+
+    Rows of ``name`` that no part replaces are kept and marked ``carried_from`` (with the settings they were run
+    with) when the parts were run with other settings.
+    """
     payload = json.loads((RESULTS_DIR / f"{name}.json").read_text())
-    for other in others:
-        part = json.loads((RESULTS_DIR / f"{other}.json").read_text())
-        keys = ("gan_rounds", "clf_rounds", "eval_samples", "eval_epochs", "epsilon_d", "epsilon_c")
-        if any(part["args"][k] != payload["args"][k] for k in keys):
-            raise SystemExit(f"{other} was run with other settings; not merged")
+    parts = [json.loads((RESULTS_DIR / f"{other}.json").read_text()) for other in others]
+    keys = ("gan_rounds", "clf_rounds", "eval_samples", "eval_epochs", "epsilon_d", "epsilon_c", "set")
+    first = parts[0]["args"]
+    for other, part in zip(others, parts, strict=True):
+        if any(part["args"].get(k) != first.get(k) for k in keys):
+            raise SystemExit(f"{other} was run with other settings than {others[0]}; not merged")
+    if any(payload["args"].get(k) != first.get(k) for k in keys):
+        for data in payload["datasets"].values():
+            for row in data["rows"].values():
+                row.setdefault("carried_from", payload.get("command"))
+                row.setdefault("carried_args", {k: payload["args"].get(k) for k in keys})
+        payload["args"] = first
+    for other, part in zip(others, parts, strict=True):
         for dname, data in part["datasets"].items():
-            payload["datasets"].setdefault(dname, {"rows": {}})["rows"].update(data["rows"])
+            merged = payload["datasets"].setdefault(dname, {"rows": {}})
+            merged["rows"].update(data["rows"])
+            merged["config"] = data.get("config", merged.get("config"))
         payload.setdefault("parallel_runs", []).append({"name": other, "command": part.get("command")})
     write_json_atomic(RESULTS_DIR / f"{name}.json", payload)
     (RESULTS_DIR / f"{name}.md").write_text(markdown(payload))
