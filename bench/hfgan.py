@@ -343,10 +343,16 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"{FEATURES_NOTE}. TSTR: accuracy of a small CNN trained only on synthetic images, tested on the real test "
         "split (ratio: / the same CNN trained on the real training split). For rows with DP on both D and the "
-        "classifier, a real image's total epsilon is the sum (sequential composition). Rows marked † were carried "
-        "from an earlier run of this file (same partitions, seed and classifier rounds; settings in the JSON, "
-        "`carried_from` / `carried_args`): they do not use the GAN.",
+        "classifier, a real image's total epsilon is the sum (sequential composition). Rows marked † come from an "
+        "earlier run of this file (same partitions, seed and classifier rounds; its settings are each row's "
+        "`carried_args` in the JSON): (a), (b), (c0) and their DP versions do not use the trained GAN, so they "
+        "compare directly with this run's (c) rows; a carried (c) row is that earlier run's GAN.",
         "",
+        *(
+            ["Earlier commands (rows marked †): `" + "`, `".join(map(str, payload["earlier_commands"])) + "`.", ""]
+            if payload.get("earlier_commands")
+            else []
+        ),
     ]
     for name, data in payload["datasets"].items():
         rows = data["rows"]
@@ -423,11 +429,11 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def merge(name: str, others: list[str]) -> int:
+def merge(name: str, others: list[str], *, notes: str = "") -> int:
     """Merge the rows of runs made in parallel (same settings) into ``name``'s table file.
 
-    Rows of ``name`` that no part replaces are kept and marked ``carried_from`` (with the settings they were run
-    with) when the parts were run with other settings.
+    When the parts were run with other settings than ``name``, its rows that no part replaces are kept and marked
+    ``carried_from`` / ``carried_args``, its commands move to ``earlier_commands`` and the parts' become the file's.
     """
     payload = json.loads((RESULTS_DIR / f"{name}.json").read_text())
     parts = [json.loads((RESULTS_DIR / f"{other}.json").read_text()) for other in others]
@@ -436,18 +442,24 @@ def merge(name: str, others: list[str]) -> int:
     for other, part in zip(others, parts, strict=True):
         if any(part["args"].get(k) != first.get(k) for k in keys):
             raise SystemExit(f"{other} was run with other settings than {others[0]}; not merged")
+    runs = [{"name": other, "command": part.get("command")} for other, part in zip(others, parts, strict=True)]
     if any(payload["args"].get(k) != first.get(k) for k in keys):
         for data in payload["datasets"].values():
             for row in data["rows"].values():
                 row.setdefault("carried_from", payload.get("command"))
                 row.setdefault("carried_args", {k: payload["args"].get(k) for k in keys})
-        payload["args"] = first
-    for other, part in zip(others, parts, strict=True):
+        earlier = [payload.get("command")] + [r["command"] for r in payload.pop("parallel_runs", [])]
+        payload["earlier_commands"] = payload.get("earlier_commands", []) + earlier
+        payload.pop("notes", None)
+        payload["args"], payload["command"] = first, runs.pop(0)["command"]
+    for part in parts:
         for dname, data in part["datasets"].items():
             merged = payload["datasets"].setdefault(dname, {"rows": {}})
             merged["rows"].update(data["rows"])
             merged["config"] = data.get("config", merged.get("config"))
-        payload.setdefault("parallel_runs", []).append({"name": other, "command": part.get("command")})
+    payload.setdefault("parallel_runs", []).extend(runs)
+    if notes:
+        payload["notes"] = notes
     write_json_atomic(RESULTS_DIR / f"{name}.json", payload)
     (RESULTS_DIR / f"{name}.md").write_text(markdown(payload))
     return 0
@@ -477,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only rewrite bench/results/<NAME>.md from its JSON")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.name, args.merge)
+        return merge(args.name, args.merge, notes=args.notes)
     if args.render:
         (RESULTS_DIR / f"{args.name}.md").write_text(
             markdown(json.loads((RESULTS_DIR / f"{args.name}.json").read_text()))
