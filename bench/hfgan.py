@@ -90,8 +90,9 @@ def gan_row(cfg: Config, gan: GanConfig, out: Path, *, private: bool, epsilon: f
 
 
 def centralized_gan_fid(cfg: Config, gan: GanConfig, out: Path) -> dict[str, Any]:
-    """A non-private centralised DCGAN (same G, D, Adam, D:G ratio and number of D steps; batch 64 of the whole
-    training split; plain torch), evaluated like HF-GAN's generators: the FID reference."""
+    """A non-private centralised DCGAN (same G, D, Adam, D:G ratio and number of D steps; ``gan.batch_size`` real
+    images of the whole training split and as many fakes as a federated D step sees per step; plain torch),
+    evaluated like HF-GAN's generators: the FID reference."""
     from privmed.data.base import to_torch
     from privmed.gan.evaluate import evaluate_synthetic
 
@@ -102,14 +103,15 @@ def centralized_gan_fid(cfg: Config, gan: GanConfig, out: Path) -> dict[str, Any
     g_opt, d_opt = adam(g.parameters(), gan, gan.lr_g), adam(d.parameters(), gan, gan.lr_d)
     x_all, y_all = to_torch(dataset.train, info).tensors
     gen = torch.Generator().manual_seed(cfg.train.seed)
+    n_fake = gan.fake_batch * cfg.data.num_clients  # the fakes of one federated D step (every client's)
     started = time.perf_counter()
     for step in range(gan.rounds):
         if step % gan.d_steps_per_g_step == 0:
-            train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.fake_batch, generator=gen)
+            train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.g_batch, generator=gen)
         idx = torch.randint(0, len(x_all), (gan.batch_size,), generator=gen)
-        y_fake = uniform_labels(gan.fake_batch, info.n_labels, gen)
+        y_fake = uniform_labels(n_fake, info.n_labels, gen)
         with torch.no_grad():
-            x_fake = g(torch.randn(gan.fake_batch, gan.latent_dim, generator=gen), y_fake)
+            x_fake = g(torch.randn(n_fake, gan.latent_dim, generator=gen), y_fake)
         real, fake = d(x_all[idx], y_all[idx]), d(x_fake, y_fake)
         loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
             fake, torch.zeros_like(fake)
@@ -171,6 +173,9 @@ def classifier_epsilons(results: dict[str, Any]) -> dict[str, float | None]:
     return {
         "epsilon_classifier": max(clients) if clients else None,
         "epsilon_classifier_server_mirror": last.get("epsilon"),
+        "epsilon_classifier_server_public_sizes": (
+            (results.get("augmentation") or {}).get("epsilon_server_public_sizes") or {}
+        ).get("max"),
     }
 
 
@@ -182,6 +187,7 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
             f"gan.eval_samples={args.eval_samples}",
             f"gan.eval_epochs={args.eval_epochs}",
             f"federation.rounds={args.clf_rounds}",
+            *args.set,
         ],
     )
     root = Path(args.work) / name
@@ -218,17 +224,23 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
             ),
         ),
     ]
+    for label in args.rerun:  # rows of an earlier run that this run replaces
+        rows["rows"].pop(label, None)
+    for row in rows["rows"].values():  # rows of an earlier run (made before rows had a session) say so
+        if "session" not in row:
+            row.setdefault("carried_from", payload.get("previous_command") or "an earlier run")
     for label, fn in plan:
         if label in rows["rows"] and "error" not in rows["rows"][label]:
             continue
         if args.only and label not in args.only:
             continue
-        started = time.perf_counter()
+        started, load = time.perf_counter(), os.getloadavg()[0]
         try:
             rows["rows"][label] = {**fn(), "wall_seconds": time.perf_counter() - started}
         except Exception as exc:  # a failed row is recorded, not hidden, and the others still run
             log.exception("%s / %s failed", name, label)
             rows["rows"][label] = {"error": repr(exc), "wall_seconds": time.perf_counter() - started}
+        rows["rows"][label].update(load_average_1min=[load, os.getloadavg()[0]], session=payload["command"])
         save()
 
 
@@ -243,6 +255,9 @@ def goals(rows: dict[str, Any]) -> list[str]:
     def ok(flag: bool) -> str:
         return "met" if flag else "**not met**"
 
+    def carried(label: str) -> bool:
+        return "carried_from" in (rows.get(label) or {})
+
     def get(label: str, key: str) -> float | None:
         r = rows.get(label) or {}
         return r.get(key) if "error" not in r else None
@@ -255,8 +270,10 @@ def goals(rows: dict[str, Any]) -> list[str]:
         )
         if None not in (a, b, c):
             gain = 100 * (c - max(a, b))
+            old = " (rows of the earlier run †)" if carried("(c) + DP" if suffix else "(c) + HF-GAN") else ""
             out.append(
-                f"- Goal HF-GAN >= +3 macro-F1 points over (a) and (b), {tag}: {gain:+.1f} points, {ok(gain >= 3)}."
+                f"- Goal HF-GAN >= +3 macro-F1 points over (a) and (b), {tag}: {gain:+.1f} points, "
+                f"{ok(gain >= 3)}{old}."
             )
     c, c0 = get("(c) + HF-GAN", "macro_f1"), get(CONTROL, "macro_f1")
     if None not in (c, c0):
@@ -265,12 +282,18 @@ def goals(rows: dict[str, Any]) -> list[str]:
             f"{100 * (c - c0):+.1f} macro-F1 points (what the training of G_i adds beyond relabelling)."
         )
     gdp, central = rows.get("gan DP") or {}, rows.get("centralised DCGAN") or {}
+    if carried("gan DP") != carried("centralised DCGAN"):
+        out.append(
+            "- Goal private federated FID <= 2x centralised: not evaluated (the DP GAN and the centralised DCGAN come "
+            "from runs with different settings, one of them †)."
+        )
+        gdp = {k: v for k, v in gdp.items() if k != "fid"}
     if "fid" in gdp and "fid" in central:
         ratio = gdp["fid"] / max(central["fid"], 1e-12)
         floor = gdp.get("fid_train_vs_test") or 0.0
         caveat = (
-            f" (but every generator is far from the data, FID >= 10x the real-vs-real floor {floor:.2f}: this compares "
-            "equally untrained generators)"
+            f" (but both are far from the data, FID >= 10x the real-vs-real floor {floor:.2f}: this compares early "
+            "states of training)"
             if floor and min(gdp["fid"], central["fid"]) >= 10 * floor
             else ""
         )
@@ -278,12 +301,34 @@ def goals(rows: dict[str, Any]) -> list[str]:
             f"- Goal private federated FID <= 2x centralised non-private DCGAN: {ratio:.2f}x, {ok(ratio <= 2)}{caveat}."
         )
     if "tstr_ratio" in gdp:
+        old = " Earlier run's DP GAN (†)." if carried("gan DP") else ""
         out.append(
             f"- Goal TSTR at epsilon_D = {gdp.get('epsilon_D') or 0:.1f} >= 0.95x trained-on-real: "
             f"{gdp['tstr_ratio']:.2f}x, {ok(gdp['tstr_ratio'] >= 0.95)} (TSTR accuracy {gdp['tstr']['accuracy']:.3f}, "
-            f"macro-F1 {gdp['tstr']['macro_f1']:.3f}: compare with the majority-class rate of the test split)."
+            f"macro-F1 {gdp['tstr']['macro_f1']:.3f}: compare with the majority-class rate of the test split).{old}"
         )
     return out + ([""] if out else [])
+
+
+def load_note(payload: dict[str, Any]) -> str:
+    """The 1-minute load average seen at the start and end of this run's rows (the machine is shared)."""
+    loads = [
+        x
+        for data in payload["datasets"].values()
+        for row in data["rows"].values()
+        if "carried_from" not in row
+        for x in row.get("load_average_1min", [])
+    ]
+    return f"1-min load average {min(loads):.1f}-{max(loads):.1f} at the rows' starts and ends" if loads else "load ?"
+
+
+def ratio(payload: dict[str, Any]) -> int:
+    """The D:G step ratio the GAN rows ran with."""
+    for data in payload["datasets"].values():
+        gan = (data.get("config") or {}).get("gan") or {}
+        if gan.get("d_steps_per_g_step"):
+            return int(gan["d_steps_per_g_step"])
+    return 5
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -294,7 +339,7 @@ def markdown(payload: dict[str, Any]) -> str:
         "# HF-GAN: federated D from DP-noised gradients, local generators, synthetic augmentation",
         "",
         f"Machine: {payload['machine'].get('platform', '?')}, {payload['machine'].get('cpu_count', '?')} CPUs shared "
-        "with other engineers' jobs (load average 20-32 during the run: every time below is inflated by that), "
+        f"with other engineers' jobs ({load_note(payload)}: every time below is inflated by that), "
         f"torch {payload['machine'].get('torch', '?')}, {payload['machine'].get('date', '')}. Seed 0 (one seed). "
         "10 clients, Dirichlet alpha = 0.1 (the partitions of `pneumonia-10c-a0.1` / `breast-10c-a0.1`). "
         "Command(s): `"
@@ -302,15 +347,24 @@ def markdown(payload: dict[str, Any]) -> str:
         + "`.",
         "",
         *([f"Notes: {payload['notes']}", ""] if payload.get("notes") else []),
-        f"**Reduced run** (2-hour budget on a shared 2-core CPU): {a['gan_rounds']} GAN rounds (D steps; the presets "
-        f"say 1000), {a['clf_rounds']} classifier rounds of 1 local epoch, {a['eval_samples']} synthetic images per "
-        f"class for FID/IS/TSTR, evaluation CNNs trained {a['eval_epochs']} epochs. epsilon_D = {a['epsilon_d']} "
-        f"(distributed noise under SecAgg+), epsilon_clf = {a['epsilon_c']} (DP-SGD per client), delta = 1e-5.",
+        f"**Reduced run** (a shared 2-core CPU): {a['gan_rounds']} GAN rounds (D steps; the presets say 1000), "
+        f"{a['clf_rounds']} classifier rounds of 1 local epoch, {a['eval_samples']} synthetic images per class for "
+        f"FID/IS/TSTR, evaluation CNNs trained {a['eval_epochs']} epochs; GAN overrides {a.get('set') or 'none'}. "
+        f"epsilon_D = {a['epsilon_d']} (distributed noise under SecAgg+), epsilon_clf = {a['epsilon_c']} (DP-SGD per "
+        "client), delta = 1e-5.",
         "",
         f"{FEATURES_NOTE}. TSTR: accuracy of a small CNN trained only on synthetic images, tested on the real test "
         "split (ratio: / the same CNN trained on the real training split). For rows with DP on both D and the "
-        "classifier, a real image's total epsilon is the sum (sequential composition).",
+        "classifier, a real image's total epsilon is the sum (sequential composition). Rows marked † come from an "
+        "earlier run of this file (same partitions, seed and classifier rounds; its settings are each row's "
+        "`carried_args` in the JSON): (a), (b), (c0) and their DP versions do not use the trained GAN, so they "
+        "compare directly with this run's (c) rows; a carried (c) row is that earlier run's GAN.",
         "",
+        *(
+            ["Earlier commands (rows marked †): `" + "`, `".join(map(str, payload["earlier_commands"])) + "`.", ""]
+            if payload.get("earlier_commands")
+            else []
+        ),
     ]
     for name, data in payload["datasets"].items():
         rows = data["rows"]
@@ -330,13 +384,14 @@ def markdown(payload: dict[str, Any]) -> str:
             if "error" in r:
                 lines.append(f"| {label} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
                 continue
+            mark = " †" if "carried_from" in r else ""
             g = gdp if label == "(c) + DP" else gnp if label == "(c) + HF-GAN" else None
             eps_d = g.get("epsilon_D") if g else None
             eps_c = r.get("epsilon_classifier")
             total = (eps_d or 0) + (eps_c or 0) if (eps_d or eps_c) else None
             tstr = f"{_f(g['tstr']['accuracy'])} ({_f(g['tstr_ratio'], 2)})" if g and "tstr" in g else "—"
             lines.append(
-                f"| {label} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | {_f(r['auc'])} | {tstr} | "
+                f"| {label}{mark} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | {_f(r['auc'])} | {tstr} | "
                 f"{_f(g.get('is') if g else None)} | {_f(g.get('fid') if g else None, 2)} | {_f(eps_d, 2)} | "
                 f"{_f(eps_c, 2)} | {_f(total, 2)} | {_f(g.get('gan_round_seconds') if g else None, 2)} |"
             )
@@ -362,39 +417,65 @@ def markdown(payload: dict[str, Any]) -> str:
     lines += [
         "## Reading these numbers",
         "",
-        f"- {a['gan_rounds']} D steps are {a['gan_rounds'] // 5} G updates per client at the presets' D:G ratio of 5: "
-        "far too few for a DCGAN. The generators' images are still noise-like (FID far above the real-vs-real floor; "
-        "the sample grids in the run folders, not committed, show it). Every FID / IS / TSTR here measures an early, "
-        "untrained state, and the FID goal compares equally untrained generators.",
+        f"- {a['gan_rounds']} D steps are {a['gan_rounds'] // ratio(payload)} G updates per client at a D:G ratio of "
+        f"{ratio(payload)}; Bie et al. (TMLR 2023) reach FID 13.3 on MNIST at epsilon = 10 with 450,000 D steps at "
+        "a ratio of 50 (9,000 G steps) on a GPU. This CPU budget is about 1/1000 of theirs: every FID / IS / TSTR "
+        "here measures an early state of training, private and centralised alike (FID against the real-vs-real "
+        "floor says how early; the sample grids in the run folders, not committed, show it).",
         "- IS uses a domain classifier trained for only a few epochs; with 2 classes IS lies in [1, 2] and is near 1 "
         "even on real test images when that classifier is unsure: uninformative here.",
         "- TSTR accuracy near the test split's majority-class rate means the TSTR classifier predicts one class.",
         f"- {a['clf_rounds']} classifier rounds: rows whose accuracy equals the majority-class rate with macro-F1 "
-        "~0.42 predict one class everywhere; their differences are not evidence either way.",
+        "~0.38-0.42 (PneumoniaMNIST / BreastMNIST) predict one class everywhere; their differences are not evidence "
+        "either way. Every DP classifier row is such a row at this budget: the goal with DP cannot be judged here.",
         "- A gain of (c) over (a)/(b) counts for HF-GAN only when (c) also beats the control (c0), the same class-"
         "balanced labels on images of untrained generators: with noise-like images, relabelling alone can shift a "
         "skewed client's class prior. One seed: no error bars.",
         "- ε_clf is the largest of the clients' own DP-SGD ledgers. For (c) + DP the server's mirror of "
         '`privacy.mode = "sample"` (`epsilon_classifier_server_mirror` in the JSON) over-states it: it plans with '
-        "the real partition sizes while each augmented client calibrated σ for its real + synthetic images (a "
-        "known gap: the server is not told the augmented sizes).",
-        "- A full run (the presets' 1000 D steps) costs about 1000 x the steady time per GAN round above, per GAN.",
+        "the real partition sizes while each augmented client calibrated σ for its real + synthetic images; the "
+        "augmented size n + round(ratio·n) is public, and `epsilon_classifier_server_public_sizes` is the server's "
+        "accounting from it (equal to the clients' ledgers).",
+        "- A full run (the presets' 1000 D steps) costs about 1000 x the steady time per GAN round above, per GAN. "
+        "The DP GAN's round also runs SecAgg+'s four stages (key agreement, key shares, masked vectors, unmasking) "
+        "with every client: the difference between its s / GAN round and the non-private one's; one client's "
+        "compute alone, before and after the cost cuts, is in `hfgan_profile.md`.",
         "",
     ]
     return "\n".join(lines) + "\n"
 
 
-def merge(name: str, others: list[str]) -> int:
-    """Merge the datasets of runs made in parallel (same settings, one dataset each) into one table file."""
+def merge(name: str, others: list[str], *, notes: str = "") -> int:
+    """Merge the rows of runs made in parallel (same settings) into ``name``'s table file.
+
+    When the parts were run with other settings than ``name``, its rows that no part replaces are kept and marked
+    ``carried_from`` / ``carried_args``, its commands move to ``earlier_commands`` and the parts' become the file's.
+    """
     payload = json.loads((RESULTS_DIR / f"{name}.json").read_text())
-    for other in others:
-        part = json.loads((RESULTS_DIR / f"{other}.json").read_text())
-        keys = ("gan_rounds", "clf_rounds", "eval_samples", "eval_epochs", "epsilon_d", "epsilon_c")
-        if any(part["args"][k] != payload["args"][k] for k in keys):
-            raise SystemExit(f"{other} was run with other settings; not merged")
+    parts = [json.loads((RESULTS_DIR / f"{other}.json").read_text()) for other in others]
+    keys = ("gan_rounds", "clf_rounds", "eval_samples", "eval_epochs", "epsilon_d", "epsilon_c", "set")
+    first = parts[0]["args"]
+    for other, part in zip(others, parts, strict=True):
+        if any(part["args"].get(k) != first.get(k) for k in keys):
+            raise SystemExit(f"{other} was run with other settings than {others[0]}; not merged")
+    runs = [{"name": other, "command": part.get("command")} for other, part in zip(others, parts, strict=True)]
+    if any(payload["args"].get(k) != first.get(k) for k in keys):
+        for data in payload["datasets"].values():
+            for row in data["rows"].values():
+                row.setdefault("carried_from", payload.get("command"))
+                row.setdefault("carried_args", {k: payload["args"].get(k) for k in keys})
+        earlier = [payload.get("command")] + [r["command"] for r in payload.pop("parallel_runs", [])]
+        payload["earlier_commands"] = payload.get("earlier_commands", []) + earlier
+        payload.pop("notes", None)
+        payload["args"], payload["command"] = first, runs.pop(0)["command"]
+    for part in parts:
         for dname, data in part["datasets"].items():
-            payload["datasets"].setdefault(dname, {"rows": {}})["rows"].update(data["rows"])
-        payload.setdefault("parallel_runs", []).append({"name": other, "command": part.get("command")})
+            merged = payload["datasets"].setdefault(dname, {"rows": {}})
+            merged["rows"].update(data["rows"])
+            merged["config"] = data.get("config", merged.get("config"))
+    payload.setdefault("parallel_runs", []).extend(runs)
+    if notes:
+        payload["notes"] = notes
     write_json_atomic(RESULTS_DIR / f"{name}.json", payload)
     (RESULTS_DIR / f"{name}.md").write_text(markdown(payload))
     return 0
@@ -414,17 +495,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("PRIVMED_DATA_DIR", DEFAULT_DATA_DIR))
     parser.add_argument("--only", nargs="+", default=[], metavar="ROW", help="run only these rows (labels)")
     parser.add_argument(
+        "--rerun", nargs="+", default=[], metavar="ROW", help="drop these rows of an earlier run first, then run them"
+    )
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more config overrides")
+    parser.add_argument("--notes", default="", help="notes for the table file (what this run is, what it is not)")
+    parser.add_argument(
         "--merge", nargs="+", default=[], metavar="NAME", help="only merge bench/results/<NAME>.json into --name"
     )
+    parser.add_argument("--render", action="store_true", help="only rewrite bench/results/<NAME>.md from its JSON")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.name, args.merge)
+        return merge(args.name, args.merge, notes=args.notes)
+    if args.render:
+        (RESULTS_DIR / f"{args.name}.md").write_text(
+            markdown(json.loads((RESULTS_DIR / f"{args.name}.json").read_text()))
+        )
+        return 0
     os.environ["PRIVMED_DATA_DIR"] = args.data_dir
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flwr").setLevel(logging.ERROR)
     json_path, md_path = RESULTS_DIR / f"{args.name}.json", RESULTS_DIR / f"{args.name}.md"
     payload: dict[str, Any] = json.loads(json_path.read_text()) if json_path.is_file() else {"datasets": {}}
+    payload["previous_command"] = payload.get("command")
     payload.update(args=vars(args), machine=machine(), seeds=[0], command=" ".join(sys.argv))
+    if args.notes:
+        payload["notes"] = args.notes
 
     def save() -> None:
         write_json_atomic(json_path, payload)

@@ -1,7 +1,11 @@
 """HF-GAN's protocol on real Flower runs (simulation engine, real Opacus, real SecAgg+).
 
-- D's update is an Adam step on the size-weighted mean of the clients' clipped, noised gradients (without SecAgg+
-  the server's view of every upload is recorded; under SecAgg+ the uploads are recorded before masking).
+- D's update is an Adam step on the size-weighted mean (weights: the public partition sizes, the only sizes the
+  server may know) of the clients' clipped, noised gradients (without SecAgg+ the server's view of every upload is
+  recorded; under SecAgg+ the uploads are recorded before masking).
+- Nothing computed from a DP client's private data without noise leaves it (a wiretap outside every mod): the clear
+  weight is 1, the metrics are the allow-list's, no loss, fit time or example count; results.json lists no
+  per-client counts.
 - No G_i parameter appears in any message a client sends (checked on every reply, as it leaves the client).
 - The ledger's ε matches Google's dp-accounting for (σ, q, rounds).
 - A generator whose loss turns NaN is stopped, reported, and the run goes on.
@@ -25,7 +29,8 @@ from flwr.common import parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 
 from privmed.federation import task
-from privmed.gan.app import check_message_has_no_generator
+from privmed.federation.wiretap import Wiretap
+from privmed.gan.app import SENT_METRICS, check_message_has_no_generator
 from privmed.gan.config import GanConfig, load_gan_config
 from privmed.gan.hfgan import GeneratorStore, adam, discriminator_config, initial_discriminator
 from privmed.gan.run import run_hfgan
@@ -108,6 +113,38 @@ def _uploads(folder: Path, rnd: int, sizes: list[int]) -> list[tuple[list[np.nda
     return out
 
 
+#: computed from a client's private data without noise: never in a DP client's messages or in results.json
+UNNOISED = {"train_loss", "fit_seconds", "g_loss", "examples", "loss", "accuracy", "update_norm"}
+#: per-client counts: not in a DP run's results.json
+CLIENT_COUNTS = {"partition_sizes", "label_histogram", "classes_absent", "examples"}
+
+
+def _keys(tree: object) -> set[str]:
+    if isinstance(tree, dict):
+        return set(tree) | {k for v in tree.values() for k in _keys(v)}
+    if isinstance(tree, list):
+        return {k for v in tree for k in _keys(v)}
+    return set()
+
+
+def _public_sizes(cfg) -> list[int]:
+    """The partition sizes every process computes from the config (what the server may know)."""
+    return [int(p.size) for p in task.load_federated_data(cfg)[1]]
+
+
+def _check_wire(folder: Path, cfg, out: Path) -> None:
+    """Every fit reply as it left the client: weight 1 in the clear, allowed metrics only, nothing unnoised."""
+    replies = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    fits = [r for r in replies if r["message_type"] == MessageType.TRAIN and "fitres.metrics" in r["config_records"]]
+    assert len(fits) == cfg.data.num_clients * len(json.loads((out / "results.json").read_text())["rounds"])
+    for reply in fits:
+        assert reply["metric_records"]["fitres.num_examples"] == {"num_examples": 1}
+        assert set(reply["config_records"]["fitres.metrics"]) <= SENT_METRICS[cfg.privacy.mode]
+    assert not _keys(replies) & UNNOISED
+    saved = json.loads((out / "results.json").read_text())
+    assert not _keys(saved) & (UNNOISED | CLIENT_COUNTS)
+
+
 def _rdp_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
     ref = RdpAccountant()
     ref.compose(dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(sigma)), steps))
@@ -126,13 +163,15 @@ def test_per_client_noise_run_weighted_mean_no_leak_nan_generator(tmp_path: Path
         gan,
         out_dir=out,
         outer_mods=[
+            Wiretap(tmp_path / "wire"),
             GeneratorLeakCheck(d_cfg, gan, store, tmp_path / "checks"),
             UploadTap(taps),
         ],
         nan_partitions=[1],
         on_step=lambda *a: steps.append(a),
     )
-    sizes = results["partition_sizes"]
+    sizes = _public_sizes(cfg)
+    assert len(set(sizes)) > 1  # unequal sizes: weighting by the clear weight 1 would fail the check below
     assert len(steps) == gan.rounds
     for rnd, _, gradient, _ in steps:  # the server sees exactly these uploads: D steps with their weighted mean
         expected = [np.asarray(a) for a in _weighted_mean(_uploads(taps, rnd, sizes))]
@@ -152,14 +191,22 @@ def test_per_client_noise_run_weighted_mean_no_leak_nan_generator(tmp_path: Path
     details = results["privacy_details"]
     expected_eps = _rdp_epsilon(details["noise_multiplier"], details["sample_rate"], gan.rounds, cfg.privacy.delta)
     assert results["epsilon_discriminator"] == pytest.approx(expected_eps, rel=0.01)
+    _check_wire(tmp_path / "wire", cfg, out)
 
 
 def test_distributed_secagg_run_weighted_mean_and_ledger(tmp_path: Path) -> None:
     cfg, gan, out = _setup(tmp_path, "distributed")
     steps: list[tuple] = []
     taps = tmp_path / "uploads"  # inside secaggplus_mod: each client's clipped, noised gradient before masking
-    results = run_hfgan(cfg, gan, out_dir=out, inner_mods=[UploadTap(taps)], on_step=lambda *a: steps.append(a))
-    sizes = results["partition_sizes"]
+    results = run_hfgan(
+        cfg,
+        gan,
+        out_dir=out,
+        outer_mods=[Wiretap(tmp_path / "wire")],
+        inner_mods=[UploadTap(taps)],
+        on_step=lambda *a: steps.append(a),
+    )
+    sizes = _public_sizes(cfg)
     assert [r["round_failed"] for r in results["rounds"]] == [False] * gan.rounds
     for rnd, _, gradient, _ in steps:  # SecAgg+ unmasked the weighted mean (up to its quantisation error)
         expected = _weighted_mean(_uploads(taps, rnd, sizes))
@@ -174,6 +221,7 @@ def test_distributed_secagg_run_weighted_mean_and_ledger(tmp_path: Path) -> None
     assert results["epsilon_synthetic_images"] == results["epsilon_discriminator"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["epsilon_discriminator"] == results["epsilon_discriminator"]
+    _check_wire(tmp_path / "wire", cfg, out)  # the real weights rode inside SecAgg+'s masked vectors
 
 
 def _weighted_mean(uploads):

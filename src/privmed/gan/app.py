@@ -1,9 +1,13 @@
 """HF-GAN's Flower apps (legacy API, because SecAgg+ exists only there): a ServerApp that holds D and a
 ClientApp whose clients keep G_i in their own store (:mod:`privmed.gan.hfgan` does the work).
 
-Client mods come from privmed's registry (``secaggplus_mod`` and the clipping guard when ``secagg.enabled``);
-``outer_mods`` see exactly what leaves a client, ``inner_mods`` the upload before SecAgg+ masks it (audits and
-tests). Client sampling, when ``federation.fraction_fit`` < 1, draws from the OS's entropy.
+Client mods come from privmed's registry, in the classifier app's order (outermost first): under DP
+``clear_weight_mod`` (the weight a reply shows in the clear becomes 1), then ``secaggplus_mod`` and the clipping
+guard when ``secagg.enabled`` (SecAgg+ folds the real weight into the masked vector). ``outer_mods`` see exactly
+what leaves a client, ``inner_mods`` the upload before SecAgg+ masks it (audits and tests). Under DP a client's
+metrics are cut to an allow-list (:data:`SENT_METRICS`): nothing computed from its private data without noise
+(example counts, losses, fit times) leaves it. Client sampling, when ``federation.fraction_fit`` < 1, draws from
+the OS's entropy.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from flwr.serverapp import Grid
 from privmed.config import Config
 from privmed.errors import PrivmedError
 from privmed.federation import registry, task
+from privmed.federation.dp import PUBLIC_METRICS
 from privmed.federation.registry import Mod
 from privmed.gan.config import GanConfig
-from privmed.gan.hfgan import GeneratorStore, HFGANClientLogic, build_strategy
+from privmed.gan.hfgan import METRIC_G_STOPPED, GeneratorStore, HFGANClientLogic, build_strategy
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +46,34 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, dict[str, Any]], None]
 
 
+#: ``privacy.mode`` -> the client metrics a reply may carry (``None``: all). Under DP only
+#: :data:`~privmed.federation.dp.PUBLIC_METRICS` and whether G_i is stopped: G_i's loss is a function of D (a DP
+#: output) and of G_i (post-processing of D), so the stop flag costs no privacy, while the fit time depends on
+#: the client's Poisson batch of real images and stays on the client (logged at debug level).
+SENT_METRICS: dict[str, frozenset[str] | None] = {
+    "none": None,
+    "distributed": PUBLIC_METRICS | {METRIC_G_STOPPED},
+    "sample": PUBLIC_METRICS | {METRIC_G_STOPPED},
+}
+
+
 class HFGANClient(NumPyClient):
-    """A Flower client around :class:`~privmed.gan.hfgan.HFGANClientLogic`; replies with D's gradient only."""
+    """A Flower client around :class:`~privmed.gan.hfgan.HFGANClientLogic`; replies with D's gradient only.
+
+    The reply's weight is the client's number of real images: SecAgg+ folds it into the masked vector, and
+    under DP :func:`~privmed.federation.dp.clear_weight_mod` (outside SecAgg+) shows 1 in the clear; the server
+    weights by the public partition sizes (:class:`~privmed.gan.hfgan.HFGANStrategy`).
+    """
 
     def __init__(self, logic: HFGANClientLogic) -> None:
         self.logic = logic
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         upload, metrics = self.logic.fit(parameters, config)
-        return upload, len(self.logic.split), {"partition_id": self.logic.partition_id, **metrics}
+        log.debug("client %d: %s", self.logic.partition_id, metrics)
+        allowed = SENT_METRICS[self.logic.cfg.privacy.mode]
+        sent = {k: v for k, v in metrics.items() if allowed is None or k in allowed}
+        return upload, len(self.logic.split), {"partition_id": self.logic.partition_id, **sent}
 
 
 def make_gan_client_app(
@@ -66,7 +90,8 @@ def make_gan_client_app(
     ``nan_partitions``: fault injection for tests (these clients' G loss turns NaN).
     """
     registry.load_plugins()
-    mods = list(registry.MOD_FACTORIES["secagg+"](cfg)) if cfg.secagg.enabled else []
+    mods = [*registry.MOD_FACTORIES["dp-clear-weight"](cfg)]
+    mods += list(registry.MOD_FACTORIES["secagg+"](cfg)) if cfg.secagg.enabled else []
 
     def client_fn(context: Context) -> Any:
         torch.set_num_threads(1)
@@ -151,6 +176,7 @@ class GanServer:
             "g_stopped": {str(k): v for k, v in sorted(inner.stopped.items())},
         }
         self.discriminator = inner.d
+        self.strategy = strategy
 
     def _round(self, workflow: Any, grid: Grid, legacy: LegacyContext, strategy: Any, server_round: int) -> None:
         started = time.perf_counter()

@@ -4,10 +4,15 @@ runs as usual (privmed's Flower app, unchanged; only the client's split grows).
 The synthetic labels are chosen on the client from its own label histogram (class balance against label skew),
 which never leaves the client; the images are post-processing of D's DP training (:mod:`privmed.gan.hfgan`). A
 DP classifier on the augmented set protects the real images with its own ε; the total for a real image is the
-sum of D's and the classifier's ε (sequential composition), which the benchmark reports. Known gap: under
-``privacy.mode = "sample"`` each client calibrates σ for its augmented set, but the server's mirror of the
-clients' ledgers plans with the real partition sizes and over-states ε; the clients' own ledgers (their
-``epsilon`` fit metric) are the accounting of what ran.
+sum of D's and the classifier's ε (sequential composition), which the benchmark reports.
+
+Under ``privacy.mode = "sample"`` each client calibrates σ for its augmented set (real + synthetic, q = B / n_aug),
+which is the mechanism that runs: its own ledger (its ``epsilon`` fit metric) is the accounting. The server's
+mirror of the ledgers (:class:`privmed.federation.dp.SampleLevelDP`, the round records' ``epsilon``) plans with
+the real partition sizes and so over-states ε for augmented clients (a larger q, and more steps than its plan).
+The augmented size is public, ``n + round(ratio · n)`` (:func:`augmented_size`: the class balance changes the
+synthetic labels, never their number), so :func:`server_epsilons` recomputes the server's view from public
+information only (the augmented sizes and the steps the clients report); ``results["augmentation"]`` carries it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,43 @@ from privmed.models.dcgan import Generator
 log = logging.getLogger(__name__)
 
 
+def augmented_size(n: int, ratio: float) -> int:
+    """A client's training-set size after augmentation: its ``n`` real images plus ``round(ratio · n)``."""
+    return n + max(0, round(ratio * n))
+
+
+def server_epsilons(cfg: Config, gan: GanConfig, results: dict[str, Any]) -> dict[str, float]:
+    """ε per client of a DP-SGD (``"sample"``) run on augmented clients, from public information only.
+
+    Each client's plan (σ, q) for its augmented size (:func:`augmented_size` of the public partition size) and
+    the DP-SGD steps it reported last (a public metric); the server's answer to the clients' own ledgers.
+    """
+    from privmed.federation.dp import client_plan
+    from privmed.privacy import epsilon_for
+
+    _, parts = task.load_federated_data(cfg)
+    last = results["rounds"][-1].get("clients", []) if results.get("rounds") else []
+    steps = {int(row["partition_id"]): int(row["dp_steps"]) for row in last if "dp_steps" in row}
+    out = {}
+    for pid, n_steps in sorted(steps.items()):
+        plan = client_plan(cfg, augmented_size(int(parts[pid].size), gan.augment_ratio))
+        out[str(pid)] = epsilon_for(
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            steps=n_steps,
+            delta=plan.delta,
+            accountant=plan.accountant,
+        )
+    return out
+
+
+#: ``privacy.mode`` -> the server's ε per client of an augmented run, from public information (modes whose
+#: server mirrors per-client ledgers planned from partition sizes).
+SERVER_ACCOUNTING: dict[str, Callable[[Config, GanConfig, dict[str, Any]], dict[str, float]]] = {
+    "sample": server_epsilons
+}
+
+
 def synthetic_labels(labels: np.ndarray, n_classes: int, *, ratio: float, class_balance: bool) -> np.ndarray:
     """Labels of the ``round(ratio · n)`` synthetic images a client adds to its ``n`` real ones.
 
@@ -40,7 +82,7 @@ def synthetic_labels(labels: np.ndarray, n_classes: int, *, ratio: float, class_
     balanced as the budget allows; otherwise they follow the client's own label histogram.
     """
     n = len(labels)
-    budget = round(ratio * n)
+    budget = augmented_size(n, ratio) - n
     counts = np.bincount(labels, minlength=n_classes).astype(float)
     if budget <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -138,5 +180,10 @@ def run_augmented_federated(cfg: Config, gan: GanConfig, store: str | Path, *, o
     results = json.loads((out / "results.json").read_text())
     results["timing"]["total_seconds"] = time.perf_counter() - started
     results["augmentation"] = {"store": str(store), "ratio": gan.augment_ratio, "class_balance": gan.class_balance}
+    accounting = SERVER_ACCOUNTING.get(cfg.privacy.mode)
+    if accounting is not None:  # the mirror's ε in the round records planned with the real sizes
+        eps = accounting(cfg, gan, results)
+        worst = max(eps.values(), default=None)
+        results["augmentation"]["epsilon_server_public_sizes"] = {"per_client": eps, "max": worst}
     write_json_atomic(out / "results.json", results)
     return results

@@ -34,8 +34,12 @@ class GanConfig:
     #: 0 lets any client take part (under the common Poisson rate a small client simply adds fewer real images to
     #: each D step; the DP guarantee is unaffected)
     min_client_images: int = -1
-    #: images of G_i per client in one D step and in one G step
+    #: images of G_i per client in one D step (their gradients are averaged with the real term's weights, so the
+    #: federation's D step sees about ``num_clients * fake_batch`` fakes; Bie et al. 2023 pair every real image
+    #: with one fake, i.e. ``fake_batch`` ≈ ``batch_size / num_clients``)
     fake_batch: int = 64
+    #: images of G_i in one G step
+    g_batch: int = 64
     latent_dim: int = 64
     g_width: int = 32
     d_width: int = 32

@@ -10,8 +10,11 @@ Augmentation and Privacy Preservation in Medical Imaging" (``shared/papers/hf-ga
 3. The client computes D's loss gradient on real local images (:func:`real_gradient`: a Poisson sample at the
    federation's rate q; under DP clipped per real example and noised by privmed's distributed-noise
    machinery, :func:`privmed.federation.dp_distributed.distributed_dp_wrapper`) plus the gradient on images of
-   G_i (:func:`fake_gradient`), and uploads only that sum, with its number of real images as weight.
-4. The server averages the uploads weighted by client dataset size and steps D with Adam (lr 2e-4, β1 0.5;
+   G_i (:func:`fake_gradient`), and uploads only that sum. Its number of real images n_i is the reply's weight
+   only inside SecAgg+'s masked vector; in the clear a DP client shows weight 1
+   (:func:`privmed.federation.dp.clear_weight_mod`, as the classifiers' DP clients do).
+4. The server averages the uploads weighted by the public partition sizes (the same n_i, computed from the
+   config; under SecAgg+ the unmasked aggregate is already that mean) and steps D with Adam (lr 2e-4, β1 0.5;
    :class:`HFGANStrategy`). Adam on a noised gradient is post-processing.
 
 Privacy (``[privacy] mode``, chosen by name in :data:`D_GRADIENT_WRAPPERS`, never by a branch in the code):
@@ -33,10 +36,11 @@ Threat model: an honest-but-curious server (and anyone holding D or the results)
 round, the noised D gradients (only their SecAgg+ sum under ``"distributed"``); it never sees G_i, real
 images, the real-image loss, or the clients' label histograms. Not covered: a server that colludes with
 clients (their noise shares come off: σ·C·√((k−c)/m) remain), a malicious server that sends a crafted D
-(DP still bounds what one real image changes in an upload), and the partition sizes, which are sent as the
-aggregation weights. Noise and Poisson sampling come from fresh OS entropy (``secrets``), never from the
-config's seeds, and are never sent or logged; G_i's initialisation and latent draws are seeded (they touch
-no private data).
+(DP still bounds what one real image changes in an upload), the partition sizes (public metadata by
+assumption, as for the classifiers: the server computes them from the config; no client sends its count), and
+timing side channels (when a reply arrives). Noise and Poisson sampling come from fresh OS entropy
+(``secrets``), never from the config's seeds, and are never sent or logged; G_i's initialisation and latent
+draws are seeded (they touch no private data).
 """
 
 from __future__ import annotations
@@ -96,6 +100,11 @@ def new_gan(cfg: Config, gan: GanConfig, info: DatasetInfo) -> tuple[Generator, 
     )
 
 
+def new_discriminator(cfg: Config, gan: GanConfig, info: DatasetInfo) -> Discriminator:
+    """D alone (a client builds it every round to load the server's weights into; no G is built)."""
+    return Discriminator(info.n_labels, channels=info.n_channels, size=cfg.data.size, width=gan.d_width)
+
+
 def initial_discriminator(cfg: Config, gan: GanConfig, info: DatasetInfo) -> Discriminator:
     """D's starting weights, deterministic in ``train.seed``."""
     torch.manual_seed(cfg.train.seed)
@@ -128,6 +137,19 @@ def fresh_generator() -> torch.Generator:
 
 
 # -- the client-side store of G_i ------------------------------------------------------------------
+#: ``path -> (file stamp, (G_i, its Adam, status))``: what this process last loaded or saved (:meth:`load_cached`)
+_LOADED: dict[str, tuple[tuple[int, int] | None, tuple[Any, Any, dict[str, Any]]]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """The file's (modification time in ns, size), or ``None`` when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 class GeneratorStore:
     """Where each client keeps its generator between rounds and after the run: its own disk, never the server.
 
@@ -158,6 +180,20 @@ class GeneratorStore:
             status = saved["status"]
         return g, opt, status
 
+    def load_cached(
+        self, partition_id: int, cfg: Config, gan: GanConfig, info: DatasetInfo
+    ) -> tuple[Generator, torch.optim.Adam, dict[str, Any]]:
+        """:meth:`load`, kept in this process's memory while the file is unchanged (a client process serves many
+        rounds; reading G_i and its Adam state from disk every round cost a sixth of a round's compute)."""
+        path = self.path(partition_id)
+        stamp = _stamp(path)
+        hit = _LOADED.get(str(path))
+        if hit is not None and hit[0] == stamp and stamp is not None:
+            return hit[1]
+        loaded = self.load(partition_id, cfg, gan, info)
+        _LOADED[str(path)] = (stamp, loaded)
+        return loaded
+
     def snapshot_path(self, partition_id: int, server_round: int) -> Path:
         return self.path(partition_id).with_name(f"generator-r{server_round}.pt")
 
@@ -175,6 +211,7 @@ class GeneratorStore:
         tmp = path.with_suffix(".tmp")
         torch.save({"generator": g.state_dict(), "optimizer": opt.state_dict(), "status": status}, tmp)
         tmp.replace(path)
+        _LOADED[str(path)] = (_stamp(path), (g, opt, status))
 
     def generators(self, cfg: Config, gan: GanConfig, info: DatasetInfo) -> dict[int, Generator]:
         """Every stored G_i (evaluation after the run, by whoever holds the clients' stores)."""
@@ -378,14 +415,16 @@ class HFGANClientLogic:
     ) -> tuple[list[np.ndarray], dict[str, float]]:
         started = time.perf_counter()
         server_round = int(config["server_round"])
-        g, g_opt, status = self.store.load(self.partition_id, self.cfg, self.gan, self.info)
-        _, d = new_gan(self.cfg, self.gan, self.info)
+        g, g_opt, status = self.store.load_cached(self.partition_id, self.cfg, self.gan, self.info)
+        d = new_discriminator(self.cfg, self.gan, self.info)
         load_weights(d, weights)
         latent = torch.Generator().manual_seed(task.round_seed(self.cfg.train.seed, server_round, self.partition_id))
         metrics: dict[str, float] = {}
         if bool(config.get(KEY_TRAIN_G, True)) and not status["stopped"]:
             metrics.update(self._train_g(g, g_opt, d, status, latent))
-        self.store.save(self.partition_id, g, g_opt, status)
+            self.store.save(self.partition_id, g, g_opt, status)
+        elif not self.store.path(self.partition_id).is_file():
+            self.store.save(self.partition_id, g, g_opt, status)
         if self.gan.snapshot_every and server_round % self.gan.snapshot_every == 0:
             self.store.snapshot(self.partition_id, g, server_round)
         clip = FAKE_CLIPPING[self.cfg.privacy.mode](self.cfg)
@@ -400,7 +439,7 @@ class HFGANClientLogic:
     ) -> dict[str, float]:
         saved_g = {k: v.clone() for k, v in g.state_dict().items()}
         saved_opt = opt.state_dict()
-        loss = train_generator(g, opt, d, steps=self.gan.g_steps, batch=self.gan.fake_batch, generator=latent)
+        loss = train_generator(g, opt, d, steps=self.gan.g_steps, batch=self.gan.g_batch, generator=latent)
         if self.force_nan:
             loss = float("nan")
         finite = math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in g.parameters())
@@ -465,6 +504,16 @@ class HFGANStrategy(Strategy):
         self.m = sampled_clients(cfg)
         self.on_step = on_step
         self.stopped: dict[int, int] = {}
+        #: the partition sizes, public metadata by assumption (every process computes them from the config)
+        self.public_sizes = {pid: int(n) for pid, n in enumerate(partition_sizes)}
+
+    def public_weight(self, res: FitRes) -> int:
+        """A reply's weight: its client's public partition size, never the count it shows in the clear (1 under
+        DP, :func:`~privmed.federation.dp.clear_weight_mod`). Under SecAgg+ every reply carries the same unmasked
+        aggregate (whose weights rode inside the masked vectors), so these weights do not change it."""
+        if "partition_id" not in res.metrics:
+            raise PrivacyError("an HF-GAN reply carries no partition_id; run the clients with privmed's HF-GAN app")
+        return self.public_sizes[int(res.metrics["partition_id"])]
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return ndarrays_to_parameters(weights_of(self.d))
@@ -489,7 +538,7 @@ class HFGANStrategy(Strategy):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if not results:
             return None, {}
-        gradient = weighted_mean([(parameters_to_ndarrays(r.parameters), r.num_examples) for _, r in results])
+        gradient = weighted_mean([(parameters_to_ndarrays(r.parameters), self.public_weight(r)) for _, r in results])
         before = weights_of(self.d)
         self.optimizer.zero_grad(set_to_none=True)
         for p, grad in zip(self.d.parameters(), gradient, strict=True):

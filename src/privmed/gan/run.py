@@ -46,7 +46,7 @@ def check_hfgan(cfg: Config, gan: GanConfig, out_dir: Path) -> dict[str, Any]:
     ConfigError, DataError, PrivacyError
         One message naming the problem and the fix.
     """
-    for name in ("rounds", "d_steps_per_g_step", "g_steps", "batch_size", "fake_batch", "latent_dim"):
+    for name in ("rounds", "d_steps_per_g_step", "g_steps", "batch_size", "fake_batch", "g_batch", "latent_dim"):
         if int(getattr(gan, name)) < 1:
             raise ConfigError(f"gan.{name} must be >= 1, got {getattr(gan, name)}")
     if gan.augment_ratio < 0:
@@ -141,8 +141,22 @@ def run_hfgan(
         raise RuntimeError(f"the HF-GAN server stopped after {len(server.rounds)} of {gan.rounds} rounds (see the log)")
     torch.save(server.discriminator.state_dict(), out / "discriminator.pt")
     results = results_payload(cfg, gan, server, checks, total_seconds=total, store=store)
+    redact_private_counts(server, results)
     write_json_atomic(out / "results.json", results)
     return results
+
+
+#: Per-client counts in an HF-GAN results payload (computed from the config, but a DP run's results do not list
+#: them, as a DP classifier run's do not: :func:`privmed.federation.dp.redact_client_sizes`).
+CLIENT_COUNTS = ("partition_sizes", "label_histogram", "classes_absent")
+
+
+def redact_private_counts(server: GanServer, payload: dict[str, Any]) -> None:
+    """Under DP (the server's strategy is one of privmed's DP wrappers, which redact results) drop the per-client
+    counts; HF-GAN's round records hold no per-client rows."""
+    if callable(getattr(server.strategy, "redact_results", None)):
+        for key in CLIENT_COUNTS:
+            payload.pop(key, None)
 
 
 def results_payload(
