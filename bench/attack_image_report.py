@@ -17,7 +17,9 @@ def _cells(parts: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         if path.stem == "smoke":
             continue
         state = json.loads(path.read_text())
-        cells.update(state["cells"])
+        for key, cell in state["cells"].items():  # a rerun of a cell (higher "rev") replaces the older one
+            if key not in cells or cell.get("rev", 0) >= cells[key].get("rev", 0):
+                cells[key] = cell
         machines.append({"worker": path.stem, **state.get("machine", {})})
     return cells, machines
 
@@ -28,11 +30,11 @@ def _agg(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
 
 
-def _group(cells: dict[str, Any], section: str) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    out: dict[tuple[str, int], list[dict[str, Any]]] = {}
+def _group(cells: dict[str, Any], section: str) -> dict[tuple[str, int, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for cell in cells.values():
         if cell.get("section") == section:
-            out.setdefault((cell["model"], cell["batch"]), []).append(cell)
+            out.setdefault((cell["model"], cell["batch"], cell.get("variant") or ""), []).append(cell)
     return out
 
 
@@ -43,7 +45,8 @@ def _synthetic_rows(cells: dict[str, Any], goals: dict[int, float], models: dict
         "seconds privmed / breaching | time ratio | goal met |",
         "|---|---:|---:|---|---|---:|---:|---:|---:|---|---|---|---:|---|",
     ]
-    for (model, batch), group in sorted(_group(cells, "synthetic").items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (model, batch, variant), group in sorted(_group(cells, "synthetic").items()):
+        label = models[model][3] + (f", privmed {variant}" if variant else "")
         p = [c["privmed"] for c in group]
         b = [c["breaching"] for c in group if c.get("breaching") and "psnr" in c["breaching"]]
         ps, bs = sum(x["seconds"] for x in p), sum(x["seconds"] for x in b)
@@ -54,7 +57,7 @@ def _synthetic_rows(cells: dict[str, Any], goals: dict[int, float], models: dict
         met = p_mean >= goals[batch] if model == "i" else p_mean > b_mean
         beat = "; beats breaching" if b and p_mean > b_mean else ("; below breaching" if b else "")
         rows.append(
-            f"| {models[model][3]} | {batch} | {len(group)} | {_agg([x['psnr']['mean'] for x in p])} | "
+            f"| {label} | {batch} | {len(group)} | {_agg([x['psnr']['mean'] for x in p])} | "
             f"{_agg([x['psnr']['mean'] for x in b])} | {statistics.fmean(x['floor_psnr']['mean'] for x in p):.2f} | "
             f"{goal} | {statistics.fmean(x['ssim']['mean'] for x in p):.3f} | "
             + (f"{statistics.fmean(x['ssim']['mean'] for x in b):.3f}" if b else "—")
@@ -113,7 +116,7 @@ def _reading(cells: dict[str, Any], goals: dict[int, float]) -> list[str]:
     """Plain statements computed from the cells: which goals were met, and the time ratios."""
     groups = _group(cells, "synthetic")
     lines = ["", "## Reading (computed from the table)", ""]
-    for (model, batch), group in sorted(groups.items()):
+    for (model, batch, variant), group in sorted(groups.items()):
         p = [c["privmed"]["psnr"]["mean"] for c in group]
         b = [c["breaching"]["psnr"]["mean"] for c in group if c.get("breaching") and "psnr" in c["breaching"]]
         ps = sum(c["privmed"]["seconds"] for c in group)
@@ -125,7 +128,8 @@ def _reading(cells: dict[str, Any], goals: dict[int, float]) -> list[str]:
             else ""
         )
         lines.append(
-            f"- {model}, batch {batch}: {target}privmed {statistics.fmean(p):.2f} dB vs breaching "
+            f"- {model}{', ' + variant if variant else ''}, batch {batch}: {target}"
+            f"privmed {statistics.fmean(p):.2f} dB vs breaching "
             + (
                 f"{statistics.fmean(b):.2f} dB, privmed higher on {wins}/{len(b)} batches, in {ps / bs:.2f}x its time"
                 if b
