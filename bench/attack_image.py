@@ -84,11 +84,15 @@ def _metrics(rec_inputs: np.ndarray, rec_labels: np.ndarray | None, case: Any) -
 
 def run_privmed(case: Any, batch: int, seed: int, scale: float, extra: dict[str, Any]) -> dict[str, Any]:
     share = float(extra.pop("share", 1 / 3))
+    attack = str(extra.pop("attack", "inverting-gradients"))
     iterations = max(1, math.ceil(ITERATIONS[batch] * scale * share))
     settings = {"iterations": iterations, "schedule": "cosine", "tv": TV[batch][1], **extra}
-    rec = get_attack("inverting-gradients", **settings).run(case.record, seed=seed)
-    return {"settings": settings, "share": share, "iterations": iterations, "seconds": rec.info["seconds"],
-            "evaluations": rec.info["evaluations"],
+    if attack != "inverting-gradients":  # another attack: its own settings only, its own step count
+        settings = extra
+    rec = get_attack(attack, **settings).run(case.record, seed=seed)
+    iterations = int(rec.info.get("iterations", iterations))
+    return {"attack": attack, "settings": settings, "share": share, "iterations": iterations,
+            "seconds": rec.info["seconds"], "evaluations": rec.info.get("evaluations", iterations),
             **_metrics(rec.inputs, rec.labels, case)}  # fmt: skip
 
 
