@@ -125,7 +125,10 @@ def synthetic_cell(
     save_truth(record_path.with_name(record_path.stem + ".truth.npz"), inputs=case.inputs, labels=case.labels,
                mean_image=case.mean_image)  # fmt: skip
     privmed = run_privmed(case, batch, seed=index, scale=scale, extra=dict(extra))
-    breaching = cached or run_breaching(record_path, case, batch, seed=index, scale=scale)
+    if cached:
+        breaching: dict[str, Any] | None = {**cached, "reused": True}
+    else:
+        breaching = run_breaching(record_path, case, batch, seed=index, scale=scale)
     return {"section": "synthetic", "model": model_key, "batch": batch, "index": index, "privmed": privmed,
             "breaching": breaching}  # fmt: skip
 

@@ -40,3 +40,10 @@ def test_layerwise_refuses_batches_and_models_without_a_conv_relu_linear_head():
         get_attack("layerwise").run(make_case("mlp", batch_size=1, **PHANTOM).record)
     with pytest.raises(ConfigError, match="inverting-gradients"):  # GroupNorm blocks and pooling before the head
         get_attack("layerwise", solve_steps=1, fit_steps=1).run(make_case("cnn", batch_size=1, **PHANTOM).record)
+
+
+def test_strong_dp_noise_leaves_layerwise_below_the_floor():
+    case = make_case("convnet-small", batch_size=1, noise_multiplier=1.0, max_grad_norm=1.0, **PHANTOM)
+    rec = get_attack("layerwise", solve_steps=100, fit_steps=100).run(case.record)
+    metrics = score(rec.inputs, case.inputs, input_range=(-1, 1), mean_image=case.mean_image)
+    assert metrics["psnr"]["mean"] < metrics["floor_psnr"]["mean"], metrics

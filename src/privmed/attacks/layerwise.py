@@ -176,6 +176,9 @@ class LayerwiseConv(Attack):
         started = time.perf_counter()
         inputs, info = self.invert(as_double(target))
         lo, hi = target.input_range
+        if not bool(torch.isfinite(inputs).all()):  # e.g. a DP-noised record: no exact features to start from
+            log.warning("layerwise: the fit diverged (is the record noisy?); non-finite pixels set to mid-grey")
+            inputs = torch.nan_to_num(inputs, nan=(lo + hi) / 2, posinf=hi, neginf=lo)
         return Reconstruction(
             inputs=inputs.clamp(lo, hi).float().numpy(),
             labels=recover_labels(target).astype(np.int64),
