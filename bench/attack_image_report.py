@@ -124,6 +124,7 @@ def _reading(cells: dict[str, Any], goals: dict[int, float]) -> list[str]:
         ps = sum(c["privmed"]["seconds"] for c in group)
         bs = sum(c["breaching"]["seconds"] for c in group if c.get("breaching") and "psnr" in c["breaching"])
         wins = sum(x > y for x, y in zip(p, b, strict=False))
+        reused = any((c.get("breaching") or {}).get("reused") for c in group)
         target = (
             f"goal {goals[batch]:.0f} dB {'met' if statistics.fmean(p) >= goals[batch] else 'NOT met'}; "
             if model == "i"
@@ -134,6 +135,7 @@ def _reading(cells: dict[str, Any], goals: dict[int, float]) -> list[str]:
             f"privmed {statistics.fmean(p):.2f} dB vs breaching "
             + (
                 f"{statistics.fmean(b):.2f} dB, privmed higher on {wins}/{len(b)} batches, in {ps / bs:.2f}x its time"
+                + (" (* breaching timed in an earlier run at lower load)" if reused else "")
                 if b
                 else "no breaching run"
             )
@@ -160,8 +162,11 @@ NOTES = [
     "- **Time ratios.** Unmarked ratios compare the two tools within the same cells (load cancels to first "
     "order). A `*` marks rows whose breaching result was reused from the earlier run on the identical record and "
     "budget (`--reuse-breaching`): breaching ran at load 10-20, privmed's new rows at load 20-40 (1 thread, "
-    "nice 10), so those ratios overstate privmed's share of the time. `layerwise` on (i) batch 1 took 35-67 s "
-    "against breaching's 259-387 s.",
+    "nice 10), so those ratios overstate privmed's share of the time, by a lot in some rows: the same "
+    "`inverting-gradients` on the same dpresnet records took 0.069 s per iteration in the first run (11.5 s / 167) "
+    "and 0.88 s in the equal-iterations run (441.3 s / 500), 13x for the load alone. `layerwise` on (i) batch 1 "
+    "took 35-67 s at load 20-40 against breaching's 259-387 s at load 10-20, so its 0.14x is if anything "
+    "pessimistic.",
     "- **Goals for model (i)**: batch 1 is met by `layerwise` (59.8-87.8 dB on the three records, > 50 dB on "
     "each, breaching 44-59 dB) in well under a third of breaching's time; `inverting-gradients` at a third of the "
     "iterations stays below breaching there. Batches 2-32 are not met: neither tool leaves the floor's "

@@ -369,9 +369,8 @@ def _plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- optimisers ----------------------------------------------------------------------------------------------
-Optimizer = Callable[
-    [GradientMatching, AttackTarget, list[Tensor], Any, float, int], tuple[list[Tensor], dict[str, list[float]], int]
-]
+Optimizer = Callable[..., tuple[list[Tensor], dict[str, list[float]], int]]
+"""``(attack, target, candidates, labels, started, total=None) -> (best candidates, trace, steps)``."""
 
 
 def _project(attack: GradientMatching, target: AttackTarget, candidates: list[Tensor]) -> None:
@@ -388,10 +387,17 @@ def _out_of_time(attack: GradientMatching, started: float) -> bool:
 
 
 def _adam(
-    attack: GradientMatching, target: AttackTarget, candidates: list[Tensor], labels: Any, started: float, total: int
+    attack: GradientMatching,
+    target: AttackTarget,
+    candidates: list[Tensor],
+    labels: Any,
+    started: float,
+    total: int | None = None,
 ) -> tuple[list[Tensor], dict[str, list[float]], int]:
-    """(Signed) Adam with a decaying step, box projection, and the best iterate of each candidate kept."""
+    """(Signed) Adam with a decaying step, box projection, and the best iterate of each candidate kept;
+    ``total`` iterations (default: the ``iterations`` setting)."""
     s = attack.settings
+    total = int(s["iterations"]) if total is None else total
     variables = candidates + (labels if isinstance(labels, list) else [])
     opt = torch.optim.Adam(variables, lr=float(s["lr"]))
     schedule = SCHEDULES[s["schedule"]]
@@ -424,10 +430,17 @@ def _adam(
 
 
 def _lbfgs(
-    attack: GradientMatching, target: AttackTarget, candidates: list[Tensor], labels: Any, started: float, total: int
+    attack: GradientMatching,
+    target: AttackTarget,
+    candidates: list[Tensor],
+    labels: Any,
+    started: float,
+    total: int | None = None,
 ) -> tuple[list[Tensor], dict[str, list[float]], int]:
-    """L-BFGS with a strong-Wolfe line search (DLG's optimiser); iterations count loss evaluations."""
+    """L-BFGS with a strong-Wolfe line search (DLG's optimiser); ``total`` loss evaluations (default: the
+    ``iterations`` setting)."""
     s = attack.settings
+    total = int(s["iterations"]) if total is None else total
     variables = candidates + (labels if isinstance(labels, list) else [])
     opt = torch.optim.LBFGS(variables, lr=float(s["lr"]), max_iter=20, history_size=100, line_search_fn="strong_wolfe")
     trace: dict[str, list[float]] = {"loss": []}
