@@ -23,6 +23,7 @@ ground truth) and grids go to git-ignored folders. Usage::
 
     python bench/attack_image.py --worker a --models i --batches 1 2 4
     python bench/attack_image.py --worker r --section real
+    python bench/attack_image.py --worker v1 --rev 1 --reuse-breaching --privmed-settings '{"restarts": 4}'
     python bench/attack_image.py --report
 """
 
@@ -81,11 +82,17 @@ def _metrics(rec_inputs: np.ndarray, rec_labels: np.ndarray | None, case: Any) -
     return {k: m[k] for k in ("psnr", "ssim", "label_accuracy", "floor_psnr", "above_floor", "images")}
 
 
-def run_privmed(case: Any, batch: int, seed: int, scale: float) -> dict[str, Any]:
-    iterations = max(1, math.ceil(ITERATIONS[batch] * scale / 3))
-    settings = {"iterations": iterations, "schedule": "cosine", "tv": TV[batch][1]}
-    rec = get_attack("inverting-gradients", **settings).run(case.record, seed=seed)
-    return {"settings": settings, "iterations": iterations, "seconds": rec.info["seconds"],
+def run_privmed(case: Any, batch: int, seed: int, scale: float, extra: dict[str, Any]) -> dict[str, Any]:
+    share = float(extra.pop("share", 1 / 3))
+    attack = str(extra.pop("attack", "inverting-gradients"))
+    iterations = max(1, math.ceil(ITERATIONS[batch] * scale * share))
+    settings = {"iterations": iterations, "schedule": "cosine", "tv": TV[batch][1], **extra}
+    if attack != "inverting-gradients":  # another attack: its own settings only, its own step count
+        settings = extra
+    rec = get_attack(attack, **settings).run(case.record, seed=seed)
+    iterations = int(rec.info.get("iterations", iterations))
+    return {"attack": attack, "settings": settings, "share": share, "iterations": iterations,
+            "seconds": rec.info["seconds"], "evaluations": rec.info.get("evaluations", iterations),
             **_metrics(rec.inputs, rec.labels, case)}  # fmt: skip
 
 
@@ -106,15 +113,22 @@ def run_breaching(record_path: Path, case: Any, batch: int, seed: int, scale: fl
             **_metrics(inputs, labels, case)}  # fmt: skip
 
 
-def synthetic_cell(model_key: str, batch: int, index: int, scale: float) -> dict[str, Any]:
+def synthetic_cell(
+    model_key: str, batch: int, index: int, scale: float, extra: dict[str, Any], cached: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One record attacked by privmed (``extra``: attack settings beyond the defaults) and breaching, whose
+    result on the same record and budget is reused from an earlier part file when ``cached`` holds it."""
     name, width, epochs, _ = MODELS[model_key]
     case = make_case(name, batch_size=batch, seed=0, batch_index=index, width=width, trained_epochs=epochs)
     folder = LOCAL / "cases"
     record_path = case.record.save(folder / f"{model_key}-b{batch}-k{index}.npz")
     save_truth(record_path.with_name(record_path.stem + ".truth.npz"), inputs=case.inputs, labels=case.labels,
                mean_image=case.mean_image)  # fmt: skip
-    privmed = run_privmed(case, batch, seed=index, scale=scale)
-    breaching = run_breaching(record_path, case, batch, seed=index, scale=scale)
+    privmed = run_privmed(case, batch, seed=index, scale=scale, extra=dict(extra))
+    if cached:
+        breaching: dict[str, Any] | None = {**cached, "reused": True}
+    else:
+        breaching = run_breaching(record_path, case, batch, seed=index, scale=scale)
     return {"section": "synthetic", "model": model_key, "batch": batch, "index": index, "privmed": privmed,
             "breaching": breaching}  # fmt: skip
 
@@ -220,15 +234,31 @@ def warm_up() -> None:
     get_attack("inverting-gradients", iterations=3).run(case.record)
 
 
+def breaching_results(scale: float) -> dict[str, dict[str, Any]]:
+    """Breaching's finished results in every part file, by cell key, at this scale's iteration budget (the
+    record is rebuilt identically from its seed and batch index, so a rerun of privmed can reuse them)."""
+    found: dict[str, dict[str, Any]] = {}
+    for part in sorted(PARTS.glob("*.json")):
+        for key, cell in _load(part)["cells"].items():
+            b = cell.get("breaching") or {}
+            if "psnr" in b and b["iterations"] == max(1, math.ceil(ITERATIONS[cell["batch"]] * scale)):
+                found[key.split("/v:")[0]] = b
+    return found
+
+
 def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     load_families()
     warm_up()
     path = PARTS / f"{args.worker}.json"
     state = _load(path)
+    extra = json.loads(args.privmed_settings)  # "share": privmed's fraction of breaching's iterations (1/3)
+    cached = breaching_results(args.scale) if args.reuse_breaching else {}
     jobs: list[tuple[str, Any]] = []
     if args.section in ("synthetic", "all"):
-        jobs += [(f"synthetic/{m}/b{b}/k{k}", (synthetic_cell, m, b, k, args.scale))
+        tag = f"/v:{args.variant}" if args.variant else ""
+        jobs += [(f"synthetic/{m}/b{b}/k{k}{tag}", (synthetic_cell, m, b, k, args.scale, extra,
+                  cached.get(f"synthetic/{m}/b{b}/k{k}")))
                  for m in args.models for b in args.batches for k in range(args.batch_count)]  # fmt: skip
     if args.section in ("analytic", "all"):
         jobs += [(f"analytic/mlp/b1/k{k}", (analytic_cell, k)) for k in range(args.batch_count)]
@@ -241,6 +271,7 @@ def run_worker(args: argparse.Namespace) -> None:
         console.print(f"[bold]{key}[/bold] ...")
         cell = fn(*fargs)
         cell["wall_seconds"] = time.perf_counter() - started
+        cell["rev"], cell["variant"] = args.rev, args.variant
         state["cells"][key] = cell
         state["machine"] = machine()
         write_json_atomic(path, state)
@@ -265,6 +296,14 @@ def main() -> None:
     parser.add_argument("--batch-count", type=int, default=3, help="random batches per cell (>= 3)")
     parser.add_argument("--settings", nargs="+", default=list(REAL), choices=list(REAL))
     parser.add_argument("--scale", type=float, default=1.0, help="scale every iteration budget (recorded)")
+    parser.add_argument("--privmed-settings", default="{}", help="JSON of extra privmed attack settings")
+    parser.add_argument(
+        "--reuse-breaching",
+        action="store_true",
+        help="reuse breaching's result for the same cell and budget from any part file",
+    )
+    parser.add_argument("--variant", default="", help="label of a privmed variant: its own rows in the table")
+    parser.add_argument("--rev", type=int, default=0, help="revision: the report keeps a cell's highest")
     parser.add_argument("--report", action="store_true", help="merge the parts into attack_image.json + .md")
     args = parser.parse_args()
     os.environ.setdefault("PRIVMED_DATA_DIR", "/work/shared/data/medmnist")

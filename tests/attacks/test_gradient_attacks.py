@@ -125,3 +125,30 @@ def test_unknown_settings_and_regularizers_are_refused():
         get_attack("inverting-gradients", regularizers={"nope": 1.0})
     with pytest.raises(ConfigError, match="unknown attack"):
         get_attack("nope")
+
+
+def test_screening_goes_on_with_the_restart_of_lowest_matching_loss():
+    case = make_case("convnet-small", batch_size=1, **PHANTOM)
+    screened = get_attack("inverting-gradients", iterations=12, restarts=3, screen=5, tv=0.0)
+    rec = screened.run(case.record, seed=0)
+    # three restarts paid 5 iterations each, the winner 7 more
+    assert rec.info["evaluations"] == 3 * 5 + 7 and len(rec.trace["loss"]) == 12
+    # the same three starts side by side for 5 iterations: the winner went on from the best of them
+    side = get_attack("inverting-gradients", iterations=5, restarts=3, tv=0.0).run(case.record, seed=0)
+    assert len(side.info["restart_losses"]) == 3
+    assert rec.info["matching_loss"] <= min(side.info["restart_losses"])
+
+
+def test_polish_in_float64_never_raises_the_matching_loss():
+    case = make_case("convnet-small", batch_size=2, **PHANTOM)
+    plain = get_attack("inverting-gradients", iterations=10, tv=0.0).run(case.record, seed=0)
+    polished = get_attack("inverting-gradients", iterations=10, polish=10, tv=0.0).run(case.record, seed=0)
+    assert polished.info["matching_loss"] <= plain.info["matching_loss"]
+    assert polished.info["evaluations"] == 20
+
+
+def test_screen_must_leave_iterations_for_the_winner():
+    with pytest.raises(ConfigError, match="screen"):
+        get_attack("inverting-gradients", iterations=10, restarts=2, screen=10)
+    with pytest.raises(ConfigError, match="polish"):
+        get_attack("inverting-gradients", polish=-1)

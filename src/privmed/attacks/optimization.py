@@ -16,6 +16,8 @@ so group consistency can see their mean) and the candidate with the lowest match
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import time
@@ -160,6 +162,12 @@ class GradientMatching(Attack):
         Keys of :data:`OBJECTIVES`, :data:`SCHEDULES`, :data:`SIMULATORS`, :data:`INITS`.
     restarts
         Candidates optimised side by side; the one with the lowest matching loss is returned.
+    screen
+        Iterations every restart gets before only the one with the lowest matching loss goes on for the
+        rest of ``iterations`` (many cheap restarts); 0: all restarts run the whole budget side by side.
+    polish
+        L-BFGS evaluations in float64 on the chosen candidate after the main optimiser (DLG's optimiser, Zhu
+        et al. 2019, on the same objective); kept only if it lowers the matching loss; 0 skips.
     boxed
         Project candidates into the record's input range after every step.
     labels
@@ -189,6 +197,8 @@ class GradientMatching(Attack):
         "simulate": "gradient",
         "init": "randn",
         "restarts": 1,
+        "screen": 0,
+        "polish": 0,
         "boxed": True,
         "labels": "recover",
         "num_images": 0,
@@ -217,6 +227,8 @@ class GradientMatching(Attack):
             raise ConfigError(f"attack {self.name!r}: labels must be 'recover' or 'optimize', got {s['labels']!r}")
         if int(s["iterations"]) < 1 or int(s["restarts"]) < 1 or not float(s["lr"]) > 0:
             raise ConfigError(f"attack {self.name!r}: iterations and restarts must be >= 1 and lr > 0")
+        if not 0 <= int(s["screen"]) < int(s["iterations"]) or int(s["polish"]) < 0:
+            raise ConfigError(f"attack {self.name!r}: screen must be in [0, iterations) and polish >= 0")
         if not isinstance(s["regularizers"], Mapping):
             raise ConfigError(f"attack {self.name!r}: regularizers must be a table such as {{tv = 0.1}}")
         self.weights = check_regularizers(
@@ -248,11 +260,13 @@ class GradientMatching(Attack):
         labels = self._labels(target, gen)
         started = time.perf_counter()
         feature_loss = self._feature_stage(target, candidates)
-        best, trace, iterations = OPTIMIZERS[s["optimizer"]](self, target, candidates, labels, started)
-        seconds = time.perf_counter() - started
+        best, labels, trace, iterations = self._optimise(target, candidates, labels, started)
         final = [float(self._matching(target, c, labels, i)[0].detach()) for i, c in enumerate(best)]
         pick = int(np.argmin(final))
         hard = labels[pick] if isinstance(labels, list) else labels
+        polished, final[pick] = polish(self, target, best[pick], hard, final[pick])
+        best[pick] = polished
+        seconds = time.perf_counter() - started
         out_labels = hard.argmax(1) if hard.is_floating_point() else hard
         return Reconstruction(
             inputs=best[pick].detach().numpy().astype(np.float32),
@@ -265,10 +279,38 @@ class GradientMatching(Attack):
                 "seconds": seconds,
                 "matching_loss": final[pick],
                 "restart_losses": final,
+                "evaluations": self.evaluations(len(candidates)),
                 "num_images": target.num_images,
                 "feature_loss": feature_loss,
             },
         )
+
+    def _optimise(
+        self, target: AttackTarget, candidates: list[Tensor], labels: Tensor | list[Tensor], started: float
+    ) -> tuple[list[Tensor], Tensor | list[Tensor], dict[str, list[float]], int]:
+        """Run the optimiser; with ``screen > 0`` every restart gets ``screen`` iterations first and only the
+        one with the lowest matching loss goes on (successive screening of cheap restarts)."""
+        s = self.settings
+        optimise, total, screen = OPTIMIZERS[s["optimizer"]], int(s["iterations"]), int(s["screen"])
+        if screen <= 0 or len(candidates) == 1:
+            best, trace, done = optimise(self, target, candidates, labels, started, total)
+            return best, labels, trace, done
+        best, trace, done = optimise(self, target, candidates, labels, started, screen)
+        losses = [float(self._matching(target, c, labels, i)[0].detach()) for i, c in enumerate(best)]
+        pick = int(np.argmin(losses))
+        log.info("screening: restart %d of %d goes on (matching loss %.3g)", pick, len(best), losses[pick])
+        winner = [best[pick].clone().requires_grad_(True)]
+        kept = [labels[pick]] if isinstance(labels, list) else labels
+        more, rest, extra = optimise(self, target, winner, kept, started, total - screen)
+        return more, kept, {"loss": trace["loss"] + rest["loss"]}, done + extra
+
+    def evaluations(self, restarts: int) -> int:
+        """Candidate gradients the settings pay for (restarts x iterations, less what screening saves, plus
+        the polish): the cost to compare attacks at."""
+        s = self.settings
+        total, screen = int(s["iterations"]), int(s["screen"])
+        main = restarts * total if screen <= 0 else restarts * screen + total - screen
+        return main + int(s["polish"])
 
     def _feature_stage(self, target: AttackTarget, candidates: list[Tensor]) -> float | None:
         """Start every candidate from inputs fitted to the last layer's exact features (one image only)."""
@@ -327,9 +369,8 @@ def _plain_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- optimisers ----------------------------------------------------------------------------------------------
-Optimizer = Callable[
-    [GradientMatching, AttackTarget, list[Tensor], Any, float], tuple[list[Tensor], dict[str, list[float]], int]
-]
+Optimizer = Callable[..., tuple[list[Tensor], dict[str, list[float]], int]]
+"""``(attack, target, candidates, labels, started, total=None) -> (best candidates, trace, steps)``."""
 
 
 def _project(attack: GradientMatching, target: AttackTarget, candidates: list[Tensor]) -> None:
@@ -346,13 +387,19 @@ def _out_of_time(attack: GradientMatching, started: float) -> bool:
 
 
 def _adam(
-    attack: GradientMatching, target: AttackTarget, candidates: list[Tensor], labels: Any, started: float
+    attack: GradientMatching,
+    target: AttackTarget,
+    candidates: list[Tensor],
+    labels: Any,
+    started: float,
+    total: int | None = None,
 ) -> tuple[list[Tensor], dict[str, list[float]], int]:
-    """(Signed) Adam with a decaying step, box projection, and the best iterate of each candidate kept."""
+    """(Signed) Adam with a decaying step, box projection, and the best iterate of each candidate kept;
+    ``total`` iterations (default: the ``iterations`` setting)."""
     s = attack.settings
+    total = int(s["iterations"]) if total is None else total
     variables = candidates + (labels if isinstance(labels, list) else [])
     opt = torch.optim.Adam(variables, lr=float(s["lr"]))
-    total = int(s["iterations"])
     schedule = SCHEDULES[s["schedule"]]
     best = [c.detach().clone() for c in candidates]
     best_loss = [math.inf] * len(candidates)
@@ -383,10 +430,17 @@ def _adam(
 
 
 def _lbfgs(
-    attack: GradientMatching, target: AttackTarget, candidates: list[Tensor], labels: Any, started: float
+    attack: GradientMatching,
+    target: AttackTarget,
+    candidates: list[Tensor],
+    labels: Any,
+    started: float,
+    total: int | None = None,
 ) -> tuple[list[Tensor], dict[str, list[float]], int]:
-    """L-BFGS with a strong-Wolfe line search (DLG's optimiser); iterations count loss evaluations."""
+    """L-BFGS with a strong-Wolfe line search (DLG's optimiser); ``total`` loss evaluations (default: the
+    ``iterations`` setting)."""
     s = attack.settings
+    total = int(s["iterations"]) if total is None else total
     variables = candidates + (labels if isinstance(labels, list) else [])
     opt = torch.optim.LBFGS(variables, lr=float(s["lr"]), max_iter=20, history_size=100, line_search_fn="strong_wolfe")
     trace: dict[str, list[float]] = {"loss": []}
@@ -401,7 +455,7 @@ def _lbfgs(
         trace["loss"].append(float(loss.detach()))
         return loss
 
-    while evaluations < int(s["iterations"]) and not _out_of_time(attack, started):
+    while evaluations < total and not _out_of_time(attack, started):
         before = evaluations
         opt.step(closure)
         _project(attack, target, candidates)
@@ -414,3 +468,45 @@ def _lbfgs(
 
 #: name -> optimiser loop
 OPTIMIZERS: dict[str, Optimizer] = {"adam": _adam, "lbfgs": _lbfgs}
+
+
+def as_double(target: AttackTarget) -> AttackTarget:
+    """A float64 copy of ``target``: its model, the parameters the server sent and the observed gradient."""
+    return dataclasses.replace(
+        target,
+        model=copy.deepcopy(target.model).double(),
+        params={k: v.detach().double().requires_grad_(True) for k, v in target.params.items()},
+        observed=[o.detach().double() for o in target.observed],
+    )
+
+
+def polish(
+    attack: GradientMatching, target: AttackTarget, x: Tensor, labels: Tensor, loss: float
+) -> tuple[Tensor, float]:
+    """L-BFGS in float64 from ``x`` on the attack's objective (``polish`` evaluations; Zhu et al. 2019).
+
+    Returns the polished candidate and its matching loss, or ``(x, loss)`` when polishing did not lower it.
+    """
+    steps = int(attack.settings["polish"])
+    if steps <= 0:
+        return x, loss
+    wide = as_double(target)
+    y = labels.detach().double() if labels.is_floating_point() else labels
+    cand = x.detach().double().requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [cand], lr=1.0, max_iter=steps, max_eval=steps, history_size=100, tolerance_grad=0.0,
+        tolerance_change=0.0, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        value, _ = attack.loss(wide, [cand], y)
+        value.backward(inputs=[cand])
+        return value
+
+    opt.step(closure)
+    _project(attack, target, [cand])
+    out = cand.detach().float()
+    new = float(attack._matching(target, out, labels.detach(), 0)[0].detach())
+    log.info("polish: matching loss %.3g -> %.3g", loss, new)
+    return (out, new) if new < loss else (x, loss)
