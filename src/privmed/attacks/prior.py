@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from privmed.attacks import regularizers as _image_regularizers  # noqa: F401  (registers tv, l2, group)
 from privmed.attacks.base import REGULARIZERS, Attack, Reconstruction, check_regularizers, register_attack
 from privmed.attacks.labels import check_batch_size, recover_labels
 from privmed.attacks.optimization import OBJECTIVES, SIMULATORS
@@ -145,6 +146,7 @@ class GenerativePrior(Attack):
         started = time.perf_counter()
         z, latent_losses, latent_trace = self._latent_search(target, g, z0, labels, limit)
         pick = int(np.argmin(latent_losses))
+        log.info("latent search: matching loss %.4g (best of %d restarts)", latent_losses[pick], len(latent_losses))
         x, loss, generator_trace = self._generator_search(target, g, z[pick], labels, limit)
         seconds = time.perf_counter() - started
         return Reconstruction(
