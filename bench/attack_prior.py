@@ -149,6 +149,8 @@ def report() -> None:
         payload = json.loads(part.read_text())
         cells += payload["cells"]
         prior_info = payload.get("prior", prior_info)
+    unique = {(c["model"], c["batch"], c["index"]): c for c in reversed(cells)}  # a cell two workers ran: the first
+    cells = sorted(unique.values(), key=lambda c: (list(MODELS).index(c["model"]), c["batch"], c["index"]))
     loads = [c["load"][0] for c in cells]
     rows = []
     for model in MODELS:
@@ -198,6 +200,20 @@ NOTES = [
     "prior on the poster's own model (shared/papers/gradient-inversion-medical.md): not the same model or records, "
     "printed beside ours as the issue asks.",
     "- No image made from MedMNIST is committed: reconstructions stay in `runs/bench-attack-prior/`.",
+    "- **What the run of 2026-12-01 showed** (written from its table). The prior attack is the best of the three "
+    "only at batch 4 on model (i): 16.50 vs 13.40 dB for Inverting Gradients, higher on 3/3 batches, 7/12 images "
+    "above the floor vs 2/12, and 2.2 dB above the random latents. At batch 1 on (i) it reaches 37.2 dB (floor "
+    "17.5, random latents 16.5) but pixel-level Inverting Gradients is better (46.2): the generator's range and a "
+    "small fine-tuning budget cap the detail of a well-posed one-image case. At batch >= 8 on (i), and at every "
+    "batch on the `cnn`, it ends below Inverting Gradients and below its own random latents: the matching loss "
+    "falls while the images leave the generator's plausible range (the per-image fine-tuning fits the gradient, "
+    "not the image). The prior itself is weak: 234 public images and 1,000 GAN steps give random latents of 14-16.5 "
+    "dB, below the floor; a prior from more public images is the obvious next step.",
+    "- **Against the poster's anchors** (other model, other records): above them at batch 1 and 4 on model (i) "
+    "(37.2 vs 14.3, 16.5 vs 15.2 dB), below at batch 8 and 32 (13.9, 13.2 vs 14.4 dB).",
+    "- **Time.** Per gradient evaluation the prior attack costs about twice Inverting Gradients (the generator's "
+    "forward and backward pass and, in stage 2, one generator copy per image), so at these equal evaluation "
+    "budgets it took 1.4-2.2x Inverting Gradients' seconds.",
 ]
 
 
