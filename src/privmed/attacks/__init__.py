@@ -17,7 +17,16 @@ from privmed.attacks.base import (
 from privmed.attacks.record import KINDS, VERSION, RecordError, UpdateRecord, load_truth, save_truth
 
 #: Modules that register attacks and regularizers when imported (one file per family).
-FAMILIES: tuple[str, ...] = ("regularizers", "dlg", "inverting", "analytic", "layerwise", "imprint", "tabular")
+FAMILIES: tuple[str, ...] = (
+    "regularizers",
+    "dlg",
+    "inverting",
+    "analytic",
+    "layerwise",
+    "imprint",
+    "tabular",
+    "prior",
+)
 
 
 def load_families() -> None:

@@ -3,6 +3,7 @@
     privmed attack RECORD [--attack NAME] [--set KEY=VALUE ...] [--truth FILE] --out DIR
     privmed attack make-case --model NAME [--dataset D --split S --batch-size B --local-steps K ...] --out FILE
     privmed attack tune RECORD --attack NAME --trials N --study FILE.db [--truth FILE] [--set KEY=VALUE ...]
+    privmed attack train-prior --dataset D --split test --out PRIOR.pt
     privmed attack list
 
 An attack takes the record (what the server received: ``privmed federate --record`` or ``make-case``) and
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from privmed.cli._common import console
+from privmed.cli.attack_prior import train_prior_action, train_prior_parser
 from privmed.errors import ConfigError
 
 #: the attack used when ``--attack`` is not given, by record modality
@@ -36,7 +38,7 @@ DEFAULT_ATTACK: dict[str, str] = {"image": "inverting-gradients"}
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "attack",
-        help="gradient inversion: reconstruct inputs from an update record (also: make-case, tune, list)",
+        help="gradient inversion: reconstruct inputs from an update record (also: make-case, tune, train-prior, list)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         add_help=False,
@@ -379,6 +381,7 @@ def list_action(args: argparse.Namespace) -> int:
 ACTIONS: dict[str, tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "make-case": (make_case_parser, make_case_action),
     "tune": (tune_parser, tune_action),
+    "train-prior": (train_prior_parser, train_prior_action),
     "list": (lambda: argparse.ArgumentParser(prog="privmed attack list"), list_action),
 }
 
