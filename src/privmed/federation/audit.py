@@ -39,6 +39,7 @@ from flwr.server.strategy import Strategy
 from torch import nn
 
 from privmed.audit.canaries import CanarySet, RoundView, load_canaries, save_round
+from privmed.audit.known_data import save_global
 from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import dp, dp_distributed, registry, task
@@ -71,10 +72,14 @@ def _sample_rate(local: task.LocalTraining) -> float:
 
 def _plant(
     optimizer: Any, params: list[nn.Parameter], canaries: CanarySet, mine: np.ndarray, *, key: list[int], rate: float,
-    clip: float, factor: float,
+    clip: float, factor: float, signs: np.ndarray | None = None,
 ) -> None:  # fmt: skip
-    """Extend ``optimizer.add_noise``: scale the noise by ``factor``, then add the sampled canaries."""
+    """Extend ``optimizer.add_noise``: scale the noise by ``factor``, then add the sampled canaries.
+
+    ``signs``: every canary's sign this round (:meth:`CanarySet.signs_at`); default ``canaries.sign``.
+    """
     original = optimizer.add_noise
+    signs = canaries.sign if signs is None else signs
     step = [0]
 
     def add_noise() -> None:
@@ -94,7 +99,7 @@ def _plant(
                 grad.index_add_(
                     0,
                     torch.as_tensor(canaries.offset[here]),
-                    torch.as_tensor(canaries.sign[here] * clip, dtype=grad.dtype),
+                    torch.as_tensor(signs[here] * clip, dtype=grad.dtype),
                 )
 
     optimizer.add_noise = add_noise
@@ -116,10 +121,12 @@ def audited(wrapper: registry.TrainingWrapper) -> registry.TrainingWrapper:
             mine = mine[canaries.included[mine]]
             server_round = int(local.instructions.get("server_round", 0))
             key = [canaries.seed, server_round, partition_id]
+            signs = canaries.signs_at(server_round)
         else:
             canaries, mine, key = CanarySet(*(np.zeros(0, dtype=np.int64),) * 4), np.zeros(0, dtype=np.int64), [0]
+            signs = canaries.sign
         _plant(out.optimizer, params, canaries, mine, key=key, rate=_sample_rate(out),
-               clip=cfg.privacy.max_grad_norm, factor=factor)  # fmt: skip
+               clip=cfg.privacy.max_grad_norm, factor=factor, signs=signs)  # fmt: skip
         return out
 
     return wrapped
@@ -131,6 +138,7 @@ class AuditRecorder(StrategyWrapper):
     def __init__(self, strategy: Strategy, cfg: Config) -> None:
         super().__init__(strategy)
         self.work_dir = cfg.audit.work_dir
+        self.keep_globals = cfg.audit.known_data
         self._canaries: CanarySet | None = None  # read at the first round (the run's checks build us earlier)
         self.default_lr = cfg.train.lr
         self._global: np.ndarray | None = None
@@ -154,7 +162,10 @@ class AuditRecorder(StrategyWrapper):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
-        self._global = self._at_canaries(parameters_to_ndarrays(parameters))
+        weights = parameters_to_ndarrays(parameters)
+        self._global = self._at_canaries(weights)
+        if self.keep_globals:  # for the auditor that knows the data (privmed.audit.known_data)
+            save_global(weights, server_round, self.work_dir)
         self._lr = float(instructions[0][1].config.get("lr", self.default_lr)) if instructions else self.default_lr
         self._config = dict(instructions[0][1].config) if instructions else {}
         return instructions
