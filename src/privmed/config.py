@@ -193,6 +193,9 @@ class AuditConfig:
     break_noise: str = "none"
     #: also run the auditor that regenerates the noise from the config and subtracts it
     replay_noise: bool = True
+    #: the white-box auditor also knows the training data (DP's adversary) and subtracts the real examples'
+    #: clipped gradients at the canaries (privmed.audit.known_data)
+    known_data: bool = False
 
 
 @dataclass
