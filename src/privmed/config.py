@@ -196,6 +196,8 @@ class AuditConfig:
     #: the white-box auditor also knows the training data (DP's adversary) and subtracts the real examples'
     #: clipped gradients at the canaries (privmed.audit.known_data)
     known_data: bool = False
+    #: federated canary clients for privacy.mode = "client" (Andrew et al. 2024; 0 = none)
+    canary_clients: int = 0
 
 
 @dataclass

@@ -121,9 +121,27 @@ def _canary_modes_only(cfg: Config) -> str | None:
     if cfg.privacy.mode not in CANARY_MODES:
         return (
             f"privacy.mode = {cfg.privacy.mode!r}: gradient canaries need DP-SGD ({', '.join(CANARY_MODES)}); "
-            "federated canary clients for client-level DP are not built yet"
+            "client-level DP is audited by the canary-clients stage (audit.canary_clients)"
         )
     return None
+
+
+def _client_level_only(cfg: Config) -> str | None:
+    if cfg.privacy.mode != "client":
+        return f"privacy.mode = {cfg.privacy.mode!r}: canary clients audit client-level DP (privacy.mode = 'client')"
+    if cfg.audit.canary_clients <= 0:
+        return "audit.canary_clients = 0: set it (e.g. 1000) to plant canary clients"
+    return None
+
+
+def _canary_clients(run: AuditRun) -> None:
+    from privmed.audit.canary_clients import audit_canary_clients
+
+    estimate, bound, (scores, included) = audit_canary_clients(
+        run.work_dir, delta=run.cfg.privacy.delta, beta=run.beta_each
+    )
+    run.estimates["canary clients"] = estimate
+    run.bounds["canary clients"] = bound | {"score_histogram": score_histogram(scores, included)}
 
 
 def _replayable(cfg: Config) -> str | None:
@@ -259,6 +277,13 @@ STAGES: tuple[Stage, ...] = (
         lambda cfg: 3 if cfg.privacy.mode == "distributed" else 1,
     ),
     Stage("replay", "server that regenerates the noise from the config", _replay, _replayable, lambda cfg: 3),
+    Stage(
+        "canary-clients",
+        "federated canary clients (client-level DP)",
+        _canary_clients,
+        _client_level_only,
+        lambda cfg: 1,
+    ),
     Stage("attacks", "reconstruction attacks on the update records", lambda run: None, _not_yet("issue 10's attacks")),
     Stage("hfgan", "HF-GAN augmentation", lambda run: None, _not_yet("issue 11's HF-GAN")),
 )

@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import Code, FitIns, FitRes, Parameters, Scalar, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from torch import nn
 
+from privmed.audit import canary_clients as cc
 from privmed.audit.canaries import CanarySet, RoundView, load_canaries, save_round
 from privmed.audit.known_data import save_global
 from privmed.config import Config
@@ -197,6 +199,81 @@ class AuditRecorder(StrategyWrapper):
         return parameters, metrics
 
 
+class CanaryClients(StrategyWrapper):
+    """Federated canary clients (Andrew et al., ICLR 2024) for ``privacy.mode = "client"``.
+
+    Plays the auditor's k canary clients (:mod:`privmed.audit.canary_clients`): every round, each included
+    canary replies ``w + C·cⱼ`` (its update, a unit direction times the clipping norm: clipped like a real
+    client) with weight 1, appended to the real replies before the client-level DP wrapper checks, averages
+    and noises them — so the noise is scaled to the m + k₊ participants and the formal ε covers every canary
+    as one more client. Keeps the model delta w_t − w_0 for the auditor. Central noise only: with split noise
+    the canaries would bring no noise share. Reads the coins from the auditor's folder (drawn there from OS
+    entropy at the first round when absent); the server-side strategies it wraps see only the replies.
+    """
+
+    def __init__(self, strategy: Strategy, cfg: Config) -> None:
+        super().__init__(strategy)
+        if cfg.privacy.client_noise != "central":
+            raise ConfigError(
+                f"audit.canary_clients with privacy.client_noise = {cfg.privacy.client_noise!r}: canary clients bring "
+                "no noise share; set privacy.client_noise = 'central' for the audit"
+            )
+        self.work_dir, self.k, self.clip = cfg.audit.work_dir, cfg.audit.canary_clients, cfg.privacy.max_grad_norm
+        self._sent: list[np.ndarray] | None = None
+        self._initial: np.ndarray | None = None
+
+    def _canaries(self) -> cc.CanaryClients:
+        if not (Path(self.work_dir) / cc.PUBLIC_FILE).exists():
+            cc.save_canary_clients(cc.draw_canary_clients(self.k), self.work_dir)
+        return cc.load_canary_clients(self.work_dir, secret=True)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        self._sent = parameters_to_ndarrays(parameters)
+        if self._initial is None:
+            self._initial = _flat(self._sent)
+        return self.strategy.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        if not results or self._sent is None:
+            return self.strategy.aggregate_fit(server_round, results, failures)
+        canaries = self._canaries()
+        sent, flat = self._sent, _flat(self._sent)
+        rows = np.flatnonzero(canaries.included)
+        replies = []
+        for start in range(0, rows.size, cc.CHUNK):
+            for direction in canaries.directions(flat.size, rows[start : start + cc.CHUNK]):
+                weights = _unflat(flat + self.clip * direction, sent)
+                replies.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 1, {})))
+        parameters, metrics = self.strategy.aggregate_fit(server_round, [*results, *replies], failures)
+        if parameters is not None and self._initial is not None:
+            cc.save_delta(_flat(parameters_to_ndarrays(parameters)) - self._initial, self.work_dir)
+        return parameters, {**metrics, "canary_clients": int(rows.size)}
+
+
+def _flat(weights: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(w, dtype=np.float64).ravel() for w in weights])
+
+
+def _unflat(flat: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
+    out, start = [], 0
+    for w in like:
+        out.append(flat[start : start + w.size].reshape(w.shape).astype(w.dtype))
+        start += w.size
+    return out
+
+
+def _canary_clients(strategy: Strategy, cfg: Config) -> Strategy:
+    active = cfg.audit.canary_clients > 0 and cfg.privacy.mode == "client"
+    return CanaryClients(strategy, cfg) if active else strategy
+
+
 def _recorder(strategy: Strategy, cfg: Config) -> Strategy:
     return AuditRecorder(strategy, cfg) if cfg.audit.canaries > 0 else strategy
 
@@ -209,6 +286,7 @@ def _register() -> None:
         if mode in registry.TRAINING_WRAPPERS and mode not in ORIGINAL_WRAPPERS:
             ORIGINAL_WRAPPERS[mode] = registry.TRAINING_WRAPPERS[mode]
             registry.TRAINING_WRAPPERS[mode] = audited(ORIGINAL_WRAPPERS[mode])
+    registry.STRATEGY_WRAPPERS["canary-clients"] = _canary_clients  # outside the client-level DP wrapper
     registry.STRATEGY_WRAPPERS["audit"] = _recorder
 
 
