@@ -36,6 +36,7 @@ from privmed.config import Config
 log = logging.getLogger(__name__)
 
 GLOBALS_DIR = "globals"
+CACHE_FILE = "known-data-steps.npz"
 
 
 def save_global(weights: list[np.ndarray], server_round: int, work_dir: str | Path) -> None:
@@ -97,10 +98,18 @@ def _training_batches(cfg: Config) -> tuple[object, list[tuple[torch.Tensor, tor
 def known_data_steps(cfg: Config, views: list[RoundView], canaries: CanarySet, work_dir: str | Path) -> np.ndarray:
     """``sign_t · q · R_t / C`` at every canary and round (rounds × m): what :func:`observed_steps` subtracts.
 
-    Rounds whose global model was not kept give zeros (nothing subtracted).
+    Rounds whose global model was not kept give zeros (nothing subtracted). Kept in the auditor's folder
+    (``known-data-steps.npz``), so the white-box and the replay stage compute it once.
     """
     from privmed.federation import task
     from privmed.train import make_loss
+
+    cache = Path(work_dir) / CACHE_FILE
+    rounds = np.array([v.server_round for v in views])
+    if cache.exists():
+        with np.load(cache) as f:
+            if np.array_equal(f["rounds"], rounds) and f["steps"].shape == (len(views), canaries.m):
+                return f["steps"]
 
     info, batches = _training_batches(cfg)
     model = task.new_model(cfg, info)
@@ -118,6 +127,7 @@ def known_data_steps(cfg: Config, views: list[RoundView], canaries: CanarySet, w
         at = np.array([flat[i][o] for i, o in zip(canaries.tensor, canaries.offset, strict=True)])
         out[t] = canaries.signs_at(view.server_round) * view.sample_rate * at / cfg.privacy.max_grad_norm
         log.info("known-data auditor: round %d's real clipped gradients recomputed", view.server_round)
+    np.savez(cache, rounds=rounds, steps=out)
     return out
 
 
