@@ -185,7 +185,7 @@ def _white_box(run: AuditRun) -> None:
     est = one_shot_estimate(x.sum(axis=0), canaries.included, delta=cfg.privacy.delta, beta=run.beta_each)
     run.estimates["one-shot"] = {
         **est.to_dict(),
-        "statistic": "final model delta (sum of the aggregate steps, before server momentum) at each canary, in C",
+        "statistic": "sum over rounds of the aggregate step at each canary times its round sign, in C",
     }
 
 
