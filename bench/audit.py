@@ -95,6 +95,13 @@ def _pneumonia(args: argparse.Namespace, epsilon: float, broken: str, rounds: in
     return cfg
 
 
+def _eps(bound: dict[str, Any] | None) -> str:
+    """A noise check's ε lower bound for the table ("—" when not run)."""
+    if bound is None or bound.get("epsilon_lb") is None:
+        return "—"
+    return f"{bound['epsilon_lb']:,.0f}" if bound["epsilon_lb"] >= 100 else f"{bound['epsilon_lb']:.2f}"
+
+
 def _row(name: str, r: dict[str, Any]) -> str:
     b, formal = r["bounds"], r["formal_epsilon"]
     plain, prof = b["white-box"]["epsilon_lb"], b["white-box, profile"]["epsilon_lb"]
@@ -103,7 +110,8 @@ def _row(name: str, r: dict[str, Any]) -> str:
     load = r.get("load_average_start_end", [float("nan")] * 2)
     return (
         f"| {name} | {r.get('rounds', '')} | {formal:.2f} | {plain:.2f} | {prof:.2f} | "
-        f"{b['white-box, noise check']['ratio_ub']:.3g} | {'—' if replay is None else f'{replay:.2f}'} | "
+        f"{b['white-box, noise check']['ratio_ub']:.3g} | {_eps(b['white-box, noise check'])} | "
+        f"{'—' if replay is None else f'{replay:.2f}'} | {_eps(b.get('replay, noise check'))} | "
         f"{r['estimates'].get('one-shot', float('nan')):.2f} | **{max(plain, prof) / formal:.2f}** | {verdict} | "
         f"{(r['final_test'] or {}).get('auc', float('nan')):.3f} | "
         f"{r['wall_seconds']:.0f} s, load {load[0]:.1f}→{load[1]:.1f} |"
@@ -111,9 +119,10 @@ def _row(name: str, r: dict[str, Any]) -> str:
 
 
 _HEADER = [
-    "| run | rounds | formal ε | one-run (plain) | one-run (profile) | noise ratio ≤ | replay, profile | one-shot "
-    "estimate | bound / formal | verdict | test AUC | wall, load |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| run | rounds | formal ε | one-run (plain) | one-run (profile) | noise ratio ≤ | noise check ε ≥ | replay, "
+    "profile | replay, noise check ε ≥ | one-shot estimate | one-run bound / formal | verdict | test AUC | "
+    "wall, load |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
