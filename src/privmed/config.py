@@ -193,6 +193,11 @@ class AuditConfig:
     break_noise: str = "none"
     #: also run the auditor that regenerates the noise from the config and subtracts it
     replay_noise: bool = True
+    #: the white-box auditor also knows the training data (DP's adversary) and subtracts the real examples'
+    #: clipped gradients at the canaries (privmed.audit.known_data)
+    known_data: bool = False
+    #: federated canary clients for privacy.mode = "client" (Andrew et al. 2024; 0 = none)
+    canary_clients: int = 0
 
 
 @dataclass

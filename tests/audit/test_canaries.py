@@ -111,3 +111,46 @@ def test_quiet_coordinates_are_preferred() -> None:
     }
     flat = np.array([starts[t] + o for t, o in zip(can.tensor, can.offset, strict=True)])
     assert flat.min() >= total - max(40, total // 5)
+
+
+def test_signs_flip_between_the_rounds_of_a_pair_and_stay_public(tmp_path) -> None:
+    can = C.draw_canaries(_model(), m=200, num_clients=2, rng=np.random.default_rng(6))
+    assert can.modulation_seed is not None
+    assert np.array_equal(can.signs_at(1), -can.signs_at(2))
+    assert np.array_equal(can.signs_at(3), -can.signs_at(4))
+    assert not np.array_equal(np.abs(can.signs_at(1) - can.signs_at(3)), np.zeros(200))  # fresh per pair
+    assert set(np.unique(can.signs_at(5) * can.sign)) == {-1.0, 1.0}
+    C.save_canaries(can, tmp_path)
+    public = C.load_canaries(tmp_path, secret=False)  # the server knows the flips, like the coordinates
+    assert public.modulation_seed == can.modulation_seed
+    assert np.array_equal(public.signs_at(7), can.signs_at(7))
+    fixed = C.draw_canaries(_model(), m=20, num_clients=2, rng=np.random.default_rng(6), modulate=False)
+    assert np.array_equal(fixed.signs_at(3), fixed.sign)
+
+
+def _views_with_drift(can: C.CanarySet, drift: np.ndarray, rounds: int, *, lr: float = 0.5, n: float = 100.0):
+    """Full-batch aggregates: w − lr·(canary + drift)/n at every canary coordinate, no noise."""
+    views, w = [], np.zeros(can.m)
+    for t in range(1, rounds + 1):
+        step = can.signs_at(t) * can.included + drift
+        views.append(C.RoundView(t, w.copy(), {0: (n, w - lr * step / n)}, lr=lr, noise_multiplier=1.0,
+                                 sample_rate=1.0))  # fmt: skip
+        w = w - lr * step / n
+    return views
+
+
+def test_modulation_cancels_a_constant_drift_of_the_real_gradients() -> None:
+    rng = np.random.default_rng(7)
+    can = C.draw_canaries(_model(), m=300, num_clients=1, rng=rng)
+    drift = rng.normal(0, 5.0, can.m)  # the real examples' gradients at each coordinate, 5x the canary
+    x = C.normalized_steps(_views_with_drift(can, drift, 6), can, clip=1.0)
+    np.testing.assert_allclose(x.sum(axis=0), 6.0 * can.included, atol=1e-9)
+    fixed = C.CanarySet(can.tensor, can.offset, can.sign, can.holder, can.included, can.seed)  # no flips
+    x_fixed = C.normalized_steps(_views_with_drift(fixed, drift, 6), fixed, clip=1.0)
+    assert np.abs(x_fixed.sum(axis=0) - 6.0 * can.included).max() > 10  # the drift hides the canaries
+
+
+def test_full_batch_likelihood_score_is_linear() -> None:
+    x = np.random.default_rng(8).normal(0, 1, (4, 10))
+    scores = C.likelihood_scores(x, sample_rate=1.0, noise_multipliers=np.full(4, 2.0))
+    np.testing.assert_allclose(scores, ((x - 0.5) / 4.0).sum(axis=0))

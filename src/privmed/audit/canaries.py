@@ -68,6 +68,8 @@ class CanarySet:
         The auditor's coins (``None`` in the server's view).
     seed
         Seed of the canaries' per-step Poisson sampling (``None`` in the server's view).
+    modulation_seed
+        Public seed of the canaries' per-round sign flips (:meth:`signs_at`); ``None``: no flips.
     """
 
     tensor: np.ndarray
@@ -76,10 +78,28 @@ class CanarySet:
     holder: np.ndarray
     included: np.ndarray | None = None
     seed: int | None = None
+    modulation_seed: int | None = None
 
     @property
     def m(self) -> int:
         return int(self.tensor.size)
+
+    def signs_at(self, server_round: int) -> np.ndarray:
+        """Every canary's sign in ``server_round``: ``sign · u`` in odd rounds, ``−sign · u`` in the next one.
+
+        ``u = ±1`` is drawn afresh for every pair of rounds (2k − 1, 2k) from the public modulation seed, so a
+        canary's gradient flips between the two rounds of a pair (an antithetic pair). The real examples'
+        gradients at a coordinate drift slowly from round to round; summed with these signs their drift
+        cancels to first order (Σ_k u_k (r_{2k−1} − r_{2k})) while the canary adds up in every round. Without
+        the flips a drift r per round adds T·r to a score whose noise grows like √T, and hides the canary.
+        DP covers any gradient of norm ≤ C at each step (Nasr et al. 2023's gradient canaries may change
+        between steps), so the flips cost no validity.
+        """
+        if self.modulation_seed is None:
+            return self.sign
+        pair = (int(server_round) + 1) // 2
+        u = np.where(np.random.default_rng([self.modulation_seed, pair]).random(self.m) < 0.5, -1.0, 1.0)
+        return self.sign * (u if int(server_round) % 2 == 1 else -u)
 
     def held_by(self, partition_id: int) -> np.ndarray:
         """Indices of the canaries this client holds."""
@@ -103,6 +123,7 @@ def draw_canaries(
     num_clients: int,
     rng: np.random.Generator | None = None,
     quietness: np.ndarray | None = None,
+    modulate: bool = True,
 ) -> CanarySet:
     """m distinct coordinates among the model's weights, random signs, holders round-robin, fresh coins.
 
@@ -111,7 +132,9 @@ def draw_canaries(
     little real gradient there, e.g. :func:`gradient_magnitude` on data the server holds) the coordinates are
     drawn at random among the quietest ``max(2m, 20 %)``: the real examples' gradients there add less to
     what the server sees at the canary (Nasr et al. 2023 pick such coordinates too). The choice never looks
-    at the coins.
+    at the coins. With ``modulate`` the canaries flip sign between paired rounds (:meth:`CanarySet.signs_at`;
+    public, like the coordinates): what the white-box server sees of them survives the real gradients' drift,
+    but the final model alone no longer carries them (a final-model audit needs ``modulate=False``).
 
     Raises
     ------
@@ -140,6 +163,7 @@ def draw_canaries(
         holder=(np.arange(m) % num_clients).astype(np.int64),
         included=source.random(m) < 0.5,
         seed=int(source.integers(0, 2**63 - 1)),
+        modulation_seed=int(source.integers(0, 2**63 - 1)) if modulate else None,
     )
 
 
@@ -163,8 +187,9 @@ def save_canaries(canaries: CanarySet, work_dir: str | Path) -> None:
     """Write the public and the secret half to ``work_dir``."""
     folder = Path(work_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    modulation = {} if canaries.modulation_seed is None else {"modulation_seed": np.array([canaries.modulation_seed])}
     np.savez(folder / PUBLIC_FILE, tensor=canaries.tensor, offset=canaries.offset, sign=canaries.sign,
-             holder=canaries.holder)  # fmt: skip
+             holder=canaries.holder, **modulation)  # fmt: skip
     assert canaries.included is not None and canaries.seed is not None
     np.savez(folder / SECRET_FILE, included=canaries.included, seed=np.array([canaries.seed], dtype=np.int64))
 
@@ -173,7 +198,9 @@ def load_canaries(work_dir: str | Path, *, secret: bool) -> CanarySet:
     """The canaries from ``work_dir``; the coins and seed only when ``secret`` (the auditor, a holder)."""
     folder = Path(work_dir)
     with np.load(folder / PUBLIC_FILE) as pub:
-        fields = {k: pub[k] for k in ("tensor", "offset", "sign", "holder")}
+        fields: dict[str, Any] = {k: pub[k] for k in ("tensor", "offset", "sign", "holder")}
+        if "modulation_seed" in pub.files:
+            fields["modulation_seed"] = int(pub["modulation_seed"][0])
     if not secret:
         return CanarySet(**fields)
     with np.load(folder / SECRET_FILE) as sec:
@@ -250,21 +277,29 @@ def normalized_steps(views: list[RoundView], canaries: CanarySet, *, clip: float
     """x_t per round and canary: the aggregate DP-SGD step at the canary's coordinate in units of C.
 
     The aggregate of ``privacy.mode = "distributed"`` is ``w − η·(Σ S_i + Σ z_i)/(q·Σ n_i)``, so
-    ``x_t = −sign·(w_agg − w)·q·Σn_i/(η·C)`` is the canary's clipped gradient (1 if sampled, else 0) plus the
-    noise in units of C (σ per round) plus the real examples' gradients there.
+    ``x_t = −sign_t·(w_agg − w)·q·Σn_i/(η·C)`` is the canary's clipped gradient (1 if sampled, else 0) plus the
+    noise in units of C (σ per round) plus the real examples' gradients there (``sign_t``: the round's sign,
+    :meth:`CanarySet.signs_at`).
     """
     rows = []
     for view in views:
         total, avg = view.aggregate()
         scale = view.sample_rate * total / (view.lr * clip)
-        rows.append(-canaries.sign * (avg - view.global_values) * scale)
+        rows.append(-canaries.signs_at(view.server_round) * (avg - view.global_values) * scale)
     return np.array(rows)
 
 
 def likelihood_scores(x: np.ndarray, *, sample_rate: float, noise_multipliers: np.ndarray) -> np.ndarray:
-    """Σ_t log(1 − q + q·exp((x_t − ½)/σ_t²)): the log-likelihood ratio "in" vs "out" of every canary."""
+    """Σ_t log(1 − q + q·exp((x_t − ½)/σ_t²)): the log-likelihood ratio "in" vs "out" of every canary.
+
+    The exact per-step likelihood ratio of the subsampled Gaussian mixture, summed over the (independent)
+    steps: the Neyman–Pearson statistic for one canary against the claimed mechanism (Nasr et al. 2023's
+    per-step score). With q = 1 (full-batch steps) it is the linear Σ_t (x_t − ½)/σ_t².
+    """
     sigma2 = np.asarray(noise_multipliers, dtype=np.float64)[:, None] ** 2
     q = float(sample_rate)
+    if q >= 1.0:
+        return ((x - 0.5) / sigma2).sum(axis=0)
     return np.logaddexp(np.log1p(-q), np.log(q) + (x - 0.5) / sigma2).sum(axis=0)
 
 
@@ -272,9 +307,10 @@ def projection_scores(views: list[RoundView], canaries: CanarySet) -> np.ndarray
     """Σ_t of the holder's update at the canary's coordinate (sign-corrected), standardised per holder."""
     raw = np.zeros(canaries.m)
     for view in views:
+        signs = canaries.signs_at(view.server_round)
         for pid, (_, values) in view.replies.items():
             mine = canaries.held_by(pid)
-            raw[mine] += -canaries.sign[mine] * (values[mine] - view.global_values[mine])
+            raw[mine] += -signs[mine] * (values[mine] - view.global_values[mine])
     out = np.zeros_like(raw)
     for pid in np.unique(canaries.holder):
         mine = canaries.held_by(int(pid))

@@ -35,11 +35,13 @@ import numpy as np
 from privmed.audit import canaries as canary_lib
 from privmed.audit.bounds import (
     audit_scores,
+    guess_grid,
+    mechanism_profile,
     noise_ratio_upper_bound,
     one_shot_estimate,
     profile_lower_bound,
-    rdp_profile,
 )
+from privmed.audit.known_data import observed_steps
 from privmed.config import Config, from_dict
 from privmed.errors import ConfigError, PrivmedError
 from privmed.results import machine, write_json_atomic
@@ -119,9 +121,27 @@ def _canary_modes_only(cfg: Config) -> str | None:
     if cfg.privacy.mode not in CANARY_MODES:
         return (
             f"privacy.mode = {cfg.privacy.mode!r}: gradient canaries need DP-SGD ({', '.join(CANARY_MODES)}); "
-            "federated canary clients for client-level DP are not built yet"
+            "client-level DP is audited by the canary-clients stage (audit.canary_clients)"
         )
     return None
+
+
+def _client_level_only(cfg: Config) -> str | None:
+    if cfg.privacy.mode != "client":
+        return f"privacy.mode = {cfg.privacy.mode!r}: canary clients audit client-level DP (privacy.mode = 'client')"
+    if cfg.audit.canary_clients <= 0:
+        return "audit.canary_clients = 0: set it (e.g. 1000) to plant canary clients"
+    return None
+
+
+def _canary_clients(run: AuditRun) -> None:
+    from privmed.audit.canary_clients import audit_canary_clients
+
+    estimate, bound, (scores, included) = audit_canary_clients(
+        run.work_dir, delta=run.cfg.privacy.delta, beta=run.beta_each
+    )
+    run.estimates["canary clients"] = estimate
+    run.bounds["canary clients"] = bound | {"score_histogram": score_histogram(scores, included)}
 
 
 def _replayable(cfg: Config) -> str | None:
@@ -160,12 +180,12 @@ def _white_box(run: AuditRun) -> None:
         scores = canary_lib.SCORES[score_name](views, canaries, cfg.privacy.max_grad_norm)
         _bound(run, "white-box", scores, canaries, score=score_name, rounds=len(views))
         return
-    x = canary_lib.normalized_steps(views, canaries, clip=cfg.privacy.max_grad_norm)
+    x = observed_steps(cfg, views, canaries, run.work_dir)
     _distributed_tests(run, "white-box", x, views, canaries)
     est = one_shot_estimate(x.sum(axis=0), canaries.included, delta=cfg.privacy.delta, beta=run.beta_each)
     run.estimates["one-shot"] = {
         **est.to_dict(),
-        "statistic": "final model delta (sum of the aggregate steps, before server momentum) at each canary, in C",
+        "statistic": "sum over rounds of the aggregate step at each canary times its round sign, in C",
     }
 
 
@@ -174,7 +194,7 @@ def _replay(run: AuditRun) -> None:
 
     cfg, canaries, views = run.cfg, _secret_canaries(run), _views(run)
     replay = NOISE_REPLAYS[cfg.privacy.mode]
-    x = canary_lib.normalized_steps(views, canaries, clip=cfg.privacy.max_grad_norm)
+    x = observed_steps(cfg, views, canaries, run.work_dir)
     for t, view in enumerate(views):
         noise = np.zeros(canaries.m)
         for pid in view.replies:
@@ -182,7 +202,7 @@ def _replay(run: AuditRun) -> None:
             noise += np.array(
                 [tensors[i].reshape(-1)[o] for i, o in zip(canaries.tensor, canaries.offset, strict=True)]
             )
-        x[t] -= canaries.sign * noise / cfg.privacy.max_grad_norm
+        x[t] -= canaries.signs_at(view.server_round) * noise / cfg.privacy.max_grad_norm
     _distributed_tests(run, "replay", x, views, canaries)
 
 
@@ -195,12 +215,15 @@ def _distributed_tests(
     sigmas = np.array([v.noise_multiplier for v in views])
     q = views[0].sample_rate
     scores = canary_lib.likelihood_scores(x, sample_rate=q, noise_multipliers=sigmas)
-    _bound(run, name, scores, canaries, score="likelihood ratio per round, summed", rounds=len(views))
+    grid = guess_grid(canaries.m, full_batch=q >= 1.0)
+    _bound(run, name, scores, canaries, grid=grid, score="likelihood ratio per round, summed", rounds=len(views))
     details = (run.federation or {}).get("privacy_details") or {}
     sigma = float(details.get("noise_multiplier", np.nanmax(sigmas)))
     steps = len(canary_lib.load_rounds(run.work_dir))
-    profile = rdp_profile(q, steps)
-    prof = profile_lower_bound(scores, canaries.included, profile=profile, delta=cfg.privacy.delta, beta=beta)
+    profile = mechanism_profile(q, steps)
+    prof = profile_lower_bound(
+        scores, canaries.included, profile=profile, delta=cfg.privacy.delta, beta=beta, grid=grid
+    )
     run.bounds[f"{name}, profile"] = prof.to_dict() | {"claimed_sigma": sigma}
     check = noise_ratio_upper_bound(x[:, ~canaries.included], sigmas[:, None], beta=beta)
     eps_noise = float(profile(check.ratio_ub * sigma, [cfg.privacy.delta])[0]) if check.ratio_ub > 0 else np.inf
@@ -221,9 +244,11 @@ def _secret_canaries(run: AuditRun) -> canary_lib.CanarySet:
     return run.canaries
 
 
-def _bound(run: AuditRun, name: str, scores: np.ndarray, canaries: canary_lib.CanarySet, **extra: Any) -> None:
+def _bound(
+    run: AuditRun, name: str, scores: np.ndarray, canaries: canary_lib.CanarySet, grid: Any = None, **extra: Any
+) -> None:
     assert canaries.included is not None
-    result = audit_scores(scores, canaries.included, delta=run.cfg.privacy.delta, beta=run.beta_each)
+    result = audit_scores(scores, canaries.included, delta=run.cfg.privacy.delta, beta=run.beta_each, grid=grid)
     run.bounds[name] = {**result.to_dict(), **extra, "score_histogram": score_histogram(scores, canaries.included)}
     log.info("%s: epsilon >= %.3f with confidence %.0f%%", name, result.epsilon_lb, 100 * (1 - result.beta))
 
@@ -252,6 +277,13 @@ STAGES: tuple[Stage, ...] = (
         lambda cfg: 3 if cfg.privacy.mode == "distributed" else 1,
     ),
     Stage("replay", "server that regenerates the noise from the config", _replay, _replayable, lambda cfg: 3),
+    Stage(
+        "canary-clients",
+        "federated canary clients (client-level DP)",
+        _canary_clients,
+        _client_level_only,
+        lambda cfg: 1,
+    ),
     Stage("attacks", "reconstruction attacks on the update records", lambda run: None, _not_yet("issue 10's attacks")),
     Stage("hfgan", "HF-GAN augmentation", lambda run: None, _not_yet("issue 11's HF-GAN")),
 )

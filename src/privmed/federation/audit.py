@@ -28,17 +28,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.common import FitIns, FitRes, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import Code, FitIns, FitRes, Parameters, Scalar, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from torch import nn
 
+from privmed.audit import canary_clients as cc
 from privmed.audit.canaries import CanarySet, RoundView, load_canaries, save_round
+from privmed.audit.known_data import save_global
 from privmed.config import Config
 from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import dp, dp_distributed, registry, task
@@ -71,10 +74,14 @@ def _sample_rate(local: task.LocalTraining) -> float:
 
 def _plant(
     optimizer: Any, params: list[nn.Parameter], canaries: CanarySet, mine: np.ndarray, *, key: list[int], rate: float,
-    clip: float, factor: float,
+    clip: float, factor: float, signs: np.ndarray | None = None,
 ) -> None:  # fmt: skip
-    """Extend ``optimizer.add_noise``: scale the noise by ``factor``, then add the sampled canaries."""
+    """Extend ``optimizer.add_noise``: scale the noise by ``factor``, then add the sampled canaries.
+
+    ``signs``: every canary's sign this round (:meth:`CanarySet.signs_at`); default ``canaries.sign``.
+    """
     original = optimizer.add_noise
+    signs = canaries.sign if signs is None else signs
     step = [0]
 
     def add_noise() -> None:
@@ -94,7 +101,7 @@ def _plant(
                 grad.index_add_(
                     0,
                     torch.as_tensor(canaries.offset[here]),
-                    torch.as_tensor(canaries.sign[here] * clip, dtype=grad.dtype),
+                    torch.as_tensor(signs[here] * clip, dtype=grad.dtype),
                 )
 
     optimizer.add_noise = add_noise
@@ -116,10 +123,12 @@ def audited(wrapper: registry.TrainingWrapper) -> registry.TrainingWrapper:
             mine = mine[canaries.included[mine]]
             server_round = int(local.instructions.get("server_round", 0))
             key = [canaries.seed, server_round, partition_id]
+            signs = canaries.signs_at(server_round)
         else:
             canaries, mine, key = CanarySet(*(np.zeros(0, dtype=np.int64),) * 4), np.zeros(0, dtype=np.int64), [0]
+            signs = canaries.sign
         _plant(out.optimizer, params, canaries, mine, key=key, rate=_sample_rate(out),
-               clip=cfg.privacy.max_grad_norm, factor=factor)  # fmt: skip
+               clip=cfg.privacy.max_grad_norm, factor=factor, signs=signs)  # fmt: skip
         return out
 
     return wrapped
@@ -131,6 +140,7 @@ class AuditRecorder(StrategyWrapper):
     def __init__(self, strategy: Strategy, cfg: Config) -> None:
         super().__init__(strategy)
         self.work_dir = cfg.audit.work_dir
+        self.keep_globals = cfg.audit.known_data
         self._canaries: CanarySet | None = None  # read at the first round (the run's checks build us earlier)
         self.default_lr = cfg.train.lr
         self._global: np.ndarray | None = None
@@ -154,7 +164,10 @@ class AuditRecorder(StrategyWrapper):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
-        self._global = self._at_canaries(parameters_to_ndarrays(parameters))
+        weights = parameters_to_ndarrays(parameters)
+        self._global = self._at_canaries(weights)
+        if self.keep_globals:  # for the auditor that knows the data (privmed.audit.known_data)
+            save_global(weights, server_round, self.work_dir)
         self._lr = float(instructions[0][1].config.get("lr", self.default_lr)) if instructions else self.default_lr
         self._config = dict(instructions[0][1].config) if instructions else {}
         return instructions
@@ -186,6 +199,81 @@ class AuditRecorder(StrategyWrapper):
         return parameters, metrics
 
 
+class CanaryClients(StrategyWrapper):
+    """Federated canary clients (Andrew et al., ICLR 2024) for ``privacy.mode = "client"``.
+
+    Plays the auditor's k canary clients (:mod:`privmed.audit.canary_clients`): every round, each included
+    canary replies ``w + C·cⱼ`` (its update, a unit direction times the clipping norm: clipped like a real
+    client) with weight 1, appended to the real replies before the client-level DP wrapper checks, averages
+    and noises them — so the noise is scaled to the m + k₊ participants and the formal ε covers every canary
+    as one more client. Keeps the model delta w_t − w_0 for the auditor. Central noise only: with split noise
+    the canaries would bring no noise share. Reads the coins from the auditor's folder (drawn there from OS
+    entropy at the first round when absent); the server-side strategies it wraps see only the replies.
+    """
+
+    def __init__(self, strategy: Strategy, cfg: Config) -> None:
+        super().__init__(strategy)
+        if cfg.privacy.client_noise != "central":
+            raise ConfigError(
+                f"audit.canary_clients with privacy.client_noise = {cfg.privacy.client_noise!r}: canary clients bring "
+                "no noise share; set privacy.client_noise = 'central' for the audit"
+            )
+        self.work_dir, self.k, self.clip = cfg.audit.work_dir, cfg.audit.canary_clients, cfg.privacy.max_grad_norm
+        self._sent: list[np.ndarray] | None = None
+        self._initial: np.ndarray | None = None
+
+    def _canaries(self) -> cc.CanaryClients:
+        if not (Path(self.work_dir) / cc.PUBLIC_FILE).exists():
+            cc.save_canary_clients(cc.draw_canary_clients(self.k), self.work_dir)
+        return cc.load_canary_clients(self.work_dir, secret=True)
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        self._sent = parameters_to_ndarrays(parameters)
+        if self._initial is None:
+            self._initial = _flat(self._sent)
+        return self.strategy.configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        if not results or self._sent is None:
+            return self.strategy.aggregate_fit(server_round, results, failures)
+        canaries = self._canaries()
+        sent, flat = self._sent, _flat(self._sent)
+        rows = np.flatnonzero(canaries.included)
+        replies = []
+        for start in range(0, rows.size, cc.CHUNK):
+            for direction in canaries.directions(flat.size, rows[start : start + cc.CHUNK]):
+                weights = _unflat(flat + self.clip * direction, sent)
+                replies.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), 1, {})))
+        parameters, metrics = self.strategy.aggregate_fit(server_round, [*results, *replies], failures)
+        if parameters is not None and self._initial is not None:
+            cc.save_delta(_flat(parameters_to_ndarrays(parameters)) - self._initial, self.work_dir)
+        return parameters, {**metrics, "canary_clients": int(rows.size)}
+
+
+def _flat(weights: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(w, dtype=np.float64).ravel() for w in weights])
+
+
+def _unflat(flat: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
+    out, start = [], 0
+    for w in like:
+        out.append(flat[start : start + w.size].reshape(w.shape).astype(w.dtype))
+        start += w.size
+    return out
+
+
+def _canary_clients(strategy: Strategy, cfg: Config) -> Strategy:
+    active = cfg.audit.canary_clients > 0 and cfg.privacy.mode == "client"
+    return CanaryClients(strategy, cfg) if active else strategy
+
+
 def _recorder(strategy: Strategy, cfg: Config) -> Strategy:
     return AuditRecorder(strategy, cfg) if cfg.audit.canaries > 0 else strategy
 
@@ -198,6 +286,7 @@ def _register() -> None:
         if mode in registry.TRAINING_WRAPPERS and mode not in ORIGINAL_WRAPPERS:
             ORIGINAL_WRAPPERS[mode] = registry.TRAINING_WRAPPERS[mode]
             registry.TRAINING_WRAPPERS[mode] = audited(ORIGINAL_WRAPPERS[mode])
+    registry.STRATEGY_WRAPPERS["canary-clients"] = _canary_clients  # outside the client-level DP wrapper
     registry.STRATEGY_WRAPPERS["audit"] = _recorder
 
 

@@ -17,9 +17,15 @@ from privmed.audit.bounds.gdp import (
     two_gaussians_epsilon,
 )
 from privmed.audit.bounds.noise_check import NoiseCheck, noise_ratio_upper_bound
-from privmed.audit.bounds.one_run import OneRunBound, audit_scores, epsilon_lower_bound, p_value
+from privmed.audit.bounds.one_run import OneRunBound, audit_scores, epsilon_lower_bound, guess_grid, p_value
 from privmed.audit.bounds.one_shot import OneShotEstimate, cosines, one_shot_estimate
-from privmed.audit.bounds.profile import ProfileBound, profile_lower_bound, rdp_profile
+from privmed.audit.bounds.profile import (
+    ProfileBound,
+    gaussian_profile,
+    mechanism_profile,
+    profile_lower_bound,
+    rdp_profile,
+)
 
 __all__ = [
     "NoiseCheck",
@@ -32,6 +38,9 @@ __all__ = [
     "gaussian_delta",
     "gaussian_epsilon",
     "gaussian_mu",
+    "gaussian_profile",
+    "guess_grid",
+    "mechanism_profile",
     "noise_ratio_upper_bound",
     "one_shot_estimate",
     "p_value",

@@ -30,6 +30,10 @@ from scipy import stats
 
 #: Default grid of guess counts, as fractions of m (k₊ = k₋ = fraction·m/2); fixed before any score is seen.
 DEFAULT_GUESS_FRACTIONS: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
+#: Guess counts r (half "in", half "out") for full-batch canaries (q = 1): the test's power comes from its
+#: ~1,000 most confident guesses whatever m is (simulated ceiling, bench/results/audit.md), so a short grid of
+#: absolute counts wastes less of β than fractions of a large m. Fixed before any score is seen.
+FULL_BATCH_GUESS_COUNTS: tuple[int, ...] = (300, 600, 1000, 1500, 2500)
 _EPS_MAX = 50.0
 
 
@@ -127,10 +131,21 @@ class OneRunBound:
         return asdict(self)
 
 
-def guess_grid(m: int, fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS) -> list[tuple[int, int]]:
+def guess_grid(
+    m: int, fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS, *, full_batch: bool = False
+) -> list[tuple[int, int]]:
     """(k₊, k₋) pairs, fixed before seeing any score: for every fraction f, r = f·m guesses split half "in"
     and half "out", and r guesses all "in" (a Poisson-sampled canary may never have been drawn, so the low
-    scores are a mix and "in" guesses on the high scores alone are often better)."""
+    scores are a mix and "in" guesses on the high scores alone are often better).
+
+    With ``full_batch`` (every included canary is in every step, q = 1: the two score distributions are
+    mirror images) the grid is :data:`FULL_BATCH_GUESS_COUNTS` and r = m (all guessed: a broken run's perfect
+    guesses refute ε up to ≈ log(m / log(|grid|/β)), ~1,000 guesses only up to ≈ 5), split half and half,
+    capped at m; m and q are public, so the choice never looks at the coins.
+    """
+    if full_batch:
+        counts = sorted({min(r, m) for r in (*FULL_BATCH_GUESS_COUNTS, m)})
+        return [((r + 1) // 2, r // 2) for r in counts]
     grid: list[tuple[int, int]] = []
     for f in fractions:
         r = max(1, min(m, round(f * m)))

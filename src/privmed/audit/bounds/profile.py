@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from privmed.audit.bounds.gdp import gaussian_epsilon
 from privmed.audit.bounds.one_run import correct_guesses, guess_grid, p_value
 
 #: The δ' grid of the profile (log-spaced; the target δ is added).
@@ -43,6 +44,28 @@ def rdp_profile(sample_rate: float, steps: int) -> Callable[[float, Sequence[flo
         return [max(0.0, e) for e in eps]
 
     return profile
+
+
+def gaussian_profile(steps: int) -> Callable[[float, Sequence[float]], list[float]]:
+    """``(σ, deltas) -> ε at each δ`` for ``steps`` full-batch (q = 1) Gaussian steps: the exact profile.
+
+    Without subsampling, ``steps`` Gaussian mechanisms of noise σ (sensitivity 1) compose to exactly
+    μ-GDP with μ = √steps / σ (Dong, Roth & Su 2022, Corollary 3.3), whose (ε, δ) curve is the Gaussian
+    mechanism's (:func:`~privmed.audit.bounds.gdp.gaussian_epsilon`). No conversion loss: the test rejects
+    exactly the σ' whose mechanism cannot have produced the guesses, and ε_lb is the true ε of σ*.
+    """
+
+    def profile(sigma: float, deltas: Sequence[float]) -> list[float]:
+        mu = steps**0.5 / sigma
+        return [gaussian_epsilon(mu, d) for d in deltas]
+
+    return profile
+
+
+def mechanism_profile(sample_rate: float, steps: int) -> Callable[[float, Sequence[float]], list[float]]:
+    """The profile of the run's mechanism: exact (:func:`gaussian_profile`) for full-batch steps (q = 1),
+    RDP (:func:`rdp_profile`, an upper bound on the true curve, hence a weaker but valid test) otherwise."""
+    return gaussian_profile(steps) if sample_rate >= 1.0 else rdp_profile(sample_rate, steps)
 
 
 @dataclass(frozen=True)
@@ -71,15 +94,17 @@ def profile_lower_bound(
     profile: Callable[[float, Sequence[float]], list[float]],
     delta: float,
     beta: float = 0.05,
+    grid: Sequence[tuple[int, int]] | None = None,
 ) -> ProfileBound:
     """ε lower bound at ``delta`` for the mechanism family ``profile`` (σ ↦ its (ε, δ) curve).
 
-    σ is rejected when any guess count of the grid (each at level β / |grid|) rejects any point of σ's
+    σ is rejected when any guess count of the grid (each at level β / |grid|; default
+    :func:`~privmed.audit.bounds.one_run.guess_grid`, never chosen from the coins) rejects any point of σ's
     profile; rejection is monotone in σ (more noise, smaller ε everywhere), so σ* is found by bisection.
     """
     s, inc = np.asarray(scores, dtype=np.float64), np.asarray(included, dtype=bool)
     m = int(s.size)
-    pairs = guess_grid(m)
+    pairs = list(grid) if grid is not None else guess_grid(m)
     level = beta / len(pairs)
     deltas = sorted({*PROFILE_DELTAS, delta})
     counts = [(k_in, k_out, correct_guesses(s, inc, k_in, k_out)) for k_in, k_out in pairs]
