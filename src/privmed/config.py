@@ -193,6 +193,16 @@ class AuditConfig:
     break_noise: str = "none"
     #: also run the auditor that regenerates the noise from the config and subtracts it
     replay_noise: bool = True
+    #: attacks (``privmed attack list``) on what the server saw: honest-but-curious ones invert the records of
+    #: ``attack_round``; malicious ones (``imprint``) get a one-round run of their own with the tampered model
+    attacks: list[str] = field(default_factory=list)
+    #: settings per attack, e.g. ``{ inverting-gradients = { iterations = 300 } }``
+    attack_settings: dict[str, Any] = field(default_factory=dict)
+    #: the round whose recorded update the honest-but-curious attacks invert
+    attack_round: int = 1
+    #: one axis to sweep, ``{ key = "privacy.epsilon", values = [2, 4, 8] }``: an audit per value, cached by
+    #: config hash (:mod:`privmed.audit.sweep`)
+    sweep: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import argparse
 import logging
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from privmed.cli._common import add_set_argument, console, help_text
 from privmed.errors import ConfigError
@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_set_argument(parser, example="audit.canaries=2000")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config>-audit)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing audit output folder")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted audit (or sweep) in its output folder"
+    )
     parser.set_defaults(func=run)
 
 
@@ -65,15 +68,20 @@ def _config(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     from privmed.audit.pipeline import PrivacyBugError, run_audit
+    from privmed.audit.sweep import audit_sweep, sweep_axis
 
     cfg = _config(args)
     out = args.out or Path("runs") / f"{Path(cfg.source).stem or 'quickstart'}-audit"
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     con = console()
-    con.print(f"[bold]audit[/bold] {cfg.source}: training with canaries, then the bounds (output: {out})")
+    swept = sweep_axis(cfg)
+    what = f"a sweep over {swept[0]} = {swept[1]}" if swept else "training with canaries, then the bounds"
+    con.print(f"[bold]audit[/bold] {cfg.source}: {what} (output: {out})")
     try:
-        results = run_audit(cfg, out, overwrite=args.overwrite)
+        if swept:
+            return _print_sweep(con, audit_sweep(cfg, out, overwrite=args.overwrite, resume=args.resume), out)
+        results = run_audit(cfg, out, overwrite=args.overwrite, resume=args.resume)
     except PrivacyBugError as exc:
         con.print(f"[bold white on red] {exc} [/]")
         con.print(f"report: {out / 'report.html'}")
@@ -90,3 +98,18 @@ def run(args: argparse.Namespace) -> int:
         f"Report: {out / 'report.html'}"
     )
     return 0
+
+
+def _print_sweep(con: Any, results: dict[str, Any], out: Path) -> int:
+    for point in results["runs"]:
+        test = point["test"]
+        con.print(
+            f"  {results['axis']} = {point['value']:<8g} formal epsilon {_num(point['formal_epsilon'])}, best lower "
+            f"bound {_num(point['best_bound'])}, test AUC {_num(test.get('auc'))}"
+        )
+    con.print(f"sweep done; no lower bound exceeds its formal epsilon. Report: {out / 'report.html'}")
+    return 0
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
