@@ -333,7 +333,9 @@ def _summary_table(results: dict[str, Any]) -> str:
          html.escape(f"{best[0]}, confidence {100 * (1 - best[1]['beta']):.2f}% ({results.get('canaries')} canaries)")
          if best else "no bound computed"],
         ["test accuracy", test.get("accuracy"), html.escape(f"final global model, {data} test split, round "
-                                                             f"{final.get('round')}")],
+                                                             f"{final.get('round')}, arg-max class")],
+        ["test accuracy (threshold from validation)", test.get("vt_accuracy"),
+         "same model and split; the decision threshold chosen on the validation split (binary tasks)"],
         ["test macro F1", test.get("macro_f1"), "same model and split"],
         ["test AUC", test.get("auc"), "same model and split"],
         ["FID", None, html.escape(_skipped(results, "hfgan")) if "hfgan" in results["stages"] else "—"],
