@@ -10,8 +10,12 @@ lists the skipped ones):
    canaries, and the one-shot estimate (Andrew et al. 2024) from the final model delta.
 3. ``replay`` — the same after subtracting the noise a server that knows the config regenerates: catches noise
    that is not secret (issue 9's ``privacy.reproducible_noise``, and today's seeded noise).
-4. ``attacks`` / ``hfgan`` — reconstruction attacks on the update records and HF-GAN augmentation: joined
-   once those stages exist (issues 10-12); reported as skipped until then.
+4. ``attacks`` — the honest-but-curious attacks of ``audit.attacks`` on the recorded update of
+   ``audit.attack_round`` (:mod:`privmed.audit.attack_stage`).
+5. ``malicious`` — a one-round run in which the server sends a tampered model, and its attack.
+6. ``hfgan`` — HF-GAN augmentation: skipped with its reason (not wired into the audit yet).
+
+A config with ``audit.sweep`` runs one audit per value instead (:mod:`privmed.audit.sweep`).
 
 A lower bound above the formal ε is a privacy bug: :class:`PrivacyBugError` (exit code 3).
 """
