@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 
 
-def fake_results(*, violation: bool = False, attacks: bool = False) -> dict[str, Any]:
+def fake_results(*, violation: bool = False, attacks: bool = False, hfgan: bool = False) -> dict[str, Any]:
     """An audit's results as :func:`privmed.audit.pipeline.summarize` writes them, with made-up numbers.
 
     ``attacks``: with an honest-but-curious and a malicious attack entry (their grid is ``attacks/<name>.png``
-    in the report's folder: :func:`write_fake_grids`).
+    in the report's folder: :func:`write_fake_grids`). ``hfgan``: with an HF-GAN entry (its samples are
+    ``hfgan/samples.png``, also written by :func:`write_fake_grids`).
     """
     rounds = [
         {"round": r, "val": {"accuracy": 0.5 + r / 40, "auc": 0.6 + r / 30}, "test": {"auc": 0.6 + r / 32},
@@ -80,6 +81,13 @@ def fake_results(*, violation: bool = False, attacks: bool = False) -> dict[str,
             "attacks": {"title": "attacks", "status": "done", "seconds": 5.0},
             "malicious": {"title": "malicious", "status": "done", "seconds": 30.0},
         }
+    if hfgan:
+        payload["hfgan"] = {
+            "epsilon_discriminator": 9.9, "epsilon_note": "post-processing", "rounds": 6, "fid": 40.0,
+            "fid_train_vs_test": 2.0, "is": 1.5, "tstr_accuracy": 0.7, "trtr_accuracy": 0.9,
+            "synthetic_images": 300, "features": "domain classifier features", "figure": "hfgan/samples.png",
+        }  # fmt: skip
+        payload["stages"]["hfgan"] = {"title": "HF-GAN", "status": "done", "seconds": 60.0}
     return payload
 
 
@@ -119,6 +127,7 @@ def write_fake_grids(folder: Path) -> None:
     for name in FAKE_ATTACKS:
         images = rng.uniform(-1, 1, size=(4, 1, 28, 28))
         image_grid(folder / "attacks" / f"{name}.png", images, input_range=(-1.0, 1.0), truth=images[::-1])
+    image_grid(folder / "hfgan" / "samples.png", rng.uniform(-1, 1, size=(6, 1, 28, 28)), input_range=(-1.0, 1.0))
 
 
 def fake_sweep(*, violation: bool = False) -> dict[str, Any]:

@@ -51,3 +51,26 @@ def test_attack_stages_run_on_the_audit_and_an_audit_resumes(tmp_path: Path) -> 
     assert (out / "auditor" / "canaries-secret.npz").read_bytes() == secret  # the coins are read back, not redrawn
     assert len(again["federation"]["rounds"]) == 2 and (out / "report.html").is_file()
     assert again["attacks"]["inverting-gradients"]["pool_size"] == 900
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_every_point_and_resumes_only_the_unfinished_ones(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    sweep = [*SMALL, "--set", "audit.attacks=[]", "--set", 'audit.sweep={ key = "privacy.epsilon", values = [4, 8] }']
+    assert main(["audit", "--quickstart", *sweep, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["kind"] == "audit-sweep" and [r["value"] for r in results["runs"]] == [4.0, 8.0]
+    formal = [r["formal_epsilon"] for r in results["runs"]]
+    assert formal[0] == pytest.approx(4.0, abs=0.05) and formal[1] == pytest.approx(8.0, abs=0.05)
+    assert all(r["best_bound"] <= r["formal_epsilon"] for r in results["runs"])
+    first, second = (out / r["folder"] for r in results["runs"])
+    assert (first / "report.html").is_file() and (second / "report.html").is_file()
+    assert "privacy-utility curve" in (out / "report.html").read_text()
+
+    kept = (first / "results.json").stat().st_mtime_ns
+    (second / "report.html").unlink()  # as if the sweep had stopped while writing the second point
+    (out / "results.json").unlink()
+    assert main(["audit", "--quickstart", *sweep, "--out", str(out)]) == 2  # the folder exists: refused
+    assert main(["audit", "--quickstart", *sweep, "--out", str(out), "--resume"]) == 0
+    assert (first / "results.json").stat().st_mtime_ns == kept  # the finished point was reused
+    assert (second / "report.html").is_file() and (out / "results.json").is_file()

@@ -76,3 +76,15 @@ def test_sweep_report_draws_the_curves_and_links_every_point(tmp_path: Path) -> 
     assert "banner ok" in page and not re.search(r"(src|href)=\"(https?:)?//", page)
     bad = write_sweep_report(fake_sweep(violation=True), tmp_path / "bad.html").read_text()
     assert "banner bad" in bad and "privacy.epsilon = 8: white-box, noise check" in bad
+
+
+def test_report_shows_hfgan_scores_and_samples(tmp_path: Path) -> None:
+    from privmed.audit.report import write_report
+    from tests.audit.fake_results import write_fake_grids
+
+    write_fake_grids(tmp_path)
+    page = write_report(fake_results(hfgan=True), tmp_path / "report.html").read_text()
+    assert 'alt="real vs synthetic"' in page and "TSTR accuracy" in page
+    assert '<td>FID</td><td class="num">40.000</td>' in page
+    skipped = write_report(fake_results(), tmp_path / "plain.html").read_text()
+    assert 'alt="real vs synthetic"' not in skipped and "skipped: not available in this run" in skipped

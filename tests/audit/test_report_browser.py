@@ -74,9 +74,9 @@ def test_report_renders_in_chromium(tmp_path: Path, violation: bool) -> None:
     from tests.audit.fake_results import write_fake_grids
 
     write_fake_grids(tmp_path)
-    page = render(fake_results(violation=violation, attacks=True), base=tmp_path)
+    page = render(fake_results(violation=violation, attacks=True, hfgan=True), base=tmp_path)
     probe = _probe(page, tmp_path)
-    assert probe["images"] >= 7  # the plots and both attacks' true | reconstructed grids
+    assert probe["images"] >= 8  # the plots, both attacks' true | reconstructed grids, real vs synthetic
     assert probe["loaded"] == probe["images"], probe
     assert probe["errors"] == []
     assert ("banner bad" in page) == violation

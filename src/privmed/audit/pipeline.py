@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from privmed.audit.bounds import (
 from privmed.config import Config, from_dict
 from privmed.errors import ConfigError, PrivmedError
 from privmed.results import machine, write_json_atomic
+
+if TYPE_CHECKING:
+    from privmed.gan.config import GanConfig
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,10 @@ class AuditRun:
     stages: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     #: continue the training of an interrupted audit from its last checkpoint
     resume: bool = False
+    #: HF-GAN's settings (the config file's ``[gan]`` table), ``None`` without
+    gan: GanConfig | None = None
+    #: the HF-GAN stage's results entry (:mod:`privmed.audit.hfgan_stage`)
+    hfgan: dict[str, Any] | None = None
 
     @property
     def work_dir(self) -> Path:
@@ -125,17 +132,17 @@ class AuditRun:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: ``why_not(cfg)`` is ``None`` when it can run, else the reason it is skipped."""
+    """One stage: ``why_not(cfg, gan)`` is ``None`` when it can run, else the reason it is skipped."""
 
     name: str
     title: str
     run: Callable[[AuditRun], None]
-    why_not: Callable[[Config], str | None]
+    why_not: Callable[[Config, GanConfig | None], str | None]
     #: ``cfg -> `` how many verdict tests (lower bounds compared with the formal ε) the stage runs
     tests: Callable[[Config], int] = lambda cfg: 0
 
 
-def _canary_modes_only(cfg: Config) -> str | None:
+def _canary_modes_only(cfg: Config, gan: GanConfig | None = None) -> str | None:
     from privmed.federation.audit import CANARY_MODES
 
     if cfg.privacy.mode not in CANARY_MODES:
@@ -146,7 +153,7 @@ def _canary_modes_only(cfg: Config) -> str | None:
     return None
 
 
-def _replayable(cfg: Config) -> str | None:
+def _replayable(cfg: Config, gan: GanConfig | None = None) -> str | None:
     from privmed.federation.audit import NOISE_REPLAYS
 
     if (why := _canary_modes_only(cfg)) is not None:
@@ -158,8 +165,8 @@ def _replayable(cfg: Config) -> str | None:
     return None
 
 
-def _attacks_named(threat: str) -> Callable[[Config], str | None]:
-    def why_not(cfg: Config) -> str | None:
+def _attacks_named(threat: str) -> Callable[[Config, GanConfig | None], str | None]:
+    def why_not(cfg: Config, gan: GanConfig | None) -> str | None:
         from privmed.audit.attack_stage import attack_classes
 
         if not attack_classes(cfg, threat=threat):
@@ -169,8 +176,17 @@ def _attacks_named(threat: str) -> Callable[[Config], str | None]:
     return why_not
 
 
-def _hfgan_why_not(cfg: Config) -> str:
-    return "HF-GAN augmentation is not wired into the audit yet; `privmed gan CONFIG` runs and scores it on its own"
+def _hfgan_why_not(cfg: Config, gan: GanConfig | None) -> str | None:
+    if gan is None:
+        return "the config has no [gan] table (HF-GAN's settings, as for privmed gan)"
+    return None
+
+
+def _hfgan(run: AuditRun) -> None:
+    from privmed.audit.hfgan_stage import run_stage
+
+    assert run.gan is not None
+    run.hfgan = run_stage(run.cfg, run.gan, run.out)
 
 
 def _attacks(run: AuditRun) -> None:
@@ -294,7 +310,7 @@ def score_histogram(scores: np.ndarray, included: np.ndarray, bins: int = 30) ->
 
 #: The audit's stages, in order.
 STAGES: tuple[Stage, ...] = (
-    Stage("train", "federated training with canaries", _train, lambda cfg: None),
+    Stage("train", "federated training with canaries", _train, lambda cfg, gan: None),
     Stage(
         "white-box",
         "one-run bound and one-shot estimate (white-box server)",
@@ -315,7 +331,7 @@ STAGES: tuple[Stage, ...] = (
         _malicious,
         _attacks_named("malicious"),
     ),
-    Stage("hfgan", "HF-GAN augmentation", lambda run: None, _hfgan_why_not),
+    Stage("hfgan", "HF-GAN: synthetic images, FID, real vs synthetic per class", _hfgan, _hfgan_why_not),
 )
 
 
@@ -401,23 +417,30 @@ def check_audit(cfg: Config) -> None:
         )
 
 
-def check_point(cfg: Config) -> None:
+def check_point(cfg: Config, gan: GanConfig | None = None) -> None:
     """Every check of :func:`run_audit` that writes nothing (a sweep checks all its points first)."""
     check_audit(cfg)
     with tempfile.TemporaryDirectory(prefix="privmed-audit-check-") as scratch:
         cfg = audit_config(cfg, Path(scratch))
-        _check_training(cfg, Path(scratch), resume=False)
+        _check_training(cfg, Path(scratch), resume=False, gan=gan)
         draw(cfg)
 
 
 def run_audit(
-    cfg: Config, out: str | Path, *, overwrite: bool = False, resume: bool = False, report: bool = True
+    cfg: Config,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    report: bool = True,
+    gan: GanConfig | None = None,
 ) -> dict[str, Any]:
     """Run every stage that can run on ``cfg`` and write ``results.json`` (and ``report.html``) into ``out``.
 
     ``resume`` continues an interrupted audit in ``out``: the canaries drawn then (the coins are secret, so
     they are read back, never redrawn) and the training from its last complete round; the later stages run
-    again. ``results.json`` and the report are written last, each atomically.
+    again. ``results.json`` and the report are written last, each atomically. ``gan``: HF-GAN's settings
+    (a config file's ``[gan]`` table) for the HF-GAN stage.
 
     Raises
     ------
@@ -430,13 +453,14 @@ def run_audit(
     check_audit(cfg)
     cfg = audit_config(cfg, out)
     resumed = resume and (out / SECRET_DIR / canary_lib.SECRET_FILE).is_file()
-    _check_training(cfg, out, resume=resumed)
+    _check_training(cfg, out, resume=resumed, gan=gan)
     canaries = canary_lib.load_canaries(out / SECRET_DIR, secret=True) if resumed else draw(cfg)
     prepare_out(out, overwrite=overwrite, resume=resume)
     if not resumed:
         canary_lib.save_canaries(canaries, out / SECRET_DIR)
-    tests = sum(stage.tests(cfg) for stage in STAGES if stage.why_not(cfg) is None)
-    run = AuditRun(cfg=cfg, out=out, canaries=canaries, beta_each=cfg.audit.beta / max(1, tests), resume=resumed)
+    tests = sum(stage.tests(cfg) for stage in STAGES if stage.why_not(cfg, gan) is None)
+    run = AuditRun(cfg=cfg, out=out, canaries=canaries, beta_each=cfg.audit.beta / max(1, tests), resume=resumed,
+                   gan=gan)  # fmt: skip
     started = time.perf_counter()
     for stage in STAGES:
         _run_stage(run, stage)
@@ -451,14 +475,18 @@ def run_audit(
     return results
 
 
-def _check_training(cfg: Config, out: Path, *, resume: bool) -> None:
-    """The federation's own checks (on a scratch folder, or on the run to resume)."""
+def _check_training(cfg: Config, out: Path, *, resume: bool, gan: GanConfig | None = None) -> None:
+    """The runs' own checks (on scratch folders, or on the run to resume): training, malicious round, HF-GAN."""
     from privmed.audit.attack_stage import attack_classes, malicious_config
     from privmed.federation.run import check_run
 
     with tempfile.TemporaryDirectory(prefix="privmed-audit-check-") as scratch:  # the runs' checks, on fresh folders
         if attack_classes(cfg, threat="malicious"):
             check_run(malicious_config(cfg, Path(scratch)), out_dir=Path(scratch) / "malicious")
+        if gan is not None:
+            from privmed.audit.hfgan_stage import check
+
+            check(cfg, gan, Path(scratch) / "hfgan")
         if resume and _checkpointed(out):
             check_run(training_config(cfg), out_dir=out / "federation", resume=True)
         else:
@@ -470,7 +498,7 @@ def _checkpointed(out: Path) -> bool:
 
 
 def _run_stage(run: AuditRun, stage: Stage) -> None:
-    why = stage.why_not(run.cfg)
+    why = stage.why_not(run.cfg, run.gan)
     if why is not None:
         run.stages[stage.name] = {"title": stage.title, "status": "skipped", "reason": why}
         return
@@ -509,6 +537,7 @@ def summarize(run: AuditRun, *, total_seconds: float) -> dict[str, Any]:
         "bounds": run.bounds,
         "estimates": run.estimates,
         "attacks": run.attacks,
+        "hfgan": run.hfgan,
         "verdict": {"violations": violations, "ok": not violations},
         "stages": run.stages,
         "federation": {k: fed.get(k) for k in ("dataset", "model", "rounds", "final", "partition_sizes", "timing")},

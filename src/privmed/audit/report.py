@@ -318,6 +318,37 @@ def _attacks_section(results: dict[str, Any], base: Path | None) -> str:
     return "".join(parts)
 
 
+def _fid_row(results: dict[str, Any]) -> list[Any]:
+    gan = results.get("hfgan")
+    if not gan:
+        return ["FID", None, _skipped(results, "hfgan") if "hfgan" in results["stages"] else "—"]
+    how = f"HF-GAN's pooled synthetic images vs the test split, {gan.get('features', 'domain features')}"
+    return ["FID", gan.get("fid"), html.escape(how)]
+
+
+def _hfgan_section(results: dict[str, Any], base: Path | None) -> str:
+    """HF-GAN's scores and the real vs synthetic samples per class, or why the stage was skipped."""
+    gan = results.get("hfgan")
+    if not gan:
+        return f'<p class="skipped">{_skipped(results, "hfgan")}</p>'
+    rows = [
+        ["ε of the discriminator", gan.get("epsilon_discriminator"), html.escape(gan.get("epsilon_note") or "")],
+        ["FID (synthetic vs test)", gan.get("fid"), html.escape(str(gan.get("features", "")))],
+        ["FID (train vs test)", gan.get("fid_train_vs_test"), "same features: what a perfect generator reaches"],
+        ["TSTR accuracy", gan.get("tstr_accuracy"), "a classifier trained on synthetic images, tested on real ones"],
+        ["TRTR accuracy", gan.get("trtr_accuracy"), "the same classifier trained on the real training images"],
+    ]  # fmt: skip
+    parts = [_table(["number", "value", "how it was obtained"], rows)]
+    png = _png_file(base / gan["figure"]) if base is not None and gan.get("figure") else None
+    if png is not None:
+        caption = "Real training images (top rows) and each client's synthetic ones, per class."
+        parts.append(
+            f'<figure><img alt="real vs synthetic" src="data:image/png;base64,{png}"><figcaption>{caption}'
+            "</figcaption></figure>"
+        )
+    return "".join(parts)
+
+
 def _summary_table(results: dict[str, Any]) -> str:
     """The headline numbers, each with how it was obtained."""
     fed = results.get("federation") or {}
@@ -338,7 +369,7 @@ def _summary_table(results: dict[str, Any]) -> str:
          "same model and split; the decision threshold chosen on the validation split (binary tasks)"],
         ["test macro F1", test.get("macro_f1"), "same model and split"],
         ["test AUC", test.get("auc"), "same model and split"],
-        ["FID", None, html.escape(_skipped(results, "hfgan")) if "hfgan" in results["stages"] else "—"],
+        _fid_row(results),
     ]  # fmt: skip
     for name, a in (results.get("attacks") or {}).items():
         m = a.get("metrics") or {}
@@ -383,7 +414,7 @@ def render(results: dict[str, Any], base: Path | None = None) -> str:
         "stages_table": _stages_table(results),
         "attacks": _attacks_section(results, base),
         "summary_table": _summary_table(results),
-        "hfgan": _skipped(results, "hfgan"),
+        "hfgan": _hfgan_section(results, base),
         "threat_model": _threat_model(results),
         "provenance": _provenance(results),
     }

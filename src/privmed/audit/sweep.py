@@ -20,10 +20,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from privmed.config import Config, from_dict
 from privmed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from privmed.gan.config import GanConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +103,18 @@ def point_config(cfg: Config, key: str, value: Any) -> Config:
     return from_dict(raw, source=f"{cfg.source} [{key} = {value}]")
 
 
-def config_hash(cfg: Config) -> str:
-    """12 hex digits of SHA-256 over the config's canonical JSON (the auditor's folder left out)."""
+def config_hash(cfg: Config, gan: GanConfig | None = None) -> str:
+    """12 hex digits of SHA-256 over the config's canonical JSON (the auditor's folder left out; HF-GAN's in)."""
     raw = cfg.to_dict()
     raw["audit"] = {k: v for k, v in dataclasses.asdict(cfg.audit).items() if k != "work_dir"}
+    if gan is not None:
+        raw["gan"] = dataclasses.asdict(gan)
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def run_dir(out: Path, key: str, value: Any, cfg: Config) -> Path:
-    return out / RUNS_DIR / f"{key.rsplit('.', 1)[-1]}-{value:g}-{config_hash(cfg)}"
+def run_dir(out: Path, key: str, value: Any, cfg: Config, gan: GanConfig | None = None) -> Path:
+    """The folder of one point: ``<out>/runs/<axis>-<value>-<config hash>``."""
+    return out / RUNS_DIR / f"{key.rsplit('.', 1)[-1]}-{value:g}-{config_hash(cfg, gan)}"
 
 
 def cached(folder: Path) -> dict[str, Any] | None:
@@ -119,18 +125,20 @@ def cached(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def run_sweep(cfg: Config, out: Path, *, points: list[tuple[Any, Config]], key: str) -> dict[str, Any]:
+def run_sweep(
+    cfg: Config, out: Path, *, points: list[tuple[Any, Config]], key: str, gan: GanConfig | None = None
+) -> dict[str, Any]:
     """Run (or reuse) every point's audit; the sweep's results payload (not yet written)."""
     from privmed.audit.pipeline import PrivacyBugError, run_audit
 
     runs = []
     for value, pcfg in points:
-        folder = run_dir(out, key, value, pcfg)
+        folder = run_dir(out, key, value, pcfg, gan)
         results = cached(folder)
         if results is None:
             log.info("sweep %s = %s: auditing into %s", key, value, folder)
             try:
-                results = run_audit(pcfg, folder, resume=folder.exists())
+                results = run_audit(pcfg, folder, resume=folder.exists(), gan=gan)
             except PrivacyBugError:
                 results = json.loads((folder / "results.json").read_text())
         else:
@@ -169,7 +177,9 @@ def point_summary(value: Any, folder: Path, results: dict[str, Any]) -> dict[str
     }
 
 
-def audit_sweep(cfg: Config, out: str | Path, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def audit_sweep(
+    cfg: Config, out: str | Path, *, overwrite: bool = False, resume: bool = False, gan: GanConfig | None = None
+) -> dict[str, Any]:
     """Check every point, then run (or reuse) each audit and write the sweep's ``results.json`` and report.
 
     Raises
@@ -190,9 +200,9 @@ def audit_sweep(cfg: Config, out: str | Path, *, overwrite: bool = False, resume
     key, values = axis
     points = [(value, point_config(cfg, key, value)) for value in values]
     for _, pcfg in points:
-        check_point(pcfg)
+        check_point(pcfg, gan)
     prepare_out(out, overwrite=overwrite, resume=resume)
-    payload = run_sweep(cfg, out, points=points, key=key) | {"machine": machine()}
+    payload = run_sweep(cfg, out, points=points, key=key, gan=gan) | {"machine": machine()}
     write_json_atomic(out / "results.json", payload)
     write_sweep_report(payload, out / "report.html")
     if payload["verdict"]["violations"]:

@@ -14,6 +14,7 @@ exceeds the formal ε (a privacy bug; results and report are written, with a red
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import tomllib
 from pathlib import Path
@@ -24,6 +25,7 @@ from privmed.errors import ConfigError
 
 if TYPE_CHECKING:
     from privmed.config import Config
+    from privmed.gan.config import GanConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,19 +46,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _config(args: argparse.Namespace) -> Config:
-    from privmed.audit.pipeline import quickstart_config
-    from privmed.config import from_dict, load_config
+def _config(args: argparse.Namespace) -> tuple[Config, GanConfig | None]:
+    """The config, and HF-GAN's settings when the file has a ``[gan]`` table (or ``--set gan.*``)."""
+    from privmed.config import load_config, resolve_path
+    from privmed.gan.config import load_gan_config
 
     if args.quickstart == bool(args.config):
         raise ConfigError("give either a CONFIG or --quickstart (exactly one)")
-    if args.config:
-        return load_config(args.config, overrides=args.overrides)
+    if not args.config:
+        return _quickstart(args.overrides), None
+    wants_gan = any(o.strip().startswith("gan.") for o in args.overrides)
+    with contextlib.suppress(tomllib.TOMLDecodeError):  # load_config names the bad line
+        wants_gan |= "gan" in tomllib.loads(resolve_path(args.config).read_text())
+    if wants_gan:
+        return load_gan_config(args.config, overrides=args.overrides)
+    return load_config(args.config, overrides=args.overrides), None
+
+
+def _quickstart(overrides: list[str]) -> Config:
+    from privmed.audit.pipeline import quickstart_config
+    from privmed.config import from_dict
+
     base = quickstart_config()
-    if not args.overrides:
+    if not overrides:
         return base
     raw = base.to_dict()
-    for item in args.overrides:  # the same syntax as load_config's overrides
+    for item in overrides:  # the same syntax as load_config's overrides
         key, _, value = item.partition("=")
         section, _, name = key.strip().partition(".")
         try:
@@ -70,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from privmed.audit.pipeline import PrivacyBugError, run_audit
     from privmed.audit.sweep import audit_sweep, sweep_axis
 
-    cfg = _config(args)
+    cfg, gan = _config(args)
     out = args.out or Path("runs") / f"{Path(cfg.source).stem or 'quickstart'}-audit"
     if not args.verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -80,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
     con.print(f"[bold]audit[/bold] {cfg.source}: {what} (output: {out})")
     try:
         if swept:
-            return _print_sweep(con, audit_sweep(cfg, out, overwrite=args.overwrite, resume=args.resume), out)
-        results = run_audit(cfg, out, overwrite=args.overwrite, resume=args.resume)
+            return _print_sweep(con, audit_sweep(cfg, out, overwrite=args.overwrite, resume=args.resume, gan=gan), out)
+        results = run_audit(cfg, out, overwrite=args.overwrite, resume=args.resume, gan=gan)
     except PrivacyBugError as exc:
         con.print(f"[bold white on red] {exc} [/]")
         con.print(f"report: {out / 'report.html'}")
