@@ -157,9 +157,10 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Stage shares of the wall time: {shares}; the rest ({100 * m['other_share']:.0f}%) is start-up, checks, "
         "drawing the canaries and writing the report.",
         "",
-        "The CPU time is what the command needs from the machine (an idle 2-core machine runs Ray's two workers "
-        "in parallel, so its wall time would be about half of it plus the start-up); the wall time above "
-        "is what it took on this shared machine.",
+        "The CPU time is the work the command does, whatever the load: on an idle 2-core machine its wall time "
+        "is at least half of it (Ray's two workers train in parallel) plus the time the processes wait (Ray's "
+        "start-up, two of them: training and the malicious round). The wall time above is what it took on this "
+        "shared machine, with the load average shown; the stage shares are shares of that loaded wall time.",
         "",
         "## What it produced",
         "",

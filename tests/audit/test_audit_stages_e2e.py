@@ -74,3 +74,16 @@ def test_a_sweep_runs_every_point_and_resumes_only_the_unfinished_ones(tmp_path:
     assert main(["audit", "--quickstart", *sweep, "--out", str(out), "--resume"]) == 0
     assert (first / "results.json").stat().st_mtime_ns == kept  # the finished point was reused
     assert (second / "report.html").is_file() and (out / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_config_with_a_gan_table_runs_the_hfgan_stage(tmp_path: Path) -> None:
+    out = tmp_path / "gan"
+    args = ["audit", "gan-smoke", "--set", "audit.canaries=200", "--set", "audit.replay_noise=false", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages"]["hfgan"]["status"] == "done"
+    gan = results["hfgan"]
+    assert gan["fid"] > 0 and gan["synthetic_images"] > 0 and gan["epsilon_discriminator"] is not None
+    assert (out / gan["figure"]).is_file()
+    assert 'alt="real vs synthetic"' in (out / "report.html").read_text()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -236,6 +237,7 @@ def malicious(cfg: Config, out: Path) -> dict[str, Any]:
     from privmed.federation.run import run_federated
 
     mcfg = malicious_config(cfg, out)
+    shutil.rmtree(out / "malicious", ignore_errors=True)  # a resumed audit redoes this one-round run whole
     run_federated(mcfg, out_dir=out / "malicious" / "federation")
     records = records_of(out / "malicious")
     if not records:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ def run_stage(cfg: Config, gan: GanConfig, out: Path) -> dict[str, Any]:
     from privmed.gan.run import run_hfgan, store_dir
 
     folder = (out / HFGAN_DIR).resolve()
+    shutil.rmtree(folder, ignore_errors=True)  # a resumed audit redoes HF-GAN whole
     run = run_hfgan(hfgan_config(cfg), gan, out_dir=folder)
     scores = evaluate_synthetic(cfg, gan, store_dir(gan, folder), folder, grids=True)
     log.info("HF-GAN: FID %.2f (train vs test %.2f)", scores["fid"], scores["fid_train_vs_test"])

@@ -177,7 +177,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequen
         cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
         cells = "".join(
             f'<td class="num">{_fmt(c)}</td>'
-            if isinstance(c, int | float) and not isinstance(c, bool)
+            if c is None or (isinstance(c, int | float) and not isinstance(c, bool))
             else f"<td>{c}</td>"
             for c in row
         )

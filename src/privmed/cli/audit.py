@@ -106,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"  {name:<28} epsilon >= {bound['epsilon_lb']:.3f}")
     for name, est in results["estimates"].items():
         con.print(f"  {name:<28} epsilon ~ {est['epsilon_estimate']:.3f} (estimate)")
+    for name, attack in results.get("attacks", {}).items():
+        con.print(f"  {name:<28} {_attack_line(attack)}")
+    if results.get("hfgan"):
+        con.print(f"  {'HF-GAN':<28} FID {results['hfgan']['fid']:.2f}")
     skipped = [n for n, s in results["stages"].items() if s["status"] == "skipped"]
     con.print(
         f"formal epsilon {formal if formal is None else round(formal, 3)}; no lower bound exceeds it "
@@ -128,3 +132,14 @@ def _print_sweep(con: Any, results: dict[str, Any], out: Path) -> int:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _attack_line(attack: dict[str, Any]) -> str:
+    m = attack.get("metrics") or {}
+    if "psnr" in m:
+        floor = (m.get("floor_psnr") or {}).get("mean")
+        return (
+            f"PSNR {m['psnr']['mean']:.2f} dB (floor {_num(floor)}; {m.get('above_floor')} of {m.get('images')} "
+            f"above it) — {attack.get('threat')} server"
+        )
+    return f"FMSE {_num(m.get('fmse'))} — {attack.get('threat')} server"
