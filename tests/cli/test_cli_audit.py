@@ -47,3 +47,24 @@ def test_existing_output_names_both_ways_out(tmp_path: Path, capsys: pytest.Capt
     assert main(["audit", "--quickstart", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "--overwrite" in err
+
+
+def test_hfgan_settings_are_checked_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "never"
+    assert main(["audit", "gan-smoke", "--set", "gan.rounds=0", "--out", str(out)]) == 2
+    assert "gan.rounds must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_gan_table_is_read_only_when_the_config_has_one() -> None:
+    import argparse
+
+    from privmed.cli.audit import _config
+
+    def args(config: str, *overrides: str) -> argparse.Namespace:
+        return argparse.Namespace(config=config, quickstart=False, overrides=list(overrides))
+
+    cfg, gan = _config(args("gan-smoke"))
+    assert gan is not None and gan.rounds == 6 and cfg.data.num_clients == 3
+    assert _config(args("smoke-secagg"))[1] is None
+    assert _config(args("smoke-secagg", "gan.rounds=2"))[1].rounds == 2
