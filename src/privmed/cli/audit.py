@@ -4,8 +4,14 @@ Runs federated training with the configured privacy and m gradient canaries (eac
 1/2, the coins drawn from OS entropy and kept by the auditor), then bounds ε from what the server saw:
 Steinke et al.'s one-run test (white-box), the same against the accountant's whole (ε, δ) curve, a check of
 the noise actually added, Andrew et al.'s one-shot estimate, and the same tests for a server that
-regenerates the noise from the config. Writes ``<out>/results.json`` and a self-contained
-``<out>/report.html``. Stages not available for the config are listed as skipped.
+regenerates the noise from the config. With ``[audit] attacks`` it also attacks what the server saw
+(honest-but-curious: the recorded round; malicious: a one-round run with a tampered model); with a ``[gan]``
+table it trains and scores HF-GAN. Writes ``<out>/results.json`` and a self-contained ``<out>/report.html``.
+Stages that cannot run on the config are listed as skipped, with the reason.
+
+``[audit] sweep = { key = "privacy.epsilon", values = [2, 4, 8] }`` runs one audit per value (cached by
+config hash in ``<out>/runs/``) and a report with the privacy-utility curve. ``--resume`` continues an
+interrupted audit or sweep; an existing ``--out`` is refused otherwise (``--overwrite`` replaces it).
 
 Exit codes: 0 = every lower bound is below the formal ε; 2 = bad input (nothing written); 3 = a lower bound
 exceeds the formal ε (a privacy bug; results and report are written, with a red banner).
@@ -36,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="TOML config file or preset name (omit with --quickstart)")
-    parser.add_argument("--quickstart", action="store_true", help="offline demo on phantom data (a few minutes)")
+    parser.add_argument(
+        "--quickstart", action="store_true", help="offline demo on phantom data: train, bound epsilon, attack, report"
+    )
     add_set_argument(parser, example="audit.canaries=2000")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<config>-audit)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing audit output folder")
