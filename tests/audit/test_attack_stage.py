@@ -93,3 +93,24 @@ def test_an_attack_on_a_recorded_update_is_scored_against_the_pool(tmp_path: Pat
     assert 0 <= metrics["above_floor"] <= 4 and "psnr_per_image" in metrics
     assert (tmp_path / "attacks" / entry["figure"]).is_file()
     assert entry["settings"]["iterations"] == 20 and entry["record"] == "federation/records/round-001-aggregate.npz"
+
+
+def test_a_tabular_attack_on_a_table_record_is_scored_with_fmse(tmp_path: Path) -> None:
+    from privmed.attacks.base import ATTACKS
+    from privmed.attacks.case_tabular import make_tabular_case
+    from privmed.config import load_config
+    from privmed.data import load_dataset
+
+    cfg = load_config("tabular-smoke")
+    cfg = dataclasses.replace(
+        cfg,
+        audit=dataclasses.replace(
+            cfg.audit, attacks=["tabular-gm"], attack_settings={"tabular-gm": {"iterations": 30}}
+        ),
+    )
+    check_attacks(cfg, "table")
+    record, _, _ = make_tabular_case(load_dataset("breast-cancer-table"), model="tabular-mlp", batch_size=2, width=32)
+    path = record.save(tmp_path / "federation" / "records" / "round-001-client-0.npz")
+    entry = attack_record(cfg, "tabular-gm", ATTACKS["tabular-gm"], path, tmp_path, threat="honest-but-curious")
+    assert np.isfinite(entry["metrics"]["fmse"]) and "figure" not in entry
+    assert entry["settings"]["iterations"] == 30
