@@ -193,6 +193,9 @@ def main() -> None:
             shutil.copytree(out, args.keep)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if measurement["exit_code"] not in (0, 3):  # 3: a privacy bug found, still a finished audit
+        print("\n".join(measurement["output_tail"]))
+        raise SystemExit(f"the quickstart failed (exit code {measurement['exit_code']}); nothing written")
     payload = {"command": "privmed audit --quickstart", "machine": machine(), "measurement": measurement,
                "nice": os.nice(0), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
     write_json_atomic(RESULTS_DIR / f"{args.name}.json", payload)

@@ -9,7 +9,7 @@ import pytest
 
 from privmed.cli import main
 
-#: 3 hospitals, 2 rounds, both attack stages with a short inversion.
+#: 3 hospitals, 2 rounds.
 SMALL = [
     "--set", "data.options={ classes = 2, channels = 1, n_train = 900, n_val = 100, n_test = 100 }",
     "--set", "data.num_clients=3",
@@ -19,14 +19,15 @@ SMALL = [
     "--set", "federation.rounds=2",
     "--set", "audit.canaries=300",
     "--set", "audit.replay_noise=false",
-    "--set", "audit.attack_settings={ inverting-gradients = { iterations = 20 } }",
 ]  # fmt: skip
+#: ... with both attack stages and a short inversion
+ATTACKED = [*SMALL, "--set", "audit.attack_settings={ inverting-gradients = { iterations = 20 } }"]
 
 
 @pytest.mark.slow
 def test_attack_stages_run_on_the_audit_and_an_audit_resumes(tmp_path: Path) -> None:
     out = tmp_path / "audit"
-    assert main(["audit", "--quickstart", *SMALL, "--out", str(out)]) == 0
+    assert main(["audit", "--quickstart", *ATTACKED, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert {n: s["status"] for n, s in results["stages"].items()} == {
         "train": "done", "white-box": "done", "replay": "skipped", "attacks": "done", "malicious": "done",
@@ -46,7 +47,7 @@ def test_attack_stages_run_on_the_audit_and_an_audit_resumes(tmp_path: Path) -> 
     secret = (out / "auditor" / "canaries-secret.npz").read_bytes()
     (out / "results.json").unlink()
     (out / "report.html").unlink()  # as if the audit had stopped after training
-    assert main(["audit", "--quickstart", *SMALL, "--out", str(out), "--resume"]) == 0
+    assert main(["audit", "--quickstart", *ATTACKED, "--out", str(out), "--resume"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert (out / "auditor" / "canaries-secret.npz").read_bytes() == secret  # the coins are read back, not redrawn
     assert len(again["federation"]["rounds"]) == 2 and (out / "report.html").is_file()
