@@ -188,7 +188,7 @@ def main() -> None:
     out = scratch / "audit"
     try:
         measurement = run_quickstart(out)
-        if args.keep is not None:
+        if args.keep is not None and measurement["exit_code"] in (0, 3):
             shutil.rmtree(args.keep, ignore_errors=True)
             shutil.copytree(out, args.keep)
     finally:
