@@ -459,7 +459,7 @@ def _privacy_utility(results: dict[str, Any]) -> Callable[[Any], None]:
     def draw(ax: Any) -> None:
         label, xs = _x(results)
         drawn = [_line(ax, xs, [p["test"].get(m) for p in results["runs"]], "-", label=f"test {m}")
-                 for m in ("auc", "accuracy", "macro_f1")]  # fmt: skip
+                 for m in ("auc", "accuracy", "vt_accuracy", "macro_f1")]  # fmt: skip
         if not any(drawn):
             _empty(ax, "no test metrics")
             return
@@ -513,9 +513,11 @@ def _points_table(results: dict[str, Any]) -> str:
     for p in results["runs"]:
         link = f'<a href="{html.escape(p["folder"])}/report.html">report</a>'
         rows.append([p["value"], p["formal_epsilon"], p["best_bound"], p["test"].get("auc"),
-                     p["test"].get("accuracy"), html.escape(", ".join(p["violations"]) or "none"), link])  # fmt: skip
+                     p["test"].get("accuracy"), p["test"].get("vt_accuracy"),
+                     html.escape(", ".join(p["violations"]) or "none"), link])  # fmt: skip
         classes.append("violation" if p["violations"] else "")
-    header = [results["axis"], "formal ε", "largest lower bound", "test AUC", "test accuracy", "violations", "run"]
+    header = [results["axis"], "formal ε", "largest lower bound", "test AUC", "test accuracy",
+              "test accuracy (threshold from validation)", "violations", "run"]  # fmt: skip
     return _table(header, rows, classes)
 
 

@@ -171,7 +171,7 @@ def point_summary(value: Any, folder: Path, results: dict[str, Any]) -> dict[str
         "formal_epsilon": results.get("formal_epsilon"),
         "bounds": bounds,
         "best_bound": max(bounds.values(), default=None),
-        "test": {k: (final.get("test") or {}).get(k) for k in ("accuracy", "macro_f1", "auc")},
+        "test": {k: (final.get("test") or {}).get(k) for k in ("accuracy", "vt_accuracy", "macro_f1", "auc")},
         "attacks": attacks,
         "violations": results.get("verdict", {}).get("violations", []),
     }
