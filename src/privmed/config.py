@@ -193,9 +193,9 @@ class AuditConfig:
     break_noise: str = "none"
     #: also run the auditor that regenerates the noise from the config and subtracts it
     replay_noise: bool = True
-    #: attacks (``privmed attack list``) on what the server saw: honest-but-curious ones invert the records of
-    #: ``attack_round``; malicious ones (``imprint``) get a one-round run of their own with the tampered model
-    attacks: list[str] = field(default_factory=list)
+    #: attacks (``privmed attack list``), comma-separated, on what the server saw: honest-but-curious ones invert
+    #: the records of ``attack_round``; malicious ones (``imprint``) get a one-round run with the tampered model
+    attacks: str = ""
     #: settings per attack, e.g. ``{ inverting-gradients = { iterations = 300 } }``
     attack_settings: dict[str, Any] = field(default_factory=dict)
     #: the round whose recorded update the honest-but-curious attacks invert

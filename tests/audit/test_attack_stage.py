@@ -26,21 +26,21 @@ def _with(**audit: object):
 
 def test_a_tabular_attack_on_an_image_run_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"'tabular-gm'.*table, series.*images"):
-        check_attacks(_with(attacks=["tabular-gm"]), "image")
+        check_attacks(_with(attacks="tabular-gm"), "image")
 
 
 def test_an_image_attack_on_a_table_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"'inverting-gradients'.*tables"):
-        check_attacks(_with(attacks=["inverting-gradients"]), "table")
+        check_attacks(_with(attacks="inverting-gradients"), "table")
 
 
 @pytest.mark.parametrize(
     ("audit", "message"),
     [
-        ({"attacks": ["no-such-attack"]}, "does not have"),
-        ({"attacks": ["inverting-gradients"], "attack_settings": {"imprint": {"clip": False}}}, "not in audit.attacks"),
-        ({"attacks": ["inverting-gradients"], "attack_settings": {"inverting-gradients": {"nope": 1}}}, "no setting"),
-        ({"attacks": ["inverting-gradients"], "attack_round": 11}, "between 1 and"),
+        ({"attacks": "no-such-attack"}, "does not have"),
+        ({"attacks": "inverting-gradients", "attack_settings": {"imprint": {"clip": False}}}, "not in audit.attacks"),
+        ({"attacks": "inverting-gradients", "attack_settings": {"inverting-gradients": {"nope": 1}}}, "no setting"),
+        ({"attacks": "inverting-gradients", "attack_round": 11}, "between 1 and"),
     ],
 )
 def test_bad_attack_settings_are_refused(audit: dict, message: str) -> None:
@@ -51,7 +51,7 @@ def test_bad_attack_settings_are_refused(audit: dict, message: str) -> None:
 def test_audit_settings_are_bounded_and_the_config_wins() -> None:
     from privmed.attacks.base import ATTACKS
 
-    cfg = _with(attacks=["inverting-gradients", "imprint"], attack_settings={"inverting-gradients": {"iterations": 7}})
+    cfg = _with(attacks="inverting-gradients, imprint", attack_settings={"inverting-gradients": {"iterations": 7}})
     ig = settings_for(cfg, "inverting-gradients", ATTACKS["inverting-gradients"])
     assert ig["iterations"] == 7 and ig["num_images"] == 4 and ig["time_limit"] > 0
     assert settings_for(cfg, "imprint", ATTACKS["imprint"]) == {}  # none of the audit's defaults apply
@@ -61,14 +61,14 @@ def test_the_attacked_round_is_recorded_and_the_clients_never_see_the_stage_sett
     cfg = audit_config(_with(attack_round=3), tmp_path)
     assert cfg.federation.record == "3"
     train = training_config(cfg)
-    assert train.audit.attacks == [] and train.audit.attack_settings == {} and train.federation.record == "3"
-    assert audit_config(_with(attacks=["imprint"]), tmp_path).federation.record == ""  # nothing to invert
+    assert train.audit.attacks == "" and train.audit.attack_settings == {} and train.federation.record == "3"
+    assert audit_config(_with(attacks="imprint"), tmp_path).federation.record == ""  # nothing to invert
 
 
 def test_the_malicious_run_is_one_tampered_round_without_canaries(tmp_path: Path) -> None:
     cfg = malicious_config(audit_config(quickstart_config(), tmp_path), tmp_path)
     assert (cfg.federation.rounds, cfg.malicious.model, cfg.malicious.round) == (1, "imprint", 1)
-    assert cfg.audit.canaries == 0 and cfg.audit.attacks == [] and cfg.federation.record == ""
+    assert cfg.audit.canaries == 0 and cfg.audit.attacks == "" and cfg.federation.record == ""
     assert cfg.privacy == quickstart_config().privacy and cfg.secagg == quickstart_config().secagg
 
 
@@ -104,9 +104,7 @@ def test_a_tabular_attack_on_a_table_record_is_scored_with_fmse(tmp_path: Path) 
     cfg = load_config("tabular-smoke")
     cfg = dataclasses.replace(
         cfg,
-        audit=dataclasses.replace(
-            cfg.audit, attacks=["tabular-gm"], attack_settings={"tabular-gm": {"iterations": 30}}
-        ),
+        audit=dataclasses.replace(cfg.audit, attacks="tabular-gm", attack_settings={"tabular-gm": {"iterations": 30}}),
     )
     check_attacks(cfg, "table")
     record, _, _ = make_tabular_case(load_dataset("breast-cancer-table"), model="tabular-mlp", batch_size=2, width=32)

@@ -57,7 +57,7 @@ def test_attack_stages_run_on_the_audit_and_an_audit_resumes(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_a_sweep_runs_every_point_and_resumes_only_the_unfinished_ones(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    sweep = [*SMALL, "--set", "audit.attacks=[]", "--set", 'audit.sweep={ key = "privacy.epsilon", values = [4, 8] }']
+    sweep = [*SMALL, "--set", "audit.attacks=''", "--set", 'audit.sweep={ key = "privacy.epsilon", values = [4, 8] }']
     assert main(["audit", "--quickstart", *sweep, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["kind"] == "audit-sweep" and [r["value"] for r in results["runs"]] == [4.0, 8.0]

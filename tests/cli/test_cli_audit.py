@@ -12,8 +12,8 @@ from privmed.cli import main
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--set", 'audit.attacks=["tabular-gm"]'], "works on table, series records"),
-        (["--set", 'audit.attacks=["no-such-attack"]'], "does not have"),
+        (["--set", "audit.attacks=tabular-gm"], "works on table, series records"),
+        (["--set", "audit.attacks=no-such-attack"], "does not have"),
         (["--set", "audit.attack_round=99"], "audit.attack_round = 99"),
         (["--set", 'audit.sweep={ key = "train.lr", values = [0.1, 1.0] }'], "audit.sweep"),
         (["--set", 'audit.sweep={ key = "privacy.epsilon", values = [4] }'], "at least two values"),

@@ -48,19 +48,25 @@ ATTACK_DIR = "attacks"
 AUDIT_DEFAULTS: dict[str, Any] = {"iterations": 300, "num_images": 4, "restarts": 1, "time_limit": 60.0}
 
 
+def attack_names(cfg: Config) -> list[str]:
+    """The names in ``audit.attacks`` (comma-separated; a plain string so Flower's run config can carry it)."""
+    return [name.strip() for name in cfg.audit.attacks.split(",") if name.strip()]
+
+
 def attack_classes(cfg: Config, *, threat: str) -> dict[str, type[Attack]]:
     """The attacks of ``audit.attacks`` with this threat model, by name (unknown names refused)."""
     from privmed.attacks import load_families
     from privmed.attacks.base import ATTACKS
 
     load_families()
-    unknown = [name for name in cfg.audit.attacks if name not in ATTACKS]
+    names = attack_names(cfg)
+    unknown = [name for name in names if name not in ATTACKS]
     if unknown:
         raise ConfigError(
             f"audit.attacks names {', '.join(map(repr, unknown))}, which privmed does not have; choose from: "
             f"{', '.join(sorted(ATTACKS))}"
         )
-    return {name: ATTACKS[name] for name in cfg.audit.attacks if ATTACKS[name].threat == threat}
+    return {name: ATTACKS[name] for name in names if ATTACKS[name].threat == threat}
 
 
 def check_attacks(cfg: Config, modality: str) -> None:
@@ -80,7 +86,7 @@ def check_attacks(cfg: Config, modality: str) -> None:
                     "(privmed attack list)"
                 )
             cls(**settings_for(cfg, name, cls))  # unknown settings are refused here
-    extra = sorted(set(cfg.audit.attack_settings) - set(cfg.audit.attacks))
+    extra = sorted(set(cfg.audit.attack_settings) - set(attack_names(cfg)))
     if extra:
         raise ConfigError(f"audit.attack_settings has settings for {', '.join(extra)}, not in audit.attacks")
     if not 1 <= cfg.audit.attack_round <= cfg.federation.rounds:
@@ -228,7 +234,7 @@ def malicious_config(cfg: Config, out: Path) -> Config:
     """The one-round run with the tampered model: the audit's federation and privacy, no canaries."""
     fed = dataclasses.replace(cfg.federation, rounds=1, record="")
     mal = dataclasses.replace(cfg.malicious, model="imprint", round=1, record_dir=str((out / "malicious").resolve()))
-    audit = dataclasses.replace(cfg.audit, canaries=0, work_dir="", attacks=[], attack_settings={}, sweep={})
+    audit = dataclasses.replace(cfg.audit, canaries=0, work_dir="", attacks="", attack_settings={}, sweep={})
     return dataclasses.replace(cfg, federation=fed, malicious=mal, audit=audit)
 
 

@@ -30,7 +30,7 @@ HFGAN_DIR = "hfgan"
 def hfgan_config(cfg: Config) -> Config:
     """The audit's federation and privacy without its canaries, records and stage settings."""
     fed = dataclasses.replace(cfg.federation, record="")
-    audit = dataclasses.replace(cfg.audit, canaries=0, work_dir="", attacks=[], attack_settings={}, sweep={})
+    audit = dataclasses.replace(cfg.audit, canaries=0, work_dir="", attacks="", attack_settings={}, sweep={})
     return dataclasses.replace(cfg, federation=fed, audit=audit)
 
 

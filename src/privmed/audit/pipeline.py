@@ -96,7 +96,7 @@ def quickstart_config() -> Config:
             "privacy": {"mode": "distributed", "epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0},
             "secagg": {"enabled": True, "num_shares": 5, "reconstruction_threshold": 3},
             "malicious": {"options": {"bins": 128}},  # the imprint stage's run (128 bins: ~5 times cheaper than 512)
-            "audit": {"canaries": DEFAULT_CANARIES, "attacks": ["inverting-gradients", "imprint"]},
+            "audit": {"canaries": DEFAULT_CANARIES, "attacks": "inverting-gradients, imprint"},
         },
         source="quickstart",
     )
@@ -371,7 +371,7 @@ def audit_config(cfg: Config, out: Path) -> Config:
 
 def training_config(cfg: Config) -> Config:
     """What the clients get: the audit's own stage settings (attacks, sweep) stay with the auditor."""
-    audit = dataclasses.replace(cfg.audit, attacks=[], attack_settings={}, sweep={})
+    audit = dataclasses.replace(cfg.audit, attacks="", attack_settings={}, sweep={})
     return dataclasses.replace(cfg, audit=audit)
 
 
