@@ -198,6 +198,16 @@ class AuditConfig:
     known_data: bool = False
     #: federated canary clients for privacy.mode = "client" (Andrew et al. 2024; 0 = none)
     canary_clients: int = 0
+    #: attacks (``privmed attack list``), comma-separated, on what the server saw: honest-but-curious ones invert
+    #: the records of ``attack_round``; malicious ones (``imprint``) get a one-round run with the tampered model
+    attacks: str = ""
+    #: settings per attack, e.g. ``{ inverting-gradients = { iterations = 300 } }``
+    attack_settings: dict[str, Any] = field(default_factory=dict)
+    #: the round whose recorded update the honest-but-curious attacks invert
+    attack_round: int = 1
+    #: one axis to sweep, ``{ key = "privacy.epsilon", values = [2, 4, 8] }``: an audit per value, cached by
+    #: config hash (:mod:`privmed.audit.sweep`)
+    sweep: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -17,6 +17,7 @@ SMALL = [
     "--set", "secagg.reconstruction_threshold=2",
     "--set", "train.batch_size=300",
     "--set", "audit.canaries=600",
+    "--set", "audit.attacks=''",  # the attack stages have their own end-to-end test (test_audit_stages_e2e.py)
 ]  # fmt: skip
 
 

@@ -53,23 +53,41 @@ def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
-@pytest.mark.parametrize("violation", [False, True])
-def test_report_renders_in_chromium(tmp_path: Path, violation: bool) -> None:
-    from privmed.audit.report import render
-
-    page = render(fake_results(violation=violation))
+def _probe(page: str, tmp_path: Path) -> dict:
+    """Open ``page`` in headless Chromium; the probe's counts of images (all, loaded) and script errors."""
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     probed = tmp_path / "probed.html"
     probed.write_text(page.replace("</body>", PROBE + "</body>"), encoding="utf-8")
     dom = _chromium(["--virtual-time-budget=5000", "--dump-dom", probed.as_uri()], tmp_path)
     match = re.search(r'<div id="probe">(.*?)</div>', dom.stdout)
     assert match, f"the probe did not run; chromium said: {dom.stderr[-2000:]}"
-    probe = json.loads(match.group(1).replace("&quot;", '"'))
-    assert probe["images"] >= 5
-    assert probe["loaded"] == probe["images"], probe
-    assert probe["errors"] == []
     shot = tmp_path / "report.png"
     _chromium(["--window-size=1200,2400", f"--screenshot={shot}", probed.as_uri()], tmp_path)
     assert shot.is_file() and shot.stat().st_size > 10_000
+    return json.loads(match.group(1).replace("&quot;", '"'))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
+@pytest.mark.parametrize("violation", [False, True])
+def test_report_renders_in_chromium(tmp_path: Path, violation: bool) -> None:
+    from privmed.audit.report import render
+    from tests.audit.fake_results import write_fake_grids
+
+    write_fake_grids(tmp_path)
+    page = render(fake_results(violation=violation, attacks=True, hfgan=True), base=tmp_path)
+    probe = _probe(page, tmp_path)
+    assert probe["images"] >= 8  # the plots, both attacks' true | reconstructed grids, real vs synthetic
+    assert probe["loaded"] == probe["images"], probe
+    assert probe["errors"] == []
     assert ("banner bad" in page) == violation
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
+def test_sweep_report_renders_in_chromium(tmp_path: Path) -> None:
+    from privmed.audit.report import render_sweep
+    from tests.audit.fake_results import fake_sweep
+
+    probe = _probe(render_sweep(fake_sweep()), tmp_path)
+    assert probe["images"] == 3
+    assert probe["loaded"] == probe["images"], probe
+    assert probe["errors"] == []

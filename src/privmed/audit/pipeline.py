@@ -10,8 +10,12 @@ lists the skipped ones):
    canaries, and the one-shot estimate (Andrew et al. 2024) from the final model delta.
 3. ``replay`` — the same after subtracting the noise a server that knows the config regenerates: catches noise
    that is not secret (issue 9's ``privacy.reproducible_noise``, and today's seeded noise).
-4. ``attacks`` / ``hfgan`` — reconstruction attacks on the update records and HF-GAN augmentation: joined
-   once those stages exist (issues 10-12); reported as skipped until then.
+4. ``attacks`` — the honest-but-curious attacks of ``audit.attacks`` on the recorded update of
+   ``audit.attack_round`` (:mod:`privmed.audit.attack_stage`).
+5. ``malicious`` — a one-round run in which the server sends a tampered model, and its attack.
+6. ``hfgan`` — HF-GAN augmentation: skipped with its reason (not wired into the audit yet).
+
+A config with ``audit.sweep`` runs one audit per value instead (:mod:`privmed.audit.sweep`).
 
 A lower bound above the formal ε is a privacy bug: :class:`PrivacyBugError` (exit code 3).
 """
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,6 +50,9 @@ from privmed.config import Config, from_dict
 from privmed.errors import ConfigError, PrivmedError
 from privmed.results import machine, write_json_atomic
 
+if TYPE_CHECKING:
+    from privmed.gan.config import GanConfig
+
 log = logging.getLogger(__name__)
 
 MARKER = ".privmed-audit"
@@ -61,7 +68,13 @@ class PrivacyBugError(PrivmedError):
 
 
 def quickstart_config() -> Config:
-    """The offline quickstart: phantom images, 5 hospitals, distributed DP-SGD at ε = 8 under SecAgg+."""
+    """The offline quickstart: phantom images, 5 hospitals, distributed DP-SGD at ε = 8 under SecAgg+.
+
+    Sized for about three minutes on two cores (``bench/results/audit_quickstart.md``): 10 rounds of one
+    DP-SGD step on the union (q = 0.25), server momentum 0.9 (FedAvgM) to reach a useful model in those
+    rounds, 1000 canaries; Inverting Gradients on round 1's aggregate (honest-but-curious server) and the
+    imprint attack in a one-round run of its own (malicious server).
+    """
     return from_dict(
         {
             "data": {
@@ -73,11 +86,19 @@ def quickstart_config() -> Config:
                 "min_examples": 20,
             },
             "model": {"name": "cnn"},
-            "train": {"batch_size": 500, "lr": 0.5, "momentum": 0.0, "seed": 0},
-            "federation": {"rounds": 40, "local_epochs": 1, "fraction_fit": 1.0, "min_fit_clients": 2},
+            "train": {"batch_size": 500, "lr": 1.0, "momentum": 0.0, "seed": 0},
+            "federation": {
+                "rounds": 10,
+                "local_epochs": 1,
+                "fraction_fit": 1.0,
+                "min_fit_clients": 2,
+                "strategy": "fedavgm",
+                "server_momentum": 0.9,
+            },
             "privacy": {"mode": "distributed", "epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0},
             "secagg": {"enabled": True, "num_shares": 5, "reconstruction_threshold": 3},
-            "audit": {"canaries": DEFAULT_CANARIES},
+            "malicious": {"options": {"bins": 128}},  # the imprint stage's run (128 bins: ~5 times cheaper than 512)
+            "audit": {"canaries": DEFAULT_CANARIES, "attacks": "inverting-gradients, imprint"},
         },
         source="quickstart",
     )
@@ -94,9 +115,17 @@ class AuditRun:
     canaries: canary_lib.CanarySet | None = None
     bounds: dict[str, Any] = dataclasses.field(default_factory=dict)
     estimates: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: attack name -> its results entry (:mod:`privmed.audit.attack_stage`)
+    attacks: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: each verdict test's failure probability: audit.beta split evenly over the tests (union bound)
     beta_each: float = 0.05
     stages: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: continue the training of an interrupted audit from its last checkpoint
+    resume: bool = False
+    #: HF-GAN's settings (the config file's ``[gan]`` table), ``None`` without
+    gan: GanConfig | None = None
+    #: the HF-GAN stage's results entry (:mod:`privmed.audit.hfgan_stage`)
+    hfgan: dict[str, Any] | None = None
 
     @property
     def work_dir(self) -> Path:
@@ -105,17 +134,17 @@ class AuditRun:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: ``why_not(cfg)`` is ``None`` when it can run, else the reason it is skipped."""
+    """One stage: ``why_not(cfg, gan)`` is ``None`` when it can run, else the reason it is skipped."""
 
     name: str
     title: str
     run: Callable[[AuditRun], None]
-    why_not: Callable[[Config], str | None]
+    why_not: Callable[[Config, GanConfig | None], str | None]
     #: ``cfg -> `` how many verdict tests (lower bounds compared with the formal ε) the stage runs
     tests: Callable[[Config], int] = lambda cfg: 0
 
 
-def _canary_modes_only(cfg: Config) -> str | None:
+def _canary_modes_only(cfg: Config, gan: GanConfig | None = None) -> str | None:
     from privmed.federation.audit import CANARY_MODES
 
     if cfg.privacy.mode not in CANARY_MODES:
@@ -126,7 +155,7 @@ def _canary_modes_only(cfg: Config) -> str | None:
     return None
 
 
-def _client_level_only(cfg: Config) -> str | None:
+def _client_level_only(cfg: Config, gan: GanConfig | None = None) -> str | None:
     if cfg.privacy.mode != "client":
         return f"privacy.mode = {cfg.privacy.mode!r}: canary clients audit client-level DP (privacy.mode = 'client')"
     if cfg.audit.canary_clients <= 0:
@@ -144,7 +173,7 @@ def _canary_clients(run: AuditRun) -> None:
     run.bounds["canary clients"] = bound | {"score_histogram": score_histogram(scores, included)}
 
 
-def _replayable(cfg: Config) -> str | None:
+def _replayable(cfg: Config, gan: GanConfig | None = None) -> str | None:
     from privmed.federation.audit import NOISE_REPLAYS
 
     if (why := _canary_modes_only(cfg)) is not None:
@@ -156,14 +185,52 @@ def _replayable(cfg: Config) -> str | None:
     return None
 
 
-def _not_yet(what: str) -> Callable[[Config], str]:
-    return lambda cfg: f"not available in this run: {what} is not part of privmed yet"
+def _attacks_named(threat: str) -> Callable[[Config, GanConfig | None], str | None]:
+    def why_not(cfg: Config, gan: GanConfig | None) -> str | None:
+        from privmed.audit.attack_stage import attack_classes
+
+        if not attack_classes(cfg, threat=threat):
+            return f"audit.attacks names no {threat} attack (privmed attack list shows them)"
+        return None
+
+    return why_not
+
+
+def _hfgan_why_not(cfg: Config, gan: GanConfig | None) -> str | None:
+    if gan is None:
+        return "the config has no [gan] table (HF-GAN's settings, as for privmed gan)"
+    return None
+
+
+def _hfgan(run: AuditRun) -> None:
+    from privmed.audit.hfgan_stage import run_stage
+
+    assert run.gan is not None
+    run.hfgan = run_stage(run.cfg, run.gan, run.out)
+
+
+def _attacks(run: AuditRun) -> None:
+    from privmed.audit.attack_stage import honest_but_curious
+
+    run.attacks.update(honest_but_curious(run.cfg, run.out))
+
+
+def _malicious(run: AuditRun) -> None:
+    from privmed.audit.attack_stage import malicious
+
+    run.attacks.update(malicious(run.cfg, run.out))
 
 
 def _train(run: AuditRun) -> None:
     from privmed.federation.run import run_federated
 
-    run.federation = run_federated(run.cfg, out_dir=run.out / "federation")
+    out = run.out / "federation"
+    if run.resume and _checkpointed(run.out):
+        run.federation = run_federated(training_config(run.cfg), out_dir=out, resume=True)
+        return
+    if out.exists():  # an audit interrupted before its first checkpoint: train from the start
+        shutil.rmtree(out)
+    run.federation = run_federated(training_config(run.cfg), out_dir=out)
 
 
 def _views(run: AuditRun) -> list[canary_lib.RoundView]:
@@ -268,7 +335,7 @@ def score_histogram(scores: np.ndarray, included: np.ndarray, bins: int = 30) ->
 
 #: The audit's stages, in order.
 STAGES: tuple[Stage, ...] = (
-    Stage("train", "federated training with canaries", _train, lambda cfg: None),
+    Stage("train", "federated training with canaries", _train, lambda cfg, gan: None),
     Stage(
         "white-box",
         "one-run bound and one-shot estimate (white-box server)",
@@ -284,29 +351,59 @@ STAGES: tuple[Stage, ...] = (
         _client_level_only,
         lambda cfg: 1,
     ),
-    Stage("attacks", "reconstruction attacks on the update records", lambda run: None, _not_yet("issue 10's attacks")),
-    Stage("hfgan", "HF-GAN augmentation", lambda run: None, _not_yet("issue 11's HF-GAN")),
+    Stage(
+        "attacks",
+        "reconstruction attacks on the recorded updates (honest-but-curious server)",
+        _attacks,
+        _attacks_named("honest-but-curious"),
+    ),
+    Stage(
+        "malicious",
+        "a one-round run with a tampered model, and its attack (malicious server)",
+        _malicious,
+        _attacks_named("malicious"),
+    ),
+    Stage("hfgan", "HF-GAN: synthetic images, FID, real vs synthetic per class", _hfgan, _hfgan_why_not),
 )
 
 
 # -- the command -------------------------------------------------------------------------------------
-def prepare_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse an existing output folder unless ``overwrite`` (and then only an audit's own folder)."""
+def prepare_out(out: Path, *, overwrite: bool, resume: bool = False) -> None:
+    """Refuse an existing output folder unless ``overwrite`` or ``resume`` (and then only an audit's own folder)."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the audit in --out and --overwrite replaces it: give one of them")
     if out.exists():
-        if not overwrite:
-            raise ConfigError(f"{out} exists; choose another --out or pass --overwrite to replace it")
+        if not overwrite and not resume:
+            raise ConfigError(
+                f"{out} exists; choose another --out, pass --resume to continue the audit there or --overwrite to "
+                "replace it"
+            )
         if not (out / MARKER).exists():
             raise ConfigError(f"{out} exists and is not a privmed audit folder; --overwrite replaces only those")
+        if resume:
+            return
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("privmed audit output folder\n")
 
 
 def audit_config(cfg: Config, out: Path) -> Config:
-    """``cfg`` with the canaries switched on and the auditor's folder set (the config itself is not changed)."""
+    """``cfg`` with the canaries switched on, the auditor's folder set and the attacked round recorded (the
+    config itself is not changed)."""
+    from privmed.audit.attack_stage import attack_classes
+
     audit = dataclasses.replace(
         cfg.audit, canaries=cfg.audit.canaries or DEFAULT_CANARIES, work_dir=str((out / SECRET_DIR).resolve())
     )
+    fed = cfg.federation
+    if attack_classes(cfg, threat="honest-but-curious"):
+        fed = dataclasses.replace(fed, record=str(cfg.audit.attack_round), record_clients="")
+    return dataclasses.replace(cfg, audit=audit, federation=fed)
+
+
+def training_config(cfg: Config) -> Config:
+    """What the clients get: the audit's own stage settings (attacks, sweep) stay with the auditor."""
+    audit = dataclasses.replace(cfg.audit, attacks="", attack_settings={}, sweep={})
     return dataclasses.replace(cfg, audit=audit)
 
 
@@ -335,6 +432,8 @@ def _initial(cfg: Config, info: Any) -> list[Any]:
 
 def check_audit(cfg: Config) -> None:
     """What can be checked before anything runs (one message, exit 2)."""
+    from privmed.audit.attack_stage import check_attacks
+    from privmed.federation import task
     from privmed.federation.audit import noise_factor
 
     noise_factor(cfg)
@@ -342,6 +441,7 @@ def check_audit(cfg: Config) -> None:
         raise ConfigError(f"audit.beta = {cfg.audit.beta}: the failure probability must be in (0, 1), e.g. 0.05")
     if cfg.audit.canaries < 0:
         raise ConfigError(f"audit.canaries = {cfg.audit.canaries}: give a positive number (0 = the default)")
+    check_attacks(cfg, task.load_federated_data(cfg)[0].info.modality)
     if cfg.privacy.mode == "distributed" and cfg.train.optimizer.lower() != "sgd":
         raise ConfigError(
             f"train.optimizer = {cfg.train.optimizer!r}: the white-box audit of privacy.mode = 'distributed' reads "
@@ -349,8 +449,30 @@ def check_audit(cfg: Config) -> None:
         )
 
 
-def run_audit(cfg: Config, out: str | Path, *, overwrite: bool = False, report: bool = True) -> dict[str, Any]:
+def check_point(cfg: Config, gan: GanConfig | None = None) -> None:
+    """Every check of :func:`run_audit` that writes nothing (a sweep checks all its points first)."""
+    check_audit(cfg)
+    with tempfile.TemporaryDirectory(prefix="privmed-audit-check-") as scratch:
+        cfg = audit_config(cfg, Path(scratch))
+        _check_training(cfg, Path(scratch), resume=False, gan=gan)
+        draw(cfg)
+
+
+def run_audit(
+    cfg: Config,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    report: bool = True,
+    gan: GanConfig | None = None,
+) -> dict[str, Any]:
     """Run every stage that can run on ``cfg`` and write ``results.json`` (and ``report.html``) into ``out``.
+
+    ``resume`` continues an interrupted audit in ``out``: the canaries drawn then (the coins are secret, so
+    they are read back, never redrawn) and the training from its last complete round; the later stages run
+    again. ``results.json`` and the report are written last, each atomically. ``gan``: HF-GAN's settings
+    (a config file's ``[gan]`` table) for the HF-GAN stage.
 
     Raises
     ------
@@ -359,29 +481,21 @@ def run_audit(cfg: Config, out: str | Path, *, overwrite: bool = False, report: 
     PrivacyBugError
         A lower bound exceeds the formal ε (exit 3), after the results and the report are written.
     """
-    from privmed.federation.run import check_run
-
     out = Path(out)
     check_audit(cfg)
     cfg = audit_config(cfg, out)
-    with tempfile.TemporaryDirectory(prefix="privmed-audit-check-") as scratch:  # the run's checks, on a fresh folder
-        check_run(cfg, out_dir=Path(scratch) / "federation")
-    canaries = draw(cfg)
-    prepare_out(out, overwrite=overwrite)
-    canary_lib.save_canaries(canaries, out / SECRET_DIR)
-    tests = sum(stage.tests(cfg) for stage in STAGES if stage.why_not(cfg) is None)
-    run = AuditRun(cfg=cfg, out=out, canaries=canaries, beta_each=cfg.audit.beta / max(1, tests))
-    timings: dict[str, float] = {}
+    resumed = resume and (out / SECRET_DIR / canary_lib.SECRET_FILE).is_file()
+    _check_training(cfg, out, resume=resumed, gan=gan)
+    canaries = canary_lib.load_canaries(out / SECRET_DIR, secret=True) if resumed else draw(cfg)
+    prepare_out(out, overwrite=overwrite, resume=resume)
+    if not resumed:
+        canary_lib.save_canaries(canaries, out / SECRET_DIR)
+    tests = sum(stage.tests(cfg) for stage in STAGES if stage.why_not(cfg, gan) is None)
+    run = AuditRun(cfg=cfg, out=out, canaries=canaries, beta_each=cfg.audit.beta / max(1, tests), resume=resumed,
+                   gan=gan)  # fmt: skip
     started = time.perf_counter()
     for stage in STAGES:
-        why = stage.why_not(cfg)
-        if why is not None:
-            run.stages[stage.name] = {"title": stage.title, "status": "skipped", "reason": why}
-            continue
-        t0 = time.perf_counter()
-        stage.run(run)
-        timings[stage.name] = time.perf_counter() - t0
-        run.stages[stage.name] = {"title": stage.title, "status": "done", "seconds": timings[stage.name]}
+        _run_stage(run, stage)
     results = summarize(run, total_seconds=time.perf_counter() - started)
     write_json_atomic(out / "results.json", results)
     if report:
@@ -391,6 +505,38 @@ def run_audit(cfg: Config, out: str | Path, *, overwrite: bool = False, report: 
     if results["verdict"]["violations"]:
         raise PrivacyBugError(verdict_message(results))
     return results
+
+
+def _check_training(cfg: Config, out: Path, *, resume: bool, gan: GanConfig | None = None) -> None:
+    """The runs' own checks (on scratch folders, or on the run to resume): training, malicious round, HF-GAN."""
+    from privmed.audit.attack_stage import attack_classes, malicious_config
+    from privmed.federation.run import check_run
+
+    with tempfile.TemporaryDirectory(prefix="privmed-audit-check-") as scratch:  # the runs' checks, on fresh folders
+        if attack_classes(cfg, threat="malicious"):
+            check_run(malicious_config(cfg, Path(scratch)), out_dir=Path(scratch) / "malicious")
+        if gan is not None:
+            from privmed.audit.hfgan_stage import check
+
+            check(cfg, gan, Path(scratch) / "hfgan")
+        if resume and _checkpointed(out):
+            check_run(training_config(cfg), out_dir=out / "federation", resume=True)
+        else:
+            check_run(training_config(cfg), out_dir=Path(scratch) / "federation")
+
+
+def _checkpointed(out: Path) -> bool:
+    return any((out / "federation" / "checkpoints").glob("*"))
+
+
+def _run_stage(run: AuditRun, stage: Stage) -> None:
+    why = stage.why_not(run.cfg, run.gan)
+    if why is not None:
+        run.stages[stage.name] = {"title": stage.title, "status": "skipped", "reason": why}
+        return
+    t0 = time.perf_counter()
+    stage.run(run)
+    run.stages[stage.name] = {"title": stage.title, "status": "done", "seconds": time.perf_counter() - t0}
 
 
 def formal_epsilon(federation: dict[str, Any] | None) -> float | None:
@@ -422,6 +568,8 @@ def summarize(run: AuditRun, *, total_seconds: float) -> dict[str, Any]:
         "confidence_each": 1 - run.beta_each,
         "bounds": run.bounds,
         "estimates": run.estimates,
+        "attacks": run.attacks,
+        "hfgan": run.hfgan,
         "verdict": {"violations": violations, "ok": not violations},
         "stages": run.stages,
         "federation": {k: fed.get(k) for k in ("dataset", "model", "rounds", "final", "partition_sizes", "timing")},

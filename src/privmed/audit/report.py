@@ -19,6 +19,9 @@ from string import Template
 from typing import Any
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
+SWEEP_TEMPLATE = Path(__file__).with_name("templates") / "sweep.html"
+#: the attack stages' folder inside an audit's output (:data:`privmed.audit.attack_stage.ATTACK_DIR`)
+ATTACK_DIR = "attacks"
 
 #: What each privacy mode's ε covers, and what it does not (the threat-model section).
 THREAT_MODELS: dict[str, tuple[str, ...]] = {
@@ -174,7 +177,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequen
         cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
         cells = "".join(
             f'<td class="num">{_fmt(c)}</td>'
-            if isinstance(c, int | float) and not isinstance(c, bool)
+            if c is None or (isinstance(c, int | float) and not isinstance(c, bool))
             else f"<td>{c}</td>"
             for c in row
         )
@@ -270,8 +273,118 @@ def _skipped(results: dict[str, Any], stage: str) -> str:
     return html.escape(f"skipped: {info.get('reason', 'not available in this run')}")
 
 
-def render(results: dict[str, Any]) -> str:
-    """The report's HTML for an audit's results payload."""
+def _png_file(path: Path) -> str | None:
+    """A PNG file base64-encoded for embedding, ``None`` when it is not there."""
+    return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else None
+
+
+def _attack_rows(attacks: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name, a in attacks.items():
+        m = a.get("metrics") or {}
+        psnr, floor = (m.get("psnr") or {}), (m.get("floor_psnr") or {})
+        rows.append([
+            html.escape(name), html.escape(a.get("threat", "")),
+            html.escape(f"{a.get('record_kind')} of round {a.get('round')}"
+                        + (f", client {a['client']}" if a.get("client") is not None else "")),
+            a.get("pool_size"), psnr.get("mean"), psnr.get("max"), floor.get("mean"),
+            html.escape(f"{m['above_floor']} of {m.get('images')}") if "above_floor" in m else "—",
+            (m.get("ssim") or {}).get("mean"), m.get("fmse"), a.get("seconds"),
+        ])  # fmt: skip
+    return rows
+
+
+def _attacks_section(results: dict[str, Any], base: Path | None) -> str:
+    """The attack stages: a table, then each image attack's true | reconstructed | error grid."""
+    attacks = results.get("attacks") or {}
+    notes = [
+        f'<p class="skipped">{stage}: {_skipped(results, stage)}</p>'
+        for stage in ("attacks", "malicious")
+        if (results["stages"].get(stage) or {}).get("status") == "skipped"
+    ]
+    if not attacks:
+        return "".join(notes)
+    header = ["attack", "threat", "what the server saw", "pool", "PSNR mean (dB)", "PSNR max", "floor (dB)",
+              "above floor", "SSIM", "FMSE", "seconds"]  # fmt: skip
+    parts = [_table(header, _attack_rows(attacks)), *notes]
+    for name, a in attacks.items():
+        png = _png_file(base / ATTACK_DIR / a["figure"]) if base is not None and a.get("figure") else None
+        if png is not None:
+            parts.append(
+                f'<figure><img alt="reconstruction {html.escape(name)}" src="data:image/png;base64,{png}">'
+                f"<figcaption>{html.escape(name)} ({html.escape(a.get('threat', ''))}): best-matching training "
+                "image of the pool (top), reconstruction (middle), |error| (bottom).</figcaption></figure>"
+            )
+    return "".join(parts)
+
+
+def _fid_row(results: dict[str, Any]) -> list[Any]:
+    gan = results.get("hfgan")
+    if not gan:
+        return ["FID", None, _skipped(results, "hfgan") if "hfgan" in results["stages"] else "—"]
+    how = f"HF-GAN's pooled synthetic images vs the test split, {gan.get('features', 'domain features')}"
+    return ["FID", gan.get("fid"), html.escape(how)]
+
+
+def _hfgan_section(results: dict[str, Any], base: Path | None) -> str:
+    """HF-GAN's scores and the real vs synthetic samples per class, or why the stage was skipped."""
+    gan = results.get("hfgan")
+    if not gan:
+        return f'<p class="skipped">{_skipped(results, "hfgan")}</p>'
+    rows = [
+        ["ε of the discriminator", gan.get("epsilon_discriminator"), html.escape(gan.get("epsilon_note") or "")],
+        ["FID (synthetic vs test)", gan.get("fid"), html.escape(str(gan.get("features", "")))],
+        ["FID (train vs test)", gan.get("fid_train_vs_test"), "same features: what a perfect generator reaches"],
+        ["TSTR accuracy", gan.get("tstr_accuracy"), "a classifier trained on synthetic images, tested on real ones"],
+        ["TRTR accuracy", gan.get("trtr_accuracy"), "the same classifier trained on the real training images"],
+    ]  # fmt: skip
+    parts = [_table(["number", "value", "how it was obtained"], rows)]
+    png = _png_file(base / gan["figure"]) if base is not None and gan.get("figure") else None
+    if png is not None:
+        caption = "Real training images (top rows) and each client's synthetic ones, per class."
+        parts.append(
+            f'<figure><img alt="real vs synthetic" src="data:image/png;base64,{png}"><figcaption>{caption}'
+            "</figcaption></figure>"
+        )
+    return "".join(parts)
+
+
+def _summary_table(results: dict[str, Any]) -> str:
+    """The headline numbers, each with how it was obtained."""
+    fed = results.get("federation") or {}
+    final = fed.get("final") or {}
+    test = final.get("test") or {}
+    bounds = results.get("bounds") or {}
+    best = max(bounds.items(), key=lambda kv: float(kv[1]["epsilon_lb"]), default=None)
+    data = (fed.get("dataset") or {}).get("display_name", "?")
+    rows = [
+        ["formal ε", results.get("formal_epsilon"), html.escape(f"the run's accountant at its end (δ = "
+                                                                f"{results.get('delta')})")],
+        ["empirical ε (largest lower bound)", float(best[1]["epsilon_lb"]) if best else None,
+         html.escape(f"{best[0]}, confidence {100 * (1 - best[1]['beta']):.2f}% ({results.get('canaries')} canaries)")
+         if best else "no bound computed"],
+        ["test accuracy", test.get("accuracy"), html.escape(f"final global model, {data} test split, round "
+                                                             f"{final.get('round')}, arg-max class")],
+        ["test accuracy (threshold from validation)", test.get("vt_accuracy"),
+         "same model and split; the decision threshold chosen on the validation split (binary tasks)"],
+        ["test macro F1", test.get("macro_f1"), "same model and split"],
+        ["test AUC", test.get("auc"), "same model and split"],
+        _fid_row(results),
+    ]  # fmt: skip
+    for name, a in (results.get("attacks") or {}).items():
+        m = a.get("metrics") or {}
+        value = (m.get("psnr") or {}).get("mean", m.get("fmse"))
+        what = "PSNR (dB)" if "psnr" in m else "FMSE"
+        how = (
+            f"{a.get('threat')} server on the {a.get('record_kind')} of round {a.get('round')}; matched to the best "
+            f"of {a.get('pool_size')} training examples; attacker seed 0"
+        )
+        rows.append([html.escape(f"{what}, {name}"), value, html.escape(how)])
+    return _table(["number", "value", "how it was obtained"], rows)
+
+
+def render(results: dict[str, Any], base: Path | None = None) -> str:
+    """The report's HTML for an audit's results payload (``base``: its folder, for the attack grids)."""
     fed = results.get("federation") or {}
     rounds = fed.get("rounds") or []
     figures = []
@@ -299,8 +412,9 @@ def render(results: dict[str, Any]) -> str:
         "plot_labels": _b64_png(_labels(results.get("label_histograms") or []), size=(8, 3.2)),
         "final_table": _final_table(results),
         "stages_table": _stages_table(results),
-        "attacks": _skipped(results, "attacks"),
-        "hfgan": _skipped(results, "hfgan"),
+        "attacks": _attacks_section(results, base),
+        "summary_table": _summary_table(results),
+        "hfgan": _hfgan_section(results, base),
         "threat_model": _threat_model(results),
         "provenance": _provenance(results),
     }
@@ -310,7 +424,10 @@ def render(results: dict[str, Any]) -> str:
 def write_report(results: dict[str, Any], path: str | Path) -> Path:
     """Render and write ``report.html`` atomically (never a half-written report)."""
     path = Path(path)
-    text = render(results)
+    return _write_atomic(path, render(results, base=path.parent))
+
+
+def _write_atomic(path: Path, text: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -321,3 +438,110 @@ def write_report(results: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# -- the sweep's report --------------------------------------------------------------------------------------
+def _x(results: dict[str, Any]) -> tuple[str, list[float]]:
+    """The sweep's x axis: the formal ε when ε is swept, else the swept value."""
+    if results["axis"] == "privacy.epsilon":
+        return "formal ε", [p["value"] if p["formal_epsilon"] is None else p["formal_epsilon"] for p in results["runs"]]
+    return results["axis"], [p["value"] for p in results["runs"]]
+
+
+def _line(ax: Any, xs: Sequence[float], ys: Sequence[Any], fmt: str, **kwargs: Any) -> bool:
+    pts = [(x, float(y)) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(float(y))]
+    if pts:
+        ax.plot(*zip(*sorted(pts), strict=True), fmt, marker="o", **kwargs)
+    return bool(pts)
+
+
+def _privacy_utility(results: dict[str, Any]) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        label, xs = _x(results)
+        drawn = [_line(ax, xs, [p["test"].get(m) for p in results["runs"]], "-", label=f"test {m}")
+                 for m in ("auc", "accuracy", "vt_accuracy", "macro_f1")]  # fmt: skip
+        if not any(drawn):
+            _empty(ax, "no test metrics")
+            return
+        ax.set_xlabel(label)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8)
+
+    return draw
+
+
+def _bounds_curve(results: dict[str, Any]) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        label, xs = _x(results)
+        runs = results["runs"]
+        _line(ax, xs, [p["formal_epsilon"] for p in runs], "k--", label="formal ε")
+        names = sorted({n for p in runs for n in p["bounds"]})
+        for name in names:
+            _line(ax, xs, [p["bounds"].get(name) for p in runs], "-", label=f"{name} (lower bound)", ms=3)
+        ax.set_xlabel(label)
+        ax.set_ylabel("ε")
+        ax.legend(fontsize=7)
+
+    return draw
+
+
+def _attack_curve(results: dict[str, Any]) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        label, xs = _x(results)
+        runs = results["runs"]
+        names = sorted({n for p in runs for n in p["attacks"]})
+        drawn = False
+        for i, name in enumerate(names):
+            metric = "psnr" if any((p["attacks"].get(name) or {}).get("psnr") is not None for p in runs) else "fmse"
+            ys = [(p["attacks"].get(name) or {}).get(metric) for p in runs]
+            drawn |= _line(ax, xs, ys, "-", color=f"C{i}", label=f"{name} ({metric.upper()})")
+            if metric == "psnr":
+                floor = [(p["attacks"].get(name) or {}).get("floor_psnr") for p in runs]
+                _line(ax, xs, floor, ":", color=f"C{i}", label=f"{name} floor", ms=2)
+        if not drawn:
+            _empty(ax, "no attack ran in this sweep (audit.attacks)")
+            return
+        ax.set_xlabel(label)
+        ax.set_ylabel("PSNR (dB) / FMSE")
+        ax.legend(fontsize=7)
+
+    return draw
+
+
+def _points_table(results: dict[str, Any]) -> str:
+    rows, classes = [], []
+    for p in results["runs"]:
+        link = f'<a href="{html.escape(p["folder"])}/report.html">report</a>'
+        rows.append([p["value"], p["formal_epsilon"], p["best_bound"], p["test"].get("auc"),
+                     p["test"].get("accuracy"), p["test"].get("vt_accuracy"),
+                     html.escape(", ".join(p["violations"]) or "none"), link])  # fmt: skip
+        classes.append("violation" if p["violations"] else "")
+    header = [results["axis"], "formal ε", "largest lower bound", "test AUC", "test accuracy",
+              "test accuracy (threshold from validation)", "violations", "run"]  # fmt: skip
+    return _table(header, rows, classes)
+
+
+def render_sweep(results: dict[str, Any]) -> str:
+    """The sweep report's HTML for a sweep's results payload (:func:`privmed.audit.sweep.audit_sweep`)."""
+    bad = results["verdict"]["violations"]
+    banner = (
+        f'<div class="banner bad" id="verdict">PRIVACY BUG: {html.escape("; ".join(bad))}</div>'
+        if bad
+        else '<div class="banner ok" id="verdict">No point of the sweep has a lower bound above its formal ε.</div>'
+    )
+    values = {
+        "title": html.escape(str(results.get("config_source") or "sweep")),
+        "axis": html.escape(results["axis"]),
+        "banner": banner,
+        "points_table": _points_table(results),
+        "plot_utility": _b64_png(_privacy_utility(results)),
+        "plot_bounds": _b64_png(_bounds_curve(results)),
+        "plot_attacks": _b64_png(_attack_curve(results)),
+        "machine": html.escape(", ".join(f"{k} {v}" for k, v in (results.get("machine") or {}).items())),
+    }
+    return Template(SWEEP_TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+
+
+def write_sweep_report(results: dict[str, Any], path: str | Path) -> Path:
+    """Render and write the sweep's ``report.html`` atomically."""
+    return _write_atomic(Path(path), render_sweep(results))
