@@ -30,8 +30,8 @@ def test_attack_stages_run_on_the_audit_and_an_audit_resumes(tmp_path: Path) -> 
     assert main(["audit", "--quickstart", *ATTACKED, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert {n: s["status"] for n, s in results["stages"].items()} == {
-        "train": "done", "white-box": "done", "replay": "skipped", "attacks": "done", "malicious": "done",
-        "hfgan": "skipped",
+        "train": "done", "white-box": "done", "replay": "skipped", "canary-clients": "skipped", "attacks": "done",
+        "malicious": "done", "hfgan": "skipped",
     }  # fmt: skip
     ig, imprint = results["attacks"]["inverting-gradients"], results["attacks"]["imprint"]
     assert (ig["threat"], ig["record_kind"], ig["round"]) == ("honest-but-curious", "aggregate", 1)
