@@ -102,27 +102,35 @@ def _eps(bound: dict[str, Any] | None) -> str:
     return f"{bound['epsilon_lb']:,.0f}" if bound["epsilon_lb"] >= 100 else f"{bound['epsilon_lb']:.2f}"
 
 
+def _num(x: float | None) -> str:
+    """A bound for the tables ("—" when the test was not run)."""
+    return "—" if x is None else f"{x:.2f}"
+
+
 def _row(name: str, r: dict[str, Any]) -> str:
     b, formal = r["bounds"], r["formal_epsilon"]
     plain, prof = b["white-box"]["epsilon_lb"], b["white-box, profile"]["epsilon_lb"]
+    fdp = b.get("white-box, f-DP", {}).get("epsilon_lb")
     replay = b.get("replay, profile", {}).get("epsilon_lb")
     verdict = "CAUGHT: " + ", ".join(r["violations"]) if r["violations"] else "ok"
     load = r.get("load_average_start_end", [float("nan")] * 2)
     return (
         f"| {name} | {r.get('rounds', '')} | {formal:.2f} | {plain:.2f} | {prof:.2f} | "
+        f"{_num(fdp)} | "
         f"{b['white-box, noise check']['ratio_ub']:.3g} | {_eps(b['white-box, noise check'])} | "
         f"{'—' if replay is None else f'{replay:.2f}'} | {_eps(b.get('replay, noise check'))} | "
-        f"{r['estimates'].get('one-shot', float('nan')):.2f} | **{max(plain, prof) / formal:.2f}** | {verdict} | "
+        f"{r['estimates'].get('one-shot', float('nan')):.2f} | **{max(plain, prof, fdp or 0.0) / formal:.2f}** | "
+        f"{verdict} | "
         f"{(r['final_test'] or {}).get('auc', float('nan')):.3f} | "
         f"{r['wall_seconds']:.0f} s, load {load[0]:.1f}→{load[1]:.1f} |"
     )
 
 
 _HEADER = [
-    "| run | rounds | formal ε | one-run (plain) | one-run (profile) | noise ratio ≤ | noise check ε ≥ | replay, "
-    "profile | replay, noise check ε ≥ | one-shot estimate | one-run bound / formal | verdict | test AUC | "
-    "wall, load |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| run | rounds | formal ε | one-run (plain) | one-run (profile) | one-run (f-DP) | noise ratio ≤ | "
+    "noise check ε ≥ | replay, profile | replay, noise check ε ≥ | one-shot estimate | one-run bound / formal | "
+    "verdict | test AUC | wall, load |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -158,14 +166,17 @@ def _markdown(payload: dict[str, Any]) -> str:
             "",
             "Pure canary observations (exact σ, no real gradients), likelihood-ratio scores, the audit's own δ, β "
             "and guess grids: the best these tests can show with m canaries. Poisson rows: q = 1024/4708, RDP "
-            "profile, formal ε by RDP; full-batch rows: q = 1, the exact Gaussian profile, formal ε by PRV.",
+            "profile, formal ε by RDP; full-batch rows: q = 1, the exact Gaussian profile and the f-DP test of "
+            "μ-GDP (Mahloujifar, Melis & Chaudhuri 2024; full batch only), formal ε by PRV.",
             "",
-            "| mechanism | formal ε | steps | m | one-run (plain) | one-run (profile) | profile / formal |",
-            "|---|---|---|---|---|---|---|",
+            "| mechanism | formal ε | steps | m | one-run (plain) | one-run (profile) | one-run (f-DP) | "
+            "best / formal |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
             f"| {i.get('mechanism', 'poisson')} | {i['epsilon']:g} | {i['steps']} | {i['m']} | {i['plain']:.2f} | "
-            f"{i['profile']:.2f} | {i['profile'] / i['epsilon']:.2f} |"
+            f"{i['profile']:.2f} | {_num(i.get('fdp'))} | "
+            f"{max(i['plain'], i['profile'], i.get('fdp') or 0.0) / i['epsilon']:.2f} |"
             for i in payload["ideal"]
         ]
     lines += ["", f"Confidence: the audit's verdict tests share β = 0.05 (each runs at β / number of tests). "
@@ -174,14 +185,14 @@ def _markdown(payload: dict[str, Any]) -> str:
 
 
 def ideal_ceiling(
-    epsilon: float, *, q: float, steps: int, delta: float, m: int, seed: int = 0, tests: int = 3
+    epsilon: float, *, q: float, steps: int, delta: float, m: int, seed: int = 0, tests: int = 4
 ) -> dict[str, Any]:
     """The white-box bounds on a simulated, ideal run: pure (subsampled) Gaussian canary observations (no
     real gradients, exact σ) scored with the likelihood ratio and tested exactly as the audit does (its
     profile and guess grid for q, β split over ``tests`` verdict tests): what the tests can show at best."""
     import numpy as np
 
-    from privmed.audit.bounds import audit_scores, guess_grid, mechanism_profile, profile_lower_bound
+    from privmed.audit.bounds import audit_scores, fdp_lower_bound, guess_grid, mechanism_profile, profile_lower_bound
     from privmed.audit.canaries import likelihood_scores
     from privmed.privacy.accounting import noise_for_target
 
@@ -197,9 +208,10 @@ def ideal_ceiling(
     beta, grid = 0.05 / tests, guess_grid(m, full_batch=q >= 1.0)
     prof = profile_lower_bound(scores, included, profile=mechanism_profile(q, steps), delta=delta, beta=beta, grid=grid)
     plain = audit_scores(scores, included, delta=delta, beta=beta, grid=grid)
+    fdp = fdp_lower_bound(scores, included, delta=delta, beta=beta, grid=grid).epsilon_lb if q >= 1.0 else None
     return {"mechanism": "full batch" if q >= 1.0 else "poisson", "epsilon": epsilon, "sigma": sigma, "q": q,
             "steps": steps, "delta": delta, "m": m, "plain": plain.epsilon_lb, "profile": prof.epsilon_lb,
-            "accountant": accountant, "seed": seed}  # fmt: skip
+            "fdp": fdp, "accountant": accountant, "seed": seed}  # fmt: skip
 
 
 def ceiling_table(epsilons: list[float]) -> list[dict[str, Any]]:
@@ -226,9 +238,9 @@ def _save(payload: dict[str, Any], name: str) -> None:
 
 
 def _kept_ceiling(previous: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The ceiling rows of the previous JSON when they are of this version (they name their mechanism)."""
+    """The ceiling rows of the previous JSON when they are of this version (mechanism and f-DP named)."""
     rows = previous.get("ideal") or []
-    return rows if rows and all("mechanism" in r for r in rows) else None
+    return rows if rows and all("mechanism" in r and "fdp" in r for r in rows) else None
 
 
 def _previous(name: str) -> dict[str, Any]:
@@ -266,8 +278,8 @@ def main() -> None:
             "The ε sweep runs the preset named in the title. The full-batch audit preset: q = 1 (every round one "
             "Gaussian step on all 4,708 images), formal ε by the PRV accountant, the exact Gaussian profile, "
             f"{args.canaries} Dirac canaries flipping sign between paired rounds, the known-data auditor (DP's "
-            "adversary: it subtracts the real examples' clipped gradients). 'bound / formal' is the larger "
-            "white-box one-run bound (plain or profile) over the formal ε; the noise check's own ε bound counts "
+            "adversary: it subtracts the real examples' clipped gradients). 'bound / formal' is the largest "
+            "white-box one-run bound (plain, profile or f-DP) over the formal ε; the noise check's own ε bound counts "
             "in the verdict only (it is 0 unless the noise ratio is below 1)."
         ),
         "note": f"Rounds reduced to {args.rounds} ({args.broken_rounds} for the broken runs; the preset has 20): the "

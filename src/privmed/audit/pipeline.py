@@ -39,6 +39,7 @@ import numpy as np
 from privmed.audit import canaries as canary_lib
 from privmed.audit.bounds import (
     audit_scores,
+    fdp_lower_bound,
     guess_grid,
     mechanism_profile,
     noise_ratio_upper_bound,
@@ -248,7 +249,7 @@ def _white_box(run: AuditRun) -> None:
         _bound(run, "white-box", scores, canaries, score=score_name, rounds=len(views))
         return
     x = observed_steps(cfg, views, canaries, run.work_dir)
-    _distributed_tests(run, "white-box", x, views, canaries)
+    _distributed_tests(run, "white-box", x, views, canaries, fdp=True)
     est = one_shot_estimate(x.sum(axis=0), canaries.included, delta=cfg.privacy.delta, beta=run.beta_each)
     run.estimates["one-shot"] = {
         **est.to_dict(),
@@ -274,9 +275,16 @@ def _replay(run: AuditRun) -> None:
 
 
 def _distributed_tests(
-    run: AuditRun, name: str, x: np.ndarray, views: list[canary_lib.RoundView], canaries: canary_lib.CanarySet
+    run: AuditRun,
+    name: str,
+    x: np.ndarray,
+    views: list[canary_lib.RoundView],
+    canaries: canary_lib.CanarySet,
+    *,
+    fdp: bool = False,
 ) -> None:
-    """The three tests on per-round observations ``x`` (rounds × canaries, in units of C)."""
+    """The three tests on per-round observations ``x`` (rounds × canaries, in units of C); with ``fdp`` a
+    fourth, the f-DP test of μ-GDP (full batch only: for q < 1 the row says why it was not run)."""
     assert canaries.included is not None
     cfg, beta = run.cfg, run.beta_each
     sigmas = np.array([v.noise_multiplier for v in views])
@@ -292,6 +300,16 @@ def _distributed_tests(
         scores, canaries.included, profile=profile, delta=cfg.privacy.delta, beta=beta, grid=grid
     )
     run.bounds[f"{name}, profile"] = prof.to_dict() | {"claimed_sigma": sigma}
+    if fdp and q >= 1.0:
+        f = fdp_lower_bound(scores, canaries.included, delta=cfg.privacy.delta, beta=beta, grid=grid)
+        run.bounds[f"{name}, f-DP"] = f.to_dict() | {"claimed_sigma": sigma, "claimed_mu": steps**0.5 / sigma}
+    elif fdp:
+        run.bounds[f"{name}, f-DP"] = {
+            "epsilon_lb": 0.0,
+            "beta": beta,
+            "method": f"not run: q = {q:.3g} < 1: the claimed "
+            "trade-off function is not Gaussian; the f-DP test is for full batch only",
+        }
     check = noise_ratio_upper_bound(x[:, ~canaries.included], sigmas[:, None], beta=beta)
     eps_noise = float(profile(check.ratio_ub * sigma, [cfg.privacy.delta])[0]) if check.ratio_ub > 0 else np.inf
     run.bounds[f"{name}, noise check"] = check.to_dict() | {
@@ -341,7 +359,7 @@ STAGES: tuple[Stage, ...] = (
         "one-run bound and one-shot estimate (white-box server)",
         _white_box,
         _canary_modes_only,
-        lambda cfg: 3 if cfg.privacy.mode == "distributed" else 1,
+        lambda cfg: 4 if cfg.privacy.mode == "distributed" else 1,
     ),
     Stage("replay", "server that regenerates the noise from the config", _replay, _replayable, lambda cfg: 3),
     Stage(

@@ -5,10 +5,13 @@
 - :mod:`~privmed.audit.bounds.one_shot`: Andrew et al. (ICLR 2024), the one-shot estimate from canary cosines.
 - :mod:`~privmed.audit.bounds.profile`: the one-run test against the accountant's whole (ε, δ) curve (assumes
   DP-SGD's mechanism; refutes large ε claims the plain test cannot).
+- :mod:`~privmed.audit.bounds.fdp`: Mahloujifar, Melis & Chaudhuri (2024), the one-run test of a claimed
+  trade-off function (μ-GDP: full-batch DP-SGD), tighter than the profile of (ε, δ) points.
 - :mod:`~privmed.audit.bounds.noise_check`: an upper confidence bound on the noise the server's view carried.
 - :mod:`~privmed.audit.bounds.gdp`: Gaussian DP and (ε, δ) of one or two Gaussians, which both need.
 """
 
+from privmed.audit.bounds.fdp import FdpBound, fdp_lower_bound
 from privmed.audit.bounds.gdp import (
     gaussian_delta,
     gaussian_epsilon,
@@ -28,6 +31,7 @@ from privmed.audit.bounds.profile import (
 )
 
 __all__ = [
+    "FdpBound",
     "NoiseCheck",
     "OneRunBound",
     "OneShotEstimate",
@@ -35,6 +39,7 @@ __all__ = [
     "audit_scores",
     "cosines",
     "epsilon_lower_bound",
+    "fdp_lower_bound",
     "gaussian_delta",
     "gaussian_epsilon",
     "gaussian_mu",
