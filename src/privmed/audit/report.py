@@ -20,6 +20,8 @@ from typing import Any
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 SWEEP_TEMPLATE = Path(__file__).with_name("templates") / "sweep.html"
+#: The style both pages share, inlined into each (a report is one self-contained file).
+STYLE = Path(__file__).with_name("templates") / "style.css"
 #: the attack stages' folder inside an audit's output (:data:`privmed.audit.attack_stage.ATTACK_DIR`)
 ATTACK_DIR = "attacks"
 
@@ -418,7 +420,7 @@ def render(results: dict[str, Any], base: Path | None = None) -> str:
         "threat_model": _threat_model(results),
         "provenance": _provenance(results),
     }
-    return Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+    return _page(TEMPLATE, values)
 
 
 def write_report(results: dict[str, Any], path: str | Path) -> Path:
@@ -539,9 +541,15 @@ def render_sweep(results: dict[str, Any]) -> str:
         "plot_attacks": _b64_png(_attack_curve(results)),
         "machine": html.escape(", ".join(f"{k} {v}" for k, v in (results.get("machine") or {}).items())),
     }
-    return Template(SWEEP_TEMPLATE.read_text(encoding="utf-8")).substitute(values)
+    return _page(SWEEP_TEMPLATE, values)
 
 
 def write_sweep_report(results: dict[str, Any], path: str | Path) -> Path:
     """Render and write the sweep's ``report.html`` atomically."""
     return _write_atomic(Path(path), render_sweep(results))
+
+
+def _page(template: Path, values: dict[str, str]) -> str:
+    """``template`` filled with ``values`` and the shared style inlined."""
+    style = STYLE.read_text(encoding="utf-8")
+    return Template(template.read_text(encoding="utf-8")).substitute(values, style=style)
