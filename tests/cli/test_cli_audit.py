@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from privmed.cli import main
+from privmed.cli.audit import bound_line
 
 
 @pytest.mark.parametrize(
@@ -68,3 +69,10 @@ def test_the_gan_table_is_read_only_when_the_config_has_one() -> None:
     assert gan is not None and gan.rounds == 6 and cfg.data.num_clients == 3
     assert _config(args("smoke-secagg"))[1] is None
     assert _config(args("smoke-secagg", "gan.rounds=2"))[1].rounds == 2
+
+
+def test_a_bound_that_was_not_run_is_printed_as_not_run_not_as_zero() -> None:
+    skipped = {"epsilon_lb": 0.0, "not_run": True, "method": "not run: q = 0.22 < 1: full batch only"}
+    line = bound_line("white-box, f-DP", skipped)
+    assert "not run (q = 0.22 < 1: full batch only)" in line and "epsilon" not in line
+    assert bound_line("white-box", {"epsilon_lb": 1.25}).endswith("epsilon >= 1.250")

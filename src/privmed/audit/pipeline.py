@@ -306,6 +306,7 @@ def _distributed_tests(
     elif fdp:
         run.bounds[f"{name}, f-DP"] = {
             "epsilon_lb": 0.0,
+            "not_run": True,
             "beta": beta,
             "method": f"not run: q = {q:.3g} < 1: the claimed "
             "trade-off function is not Gaussian; the f-DP test is for full batch only",

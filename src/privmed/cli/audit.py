@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         return exc.exit_code
     formal = results["formal_epsilon"]
     for name, bound in results["bounds"].items():
-        con.print(f"  {name:<28} epsilon >= {bound['epsilon_lb']:.3f}")
+        con.print(bound_line(name, bound))
     for name, est in results["estimates"].items():
         con.print(f"  {name:<28} epsilon ~ {est['epsilon_estimate']:.3f} (estimate)")
     for name, attack in results.get("attacks", {}).items():
@@ -151,3 +151,11 @@ def _attack_line(attack: dict[str, Any]) -> str:
             f"above it) — {attack.get('threat')} server"
         )
     return f"FMSE {_num(m.get('fmse'))} — {attack.get('threat')} server"
+
+
+def bound_line(name: str, bound: dict[str, Any]) -> str:
+    """One printed line per lower bound; a test that did not run (e.g. the f-DP test on a Poisson-sampled run)
+    says so and why, instead of showing a bound of 0."""
+    if bound.get("not_run"):
+        return f"  {name:<28} not run ({str(bound.get('method', '')).removeprefix('not run: ')})"
+    return f"  {name:<28} epsilon >= {bound['epsilon_lb']:.3f}"
