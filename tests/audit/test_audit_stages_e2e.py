@@ -19,6 +19,7 @@ SMALL = [
     "--set", "federation.rounds=2",
     "--set", "audit.canaries=300",
     "--set", "audit.replay_noise=false",
+    "--set", "audit.beta=1e-6",  # a correct run must pass: see test_audit_e2e.SMALL
 ]  # fmt: skip
 #: ... with both attack stages and a short inversion
 ATTACKED = [*SMALL, "--set", "audit.attack_settings={ inverting-gradients = { iterations = 20 } }"]

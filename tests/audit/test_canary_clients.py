@@ -42,6 +42,7 @@ SMALL_CLIENT_DP = [
     "--set", "federation.rounds=3",
     "--set", "audit.canary_clients=200",
     "--set", "audit.canaries=50",
+    "--set", "audit.beta=1e-6",  # a correct run must pass: see test_audit_e2e.SMALL
     "--set", "audit.attacks=''",  # the quickstart's attack stages are tested elsewhere
 ]  # fmt: skip
 

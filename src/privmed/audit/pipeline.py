@@ -614,12 +614,15 @@ def label_histograms(cfg: Config) -> list[list[int]]:
 
 def verdict_message(results: dict[str, Any]) -> str:
     formal = results["formal_epsilon"]
-    worst = ", ".join(
-        f"{name} epsilon >= {results['bounds'][name]['epsilon_lb']:.2f}" for name in results["verdict"]["violations"]
-    )
+    parts = []
+    for name in results["verdict"]["violations"]:
+        bound = results["bounds"][name]
+        p_value = f", p = {bound['p_value']:.2g}" if "p_value" in bound else ""
+        parts.append(f"{name} epsilon >= {bound['epsilon_lb']:.2f}{p_value}")
     return (
-        f"PRIVACY BUG: {worst} exceeds the formal epsilon {formal:.2f} (confidence "
-        f"{100 * results['confidence']:.0f}%); the run leaks more than its guarantee claims"
+        f"PRIVACY BUG: {', '.join(parts)} exceeds the formal epsilon {formal:.2f} (confidence "
+        f"{100 * results['confidence']:.0f}%: a correct run is flagged with probability <= "
+        f"{1 - results['confidence']:.2g}); the run leaks more than its guarantee claims"
     )
 
 
