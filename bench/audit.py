@@ -250,6 +250,32 @@ def _previous(name: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _updatable(previous: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` on top of the previous JSON: its rows, tables and notes stay until a run replaces them."""
+    kept = {k: v for k, v in previous.items() if k not in ("machine", "settings")}
+    return kept | {k: v for k, v in payload.items() if k in ("machine", "settings", "quickstart", "ideal")} | {
+        "pneumonia": dict(previous.get("pneumonia", {})), "tables": dict(previous.get("tables", {}))
+    }  # fmt: skip
+
+
+def _replace_row(payload: dict[str, Any], name: str, row: dict[str, Any], before_title: str) -> None:
+    """Put ``row`` in the main table, in the old row's place; the old row moves to the table ``before_title``."""
+    old = payload["pneumonia"].get(name)
+    if old is not None and name not in payload.get("tables", {}).get(before_title, {}):
+        payload.setdefault("tables", {}).setdefault(before_title, {})[name] = old
+    payload["pneumonia"][name] = row
+
+
+def _runs_dir(path: str | None) -> Any:
+    """A context manager giving the folder of the audit runs: ``path`` (kept) or a temporary one."""
+    import contextlib
+
+    if path is None:
+        return tempfile.TemporaryDirectory(prefix="privmed-bench-audit-")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="audit-pneumonia-full-batch", help="preset of the ε sweep")
@@ -263,6 +289,18 @@ def main() -> None:
     parser.add_argument("--skip-quickstart", action="store_true")
     parser.add_argument("--ideal-only", action="store_true", help="recompute the ceiling table in the JSON")
     parser.add_argument("--out", default="audit", help="name of the results files in bench/results")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the previous JSON's rows and tables; a re-run row replaces its old one, which "
+        "moves to the table --before-title",
+    )
+    parser.add_argument("--before-title", default="Before the re-run: rows replaced by this run")
+    parser.add_argument(
+        "--runs-dir",
+        default=None,
+        help="keep the audit folders here (outside the repository: MedMNIST reports stay out)",
+    )
     args = parser.parse_args()
     previous = _previous(args.out)
     if args.ideal_only:
@@ -290,7 +328,9 @@ def main() -> None:
     }
     if args.skip_quickstart and previous.get("quickstart"):
         payload["quickstart"] = previous["quickstart"] | {"kept": True}
-    with tempfile.TemporaryDirectory(prefix="privmed-bench-audit-") as tmp:
+    if args.update:
+        payload = _updatable(previous, payload)
+    with _runs_dir(args.runs_dir) as tmp:
         if not args.skip_quickstart:
             payload["quickstart"] = _audit(quickstart_config(), Path(tmp) / "quickstart")
             print("quickstart", payload["quickstart"]["wall_seconds"], flush=True)
@@ -301,8 +341,8 @@ def main() -> None:
         ]
         runs += [(f"eps={e:g}", e, "none", args.rounds) for e in args.epsilons[2:]]
         for name, eps, broken, rounds in runs:
-            result = _audit(_pneumonia(args, eps, broken, rounds), Path(tmp) / name.replace(" ", "_"))
-            payload["pneumonia"][name] = result | {"rounds": rounds}
+            result = _audit(_pneumonia(args, eps, broken, rounds), Path(tmp) / name.replace(" ", "_").replace(",", ""))
+            _replace_row(payload, name, result | {"rounds": rounds, "date": machine()["date"]}, args.before_title)
             print(name, result["bounds"], flush=True)
             _save(payload, args.out)
     _save(payload, args.out)
