@@ -76,6 +76,45 @@ def summary(results: dict[str, Any], *, exit_code: int, wall: float) -> dict[str
     }  # fmt: skip
 
 
+#: Client-level DP on the same preset: central noise added by the server (no SecAgg+: the canary clients need
+#: the server to add the noise), local SGD, the federated canary clients of Andrew et al. 2024.
+CLIENT_LEVEL = [
+    'privacy.mode="client"', 'privacy.client_noise="central"', "secagg.enabled=false", "train.batch_size=64",
+    "train.lr=0.05", "audit.known_data=false",
+]  # fmt: skip
+
+
+def _client_level(args: argparse.Namespace, epsilon: float, broken: str, rounds: int) -> Config:
+    """The client-level run at ``epsilon`` with ``args.canary_clients`` canary clients (``broken``: off, tenth)."""
+    overrides = [
+        *CLIENT_LEVEL, f"privacy.epsilon={epsilon}", f"federation.rounds={rounds}",
+        f"audit.canary_clients={args.canary_clients}", f'audit.break_noise="{broken}"', "audit.replay_noise=false",
+    ]  # fmt: skip
+    cfg = load_config(args.config, overrides=overrides)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=None))
+
+
+def _client_row(name: str, r: dict[str, Any]) -> str:
+    b, formal = r["bounds"], r["formal_epsilon"]
+    one_run, check = b["canary clients"], b["canary clients, noise check"]
+    verdict = "CAUGHT: " + ", ".join(r["violations"]) if r["violations"] else "ok"
+    load = r.get("load_average_start_end", [float("nan")] * 2)
+    return (
+        f"| {name} | {r.get('rounds', '')} | {r.get('canary_clients', '')} | {formal:.2f} | "
+        f"{one_run['epsilon_lb']:.2f} | {r['estimates'].get('canary clients', float('nan')):.2f} | "
+        f"{check['ratio_ub']:.3g} | {_eps(check)} | {verdict} | "
+        f"{(r['final_test'] or {}).get('auc', float('nan')):.3f} | "
+        f"{r['wall_seconds']:.0f} s, load {load[0]:.1f}→{load[1]:.1f} |"
+    )
+
+
+_CLIENT_HEADER = [
+    "| run | rounds | canary clients k | formal ε | one-run (canary cosines) | one-shot estimate | noise ratio ≤ | "
+    "noise check ε ≥ | verdict | test AUC | wall, load |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
 def _pneumonia(args: argparse.Namespace, epsilon: float, broken: str, rounds: int) -> Config:
     """The ε sweep's config at ``epsilon``; ``broken`` is ``"none"``, ``"off"``, ``"tenth"`` or ``"replay"``."""
     overrides = [
@@ -157,6 +196,10 @@ def _markdown(payload: dict[str, Any]) -> str:
     lines += ["## " + payload.get("pneumonia_title", "PneumoniaMNIST, 10 clients, distributed noise under SecAgg+"), ""]
     lines += [payload.get("pneumonia_note", ""), "", *_HEADER]
     lines += [_row(name, r) for name, r in payload["pneumonia"].items()]
+    if payload.get("client_level"):
+        lines += ["", "## " + payload.get("client_level_title", "Client-level DP, federated canary clients"), "",
+                  payload.get("client_level_note", ""), "", *_CLIENT_HEADER]  # fmt: skip
+        lines += [_client_row(name, r) for name, r in payload["client_level"].items()]
     for title, table in payload.get("tables", {}).items():
         lines += ["", f"### {title}", "", *_HEADER] + [_row(name, r) for name, r in table.items()]
     if payload.get("ideal"):
@@ -279,7 +322,7 @@ def _runs_dir(path: str | None) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="audit-pneumonia-full-batch", help="preset of the ε sweep")
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[4.0, 8.0, 6.0])
+    parser.add_argument("--epsilons", type=float, nargs="*", default=[4.0, 8.0, 6.0])
     parser.add_argument("--rounds", type=int, default=10, help="federation.rounds of every run (preset: 20)")
     parser.add_argument("--broken-rounds", type=int, default=4, help="federation.rounds of the broken runs")
     parser.add_argument("--broken", nargs="*", default=["off", "tenth", "replay"], help="broken runs at ε = 8")
@@ -296,6 +339,14 @@ def main() -> None:
         "moves to the table --before-title",
     )
     parser.add_argument("--before-title", default="Before the re-run: rows replaced by this run")
+    parser.add_argument(
+        "--client-level",
+        nargs="*",
+        default=[],
+        help="client-level runs at ε = 8 with canary clients: none (correct), off, tenth",
+    )
+    parser.add_argument("--client-rounds", type=int, default=10)
+    parser.add_argument("--canary-clients", type=int, default=200)
     parser.add_argument(
         "--runs-dir",
         default=None,
@@ -340,6 +391,13 @@ def main() -> None:
             for b in args.broken
         ]
         runs += [(f"eps={e:g}", e, "none", args.rounds) for e in args.epsilons[2:]]
+        for broken in args.client_level:
+            name = "client-level eps=8" + ("" if broken == "none" else f", noise {broken}")
+            result = _audit(_client_level(args, 8.0, broken, args.client_rounds), Path(tmp) / name.replace(" ", "_"))
+            row = result | {"rounds": args.client_rounds, "canary_clients": args.canary_clients}
+            payload.setdefault("client_level", {})[name] = row | {"date": machine()["date"]}
+            print(name, result["bounds"], flush=True)
+            _save(payload, args.out)
         for name, eps, broken, rounds in runs:
             result = _audit(_pneumonia(args, eps, broken, rounds), Path(tmp) / name.replace(" ", "_").replace(",", ""))
             _replace_row(payload, name, result | {"rounds": rounds, "date": machine()["date"]}, args.before_title)
