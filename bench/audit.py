@@ -392,7 +392,7 @@ def main() -> None:
         ]
         runs += [(f"eps={e:g}", e, "none", args.rounds) for e in args.epsilons[2:]]
         for broken in args.client_level:
-            name = "client-level eps=8" + ("" if broken == "none" else f", noise {broken}")
+            name = f"client-level eps=8, k={args.canary_clients}" + ("" if broken == "none" else f", noise {broken}")
             result = _audit(_client_level(args, 8.0, broken, args.client_rounds), Path(tmp) / name.replace(" ", "_"))
             row = result | {"rounds": args.client_rounds, "canary_clients": args.canary_clients}
             payload.setdefault("client_level", {})[name] = row | {"date": machine()["date"]}
