@@ -414,12 +414,11 @@ class ClientLevelDP(ServerLedgerDP):
     them, so that FedAvgM's server learning rate and momentum post-process the noised average (noise added
     after its step would leave the momentum, and with it every later round, holding the un-noised average).
     :attr:`release` keeps the last noised average (the mechanism's output, for the audit's noise check). ε is
-    accounted per round as one Gaussian mechanism on the
-    sum with the noise multiplier the aggregate actually carried (with split noise and dropouts, only the
-    survivors' shares: σ·√(m'/m)), **without** amplification by client sampling (q = 1): Flower samples a
-    fixed number of clients without replacement, and the server that picks them is one of the parties the
-    guarantee is meant for (``split``), so sampling is not secret from it. The ledger is
-    :class:`ServerLedgerDP`'s.
+    accounted per round as one Gaussian mechanism on the sum with the noise multiplier the aggregate actually
+    carried (with split noise and dropouts, only the survivors' shares: σ·√(m'/m)), **without** amplification
+    by client sampling (q = 1): Flower samples a fixed number of clients without replacement, and the server
+    that picks them is one of the parties the guarantee is meant for (``split``), so sampling is not secret
+    from it. The ledger is :class:`ServerLedgerDP`'s.
 
     Raises
     ------
@@ -539,7 +538,8 @@ class ClientLevelDP(ServerLedgerDP):
             reply = [np.asarray(w, dtype=np.float64) for w in parameters_to_ndarrays(res.parameters)]
             total = reply if total is None else [t + w for t, w in zip(total, reply, strict=True)]
         assert total is not None
-        noise = [np.zeros_like(t) for t in total]
+        # the replies' own dtypes: integer arrays are refused by add_gaussian_noise, as before
+        noise = [np.zeros_like(w) for w in parameters_to_ndarrays(results[0][1].parameters)]
         if std * self.noise_factor > 0:
             randomness = dp_randomness(self.privacy, seed=self.train_seed, key=("client-central-noise", server_round))
             noise = add_gaussian_noise(noise, std=std * self.noise_factor, generator=randomness)
