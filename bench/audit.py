@@ -20,6 +20,12 @@ Usage::
     python bench/audit.py --skip-quickstart                  # the full-batch audit preset, 10 rounds
     python bench/audit.py --config pneumonia-dp-distributed --rounds 20 --canaries 1000 --skip-quickstart
     python bench/audit.py --ideal-only                       # recompute the ceiling table only
+    python bench/audit.py --skip-quickstart --update --epsilons 6 --rounds 8   # re-run rows, keep the others
+    python bench/audit.py --skip-quickstart --update --epsilons --broken --client-level none off   # client-level DP
+
+``--update`` keeps the previous JSON's rows and tables (a re-run row replaces its old one, which moves to the
+table ``--before-title``); ``--client-level`` adds client-level DP runs (central noise, federated canary
+clients, ``--canary-clients k``) to their own table.
 """
 
 from __future__ import annotations
