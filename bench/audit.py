@@ -20,6 +20,12 @@ Usage::
     python bench/audit.py --skip-quickstart                  # the full-batch audit preset, 10 rounds
     python bench/audit.py --config pneumonia-dp-distributed --rounds 20 --canaries 1000 --skip-quickstart
     python bench/audit.py --ideal-only                       # recompute the ceiling table only
+    python bench/audit.py --skip-quickstart --update --epsilons 6 --rounds 8   # re-run rows, keep the others
+    python bench/audit.py --skip-quickstart --update --epsilons --broken --client-level none off   # client-level DP
+
+``--update`` keeps the previous JSON's rows and tables (a re-run row replaces its old one, which moves to the
+table ``--before-title``); ``--client-level`` adds client-level DP runs (central noise, federated canary
+clients, ``--canary-clients k``) to their own table.
 """
 
 from __future__ import annotations
@@ -74,6 +80,45 @@ def summary(results: dict[str, Any], *, exit_code: int, wall: float) -> dict[str
         "canaries": results["canaries"],
         "break_noise": results["break_noise"],
     }  # fmt: skip
+
+
+#: Client-level DP on the same preset: central noise added by the server (no SecAgg+: the canary clients need
+#: the server to add the noise), local SGD, the federated canary clients of Andrew et al. 2024.
+CLIENT_LEVEL = [
+    'privacy.mode="client"', 'privacy.client_noise="central"', "secagg.enabled=false", "train.batch_size=64",
+    "train.lr=0.05", "audit.known_data=false",
+]  # fmt: skip
+
+
+def _client_level(args: argparse.Namespace, epsilon: float, broken: str, rounds: int) -> Config:
+    """The client-level run at ``epsilon`` with ``args.canary_clients`` canary clients (``broken``: off, tenth)."""
+    overrides = [
+        *CLIENT_LEVEL, f"privacy.epsilon={epsilon}", f"federation.rounds={rounds}",
+        f"audit.canary_clients={args.canary_clients}", f'audit.break_noise="{broken}"', "audit.replay_noise=false",
+    ]  # fmt: skip
+    cfg = load_config(args.config, overrides=overrides)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, width=None))
+
+
+def _client_row(name: str, r: dict[str, Any]) -> str:
+    b, formal = r["bounds"], r["formal_epsilon"]
+    one_run, check = b["canary clients"], b["canary clients, noise check"]
+    verdict = "CAUGHT: " + ", ".join(r["violations"]) if r["violations"] else "ok"
+    load = r.get("load_average_start_end", [float("nan")] * 2)
+    return (
+        f"| {name} | {r.get('rounds', '')} | {r.get('canary_clients', '')} | {formal:.2f} | "
+        f"{one_run['epsilon_lb']:.2f} | {r['estimates'].get('canary clients', float('nan')):.2f} | "
+        f"{check['ratio_ub']:.3g} | {_eps(check)} | {verdict} | "
+        f"{(r['final_test'] or {}).get('auc', float('nan')):.3f} | "
+        f"{r['wall_seconds']:.0f} s, load {load[0]:.1f}→{load[1]:.1f} |"
+    )
+
+
+_CLIENT_HEADER = [
+    "| run | rounds | canary clients k | formal ε | one-run (canary cosines) | one-shot estimate | noise ratio ≤ | "
+    "noise check ε ≥ | verdict | test AUC | wall, load |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+]
 
 
 def _pneumonia(args: argparse.Namespace, epsilon: float, broken: str, rounds: int) -> Config:
@@ -157,6 +202,10 @@ def _markdown(payload: dict[str, Any]) -> str:
     lines += ["## " + payload.get("pneumonia_title", "PneumoniaMNIST, 10 clients, distributed noise under SecAgg+"), ""]
     lines += [payload.get("pneumonia_note", ""), "", *_HEADER]
     lines += [_row(name, r) for name, r in payload["pneumonia"].items()]
+    if payload.get("client_level"):
+        lines += ["", "## " + payload.get("client_level_title", "Client-level DP, federated canary clients"), "",
+                  payload.get("client_level_note", ""), "", *_CLIENT_HEADER]  # fmt: skip
+        lines += [_client_row(name, r) for name, r in payload["client_level"].items()]
     for title, table in payload.get("tables", {}).items():
         lines += ["", f"### {title}", "", *_HEADER] + [_row(name, r) for name, r in table.items()]
     if payload.get("ideal"):
@@ -250,10 +299,36 @@ def _previous(name: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _updatable(previous: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` on top of the previous JSON: its rows, tables and notes stay until a run replaces them."""
+    kept = {k: v for k, v in previous.items() if k not in ("machine", "settings")}
+    return kept | {k: v for k, v in payload.items() if k in ("machine", "settings", "quickstart", "ideal")} | {
+        "pneumonia": dict(previous.get("pneumonia", {})), "tables": dict(previous.get("tables", {}))
+    }  # fmt: skip
+
+
+def _replace_row(payload: dict[str, Any], name: str, row: dict[str, Any], before_title: str) -> None:
+    """Put ``row`` in the main table, in the old row's place; the old row moves to the table ``before_title``."""
+    old = payload["pneumonia"].get(name)
+    if old is not None and name not in payload.get("tables", {}).get(before_title, {}):
+        payload.setdefault("tables", {}).setdefault(before_title, {})[name] = old
+    payload["pneumonia"][name] = row
+
+
+def _runs_dir(path: str | None) -> Any:
+    """A context manager giving the folder of the audit runs: ``path`` (kept) or a temporary one."""
+    import contextlib
+
+    if path is None:
+        return tempfile.TemporaryDirectory(prefix="privmed-bench-audit-")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return contextlib.nullcontext(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="audit-pneumonia-full-batch", help="preset of the ε sweep")
-    parser.add_argument("--epsilons", type=float, nargs="+", default=[4.0, 8.0, 6.0])
+    parser.add_argument("--epsilons", type=float, nargs="*", default=[4.0, 8.0, 6.0])
     parser.add_argument("--rounds", type=int, default=10, help="federation.rounds of every run (preset: 20)")
     parser.add_argument("--broken-rounds", type=int, default=4, help="federation.rounds of the broken runs")
     parser.add_argument("--broken", nargs="*", default=["off", "tenth", "replay"], help="broken runs at ε = 8")
@@ -263,6 +338,26 @@ def main() -> None:
     parser.add_argument("--skip-quickstart", action="store_true")
     parser.add_argument("--ideal-only", action="store_true", help="recompute the ceiling table in the JSON")
     parser.add_argument("--out", default="audit", help="name of the results files in bench/results")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the previous JSON's rows and tables; a re-run row replaces its old one, which "
+        "moves to the table --before-title",
+    )
+    parser.add_argument("--before-title", default="Before the re-run: rows replaced by this run")
+    parser.add_argument(
+        "--client-level",
+        nargs="*",
+        default=[],
+        help="client-level runs at ε = 8 with canary clients: none (correct), off, tenth",
+    )
+    parser.add_argument("--client-rounds", type=int, default=10)
+    parser.add_argument("--canary-clients", type=int, default=200)
+    parser.add_argument(
+        "--runs-dir",
+        default=None,
+        help="keep the audit folders here (outside the repository: MedMNIST reports stay out)",
+    )
     args = parser.parse_args()
     previous = _previous(args.out)
     if args.ideal_only:
@@ -290,7 +385,9 @@ def main() -> None:
     }
     if args.skip_quickstart and previous.get("quickstart"):
         payload["quickstart"] = previous["quickstart"] | {"kept": True}
-    with tempfile.TemporaryDirectory(prefix="privmed-bench-audit-") as tmp:
+    if args.update:
+        payload = _updatable(previous, payload)
+    with _runs_dir(args.runs_dir) as tmp:
         if not args.skip_quickstart:
             payload["quickstart"] = _audit(quickstart_config(), Path(tmp) / "quickstart")
             print("quickstart", payload["quickstart"]["wall_seconds"], flush=True)
@@ -300,9 +397,16 @@ def main() -> None:
             for b in args.broken
         ]
         runs += [(f"eps={e:g}", e, "none", args.rounds) for e in args.epsilons[2:]]
+        for broken in args.client_level:
+            name = f"client-level eps=8, k={args.canary_clients}" + ("" if broken == "none" else f", noise {broken}")
+            result = _audit(_client_level(args, 8.0, broken, args.client_rounds), Path(tmp) / name.replace(" ", "_"))
+            row = result | {"rounds": args.client_rounds, "canary_clients": args.canary_clients}
+            payload.setdefault("client_level", {})[name] = row | {"date": machine()["date"]}
+            print(name, result["bounds"], flush=True)
+            _save(payload, args.out)
         for name, eps, broken, rounds in runs:
-            result = _audit(_pneumonia(args, eps, broken, rounds), Path(tmp) / name.replace(" ", "_"))
-            payload["pneumonia"][name] = result | {"rounds": rounds}
+            result = _audit(_pneumonia(args, eps, broken, rounds), Path(tmp) / name.replace(" ", "_").replace(",", ""))
+            _replace_row(payload, name, result | {"rounds": rounds, "date": machine()["date"]}, args.before_title)
             print(name, result["bounds"], flush=True)
             _save(payload, args.out)
     _save(payload, args.out)

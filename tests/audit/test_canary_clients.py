@@ -33,6 +33,54 @@ def test_cosines_single_out_the_canaries_that_took_part() -> None:
     assert abs(np.mean(cos[~canaries.included])) < 3 / np.sqrt(dim)
 
 
+def test_orthonormal_coordinates_of_noise_are_independent_with_the_noise_std() -> None:
+    """In few dimensions the raw directions are far from orthogonal; their orthonormalised coordinates are
+    not: pure noise N(0, s² I) gives coordinates with covariance s² I."""
+    rng = np.random.default_rng(2)
+    canaries = cc.draw_canary_clients(20, rng=rng)
+    rows, dim, s = np.arange(20), 40, 0.3
+    a = canaries.directions(dim, rows)
+    assert np.abs(a @ a.T - np.eye(20)).max() > 0.3  # strongly correlated raw projections
+    z = rng.normal(0, s, (20_000, dim))
+    coords = cc.orthonormal_coordinates(z @ a.T, cc.gram(canaries, dim, rows))
+    np.testing.assert_allclose(np.cov(coords.T) / s**2, np.eye(20), atol=0.06)
+
+
+def _planted_rounds(tmp_path: Path, *, factor: float, rounds: int = 4, dim: int = 3000) -> None:
+    """A client-level run's records, simulated: each round the release minus the model sent is the average of
+    3 real clipped updates (C = 1) and C·cⱼ for every included canary, plus the noise z ~ N(0, (factor·s)²),
+    s = σC/m' the claimed std (σ = 2)."""
+    rng = np.random.default_rng(3)
+    canaries = cc.draw_canary_clients(80, rng=rng)
+    cc.save_canary_clients(canaries, tmp_path)
+    cc.save_delta(np.zeros(dim), tmp_path)
+    m = 3 + int(canaries.included.sum())
+    std = 2.0 * 1.0 / m
+    planted = canaries.directions(dim)[canaries.included].sum(axis=0) / m
+    for t in range(1, rounds + 1):
+        real = rng.normal(0, 1, (3, dim))
+        real = (real / np.linalg.norm(real, axis=1, keepdims=True)).sum(axis=0) / m
+        release = real + planted + rng.normal(0, factor * std, dim)
+        cc.save_round(t, cc.project(release, canaries), std=std, work_dir=tmp_path)
+
+
+def test_noise_check_passes_the_claimed_noise_and_catches_a_tenth(tmp_path: Path) -> None:
+    _planted_rounds(tmp_path / "ok", factor=1.0)
+    check, rounds = cc.noise_check(tmp_path / "ok", beta=1e-6)
+    assert rounds == 4 and check.ratio_ub >= 1.0 and check.n == 4 * int((~np.load(
+        tmp_path / "ok" / cc.SECRET_FILE)["included"]).sum())  # fmt: skip
+    _planted_rounds(tmp_path / "tenth", factor=0.1)
+    broken, _ = cc.noise_check(tmp_path / "tenth", beta=1e-6)
+    assert broken.ratio_ub < 0.5 and broken.p_value < 1e-12
+
+
+def test_a_resumed_round_replaces_its_record(tmp_path: Path) -> None:
+    for t, value in ((1, 1.0), (2, 2.0), (2, 3.0)):
+        cc.save_round(t, np.full(5, value), std=0.1 * t, work_dir=tmp_path)
+    rounds, proj, std = cc.load_rounds(tmp_path)
+    assert rounds.tolist() == [1, 2] and proj[:, 0].tolist() == [1.0, 3.0] and std.tolist() == [0.1, 0.2]
+
+
 SMALL_CLIENT_DP = [
     "--set", "data.options={ classes = 2, channels = 1, n_train = 600, n_val = 100, n_test = 100 }",
     "--set", "data.num_clients=3",
@@ -61,3 +109,20 @@ def test_canary_clients_on_a_real_client_level_dp_run(tmp_path: Path) -> None:
     assert "included" not in json.dumps(results["bounds"])
     assert code == 0 and results["bounds"]["canary clients"]["epsilon_lb"] <= results["formal_epsilon"]
     assert results["estimates"]["canary clients"]["epsilon_estimate"] > 1.0
+    check = results["bounds"]["canary clients, noise check"]
+    assert check["ratio_ub"] >= 1.0 and check["epsilon_lb"] == 0.0 and check["n"] >= 3 * 50
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["off", "tenth"])
+def test_broken_client_level_noise_is_caught(tmp_path: Path, mode: str) -> None:
+    """audit.break_noise in client-level DP: the noise check on the canary clients' directions catches it."""
+    from privmed.cli import main
+
+    out = tmp_path / mode
+    args = ["--set", "privacy.epsilon=8.0", "--set", "federation.rounds=2", "--set", f'audit.break_noise="{mode}"']
+    code = main(["audit", "--quickstart", *SMALL_CLIENT_DP, *args, "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert code == 3
+    assert "canary clients, noise check" in results["verdict"]["violations"]
+    assert results["bounds"]["canary clients, noise check"]["ratio_ub"] < 0.5  # the real updates shift it above 0

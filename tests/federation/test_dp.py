@@ -13,7 +13,7 @@ from flwr.app import Message
 from flwr.app.message_type import MessageType
 from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
-from flwr.server.strategy import FedAvg
+from flwr.server.strategy import FedAvg, FedAvgM
 from flwr.supercore.task_identity import TaskIdentity
 from scipy import stats
 
@@ -218,6 +218,40 @@ def test_client_level_strategy_adds_central_noise_and_accounts_epsilon() -> None
     bad = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.zeros(3, np.float32)]), 40, {}))]
     with pytest.raises(PrivacyError, match="weight"):
         wrapper.aggregate_fit(4, bad, [])  # type: ignore[arg-type]
+
+
+def test_client_level_central_noise_enters_before_the_server_momentum() -> None:
+    """FedAvgM's learning rate and momentum only post-process the noised average: the model the server sends
+    is the momentum SGD step on the releases (a step on the un-noised average would keep it in the momentum)."""
+    cfg = cfg_with({"mode": "client", "epsilon": 8.0, "delta": 1e-2, "max_grad_norm": 0.5}, data={"num_clients": 3},
+                   federation={"strategy": "fedavgm"})  # fmt: skip
+    lr, mu, size = 0.7, 0.9, 20_000
+    sent = [np.zeros(size, np.float32)]
+    inner = FedAvgM(initial_parameters=ndarrays_to_parameters(sent), server_learning_rate=lr, server_momentum=mu)
+    wrapper = dp.ClientLevelDP(inner, cfg)
+    rng = np.random.default_rng(0)
+    velocity = np.zeros(size)
+    for server_round in (1, 2, 3):
+        replies = [sent[0] + rng.normal(0, 0.01, size).astype(np.float32) for _ in range(3)]
+        results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([r]), 1, {})) for r in replies]
+        params, _ = wrapper.aggregate_fit(server_round, results, [])  # type: ignore[arg-type]
+        (release,), std = wrapper.release
+        assert std == pytest.approx(wrapper.sigma * 0.5 / 3)
+        assert (release - np.mean(replies, axis=0)).std() == pytest.approx(std, rel=0.05)
+        velocity = mu * velocity + (sent[0] - release)
+        expected = sent[0] - lr * velocity
+        sent = parameters_to_ndarrays(params)
+        np.testing.assert_allclose(sent[0], expected, atol=1e-5)
+
+
+def test_noise_factors_scale_the_central_noise_not_the_ledger(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(dp.NOISE_FACTORS, "test", lambda cfg: 0.0)
+    cfg = cfg_with({"mode": "client", "epsilon": 8.0, "delta": 1e-2, "max_grad_norm": 0.5}, data={"num_clients": 3})
+    wrapper = dp.ClientLevelDP(FedAvg(), cfg)
+    results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.full(50, 0.1, np.float32)]), 1, {}))] * 3
+    params, metrics = wrapper.aggregate_fit(1, results, [])  # type: ignore[arg-type]
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], 0.1)
+    assert metrics["noise_multiplier"] == wrapper.sigma and wrapper.release[1] > 0  # still claimed
 
 
 # -- real runs -------------------------------------------------------------------------------------

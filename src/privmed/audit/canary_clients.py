@@ -14,6 +14,17 @@ bound with stated confidence.
 Threat model: the holder of the final model (black-box for the training trajectory; it needs only w_0 and
 w_T) who knows the canaries' directions but not the coins; client-level DP must hide each canary client like
 any client.
+
+Noise check (:func:`noise_check`), by the argument of :mod:`privmed.audit.bounds.noise_check`: every round
+the mechanism releases the average of the m' clipped replies plus z_t ~ N(0, s_t² I), s_t = σ·C/m' (before
+any server step: FedAvgM's learning rate and momentum only post-process it). Let Q be an orthonormal basis
+of the left-out canaries' directions (public directions, orthonormalised through the Cholesky factor of their
+Gram matrix: Qᵀy = L⁻¹Aᵀy for A = [cⱼ], AᵀA = LLᵀ). Then Qᵀ(release_t − w_t) = Qᵀz_t + Qᵀ(the clipped
+average), where Qᵀz_t ~ N(0, s_t² I) with independent coordinates, and the shift (the real clients' updates
+and the included canaries, functions of the data, the coins and the earlier noise) is independent of z_t.
+Anderson's inequality makes χ² on these k₋·T projections in units of s_t an upper confidence bound on the
+ratio of the noise actually added to the noise claimed. The auditor reads what a white-box server holds
+(the release it computes under central noise), and only the public directions besides the coins.
 """
 
 from __future__ import annotations
@@ -24,9 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from privmed.audit.bounds.noise_check import NoiseCheck
+
 PUBLIC_FILE = "canary-clients-public.npz"
 SECRET_FILE = "canary-clients-secret.npz"
 DELTA_FILE = "canary-clients-delta.npz"
+ROUNDS_FILE = "canary-clients-rounds.npz"
 #: rows of directions generated at once (memory: CHUNK × d float64)
 CHUNK = 64
 
@@ -112,3 +126,79 @@ def audit_canary_clients(
     est = one_shot_estimate(cos, canaries.included, delta=delta, beta=beta)
     statistic = {"statistic": "cosine of the final model delta with each canary client's direction", "k": canaries.k}
     return est.to_dict() | statistic, est.lower_bound.to_dict() | statistic, (cos, canaries.included)
+
+
+def project(vector: np.ndarray, canaries: CanaryClients) -> np.ndarray:
+    """⟨v, cⱼ⟩ for every canary direction cⱼ (generated in chunks)."""
+    v = np.asarray(vector, dtype=np.float64).ravel()
+    out = np.empty(canaries.k)
+    for start in range(0, canaries.k, CHUNK):
+        rows = np.arange(start, min(start + CHUNK, canaries.k))
+        out[rows] = canaries.directions(v.size, rows) @ v
+    return out
+
+
+def save_round(server_round: int, projections: np.ndarray, *, std: float, work_dir: str | Path) -> None:
+    """Add (or replace, on a resumed run) one round's projections and claimed noise std to the rounds file."""
+    rounds, proj, stds = load_rounds(work_dir)
+    keep = rounds != server_round
+    rounds = np.append(rounds[keep], server_round)
+    proj = np.vstack([proj[keep].reshape(-1, projections.size), projections[None, :]])
+    stds = np.append(stds[keep], std)
+    order = np.argsort(rounds)
+    tmp = Path(work_dir) / f".{ROUNDS_FILE}"
+    with tmp.open("wb") as fh:
+        np.savez(fh, rounds=rounds[order], projections=proj[order], std=stds[order])
+    tmp.replace(Path(work_dir) / ROUNDS_FILE)
+
+
+def load_rounds(work_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rounds, projections (rounds × k), claimed std per round)``; empty arrays before the first round."""
+    path = Path(work_dir) / ROUNDS_FILE
+    if not path.exists():
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 0)), np.zeros(0)
+    with np.load(path) as f:
+        return f["rounds"], f["projections"], f["std"]
+
+
+def gram(canaries: CanaryClients, dim: int, rows: np.ndarray) -> np.ndarray:
+    """Gram matrix ⟨cᵢ, cⱼ⟩ of the directions ``rows`` (chunk by chunk: memory CHUNK × ``dim`` × 2)."""
+    blocks = [rows[s : s + CHUNK] for s in range(0, rows.size, CHUNK)]
+    out = np.empty((rows.size, rows.size))
+    for a, block_a in enumerate(blocks):
+        da = canaries.directions(dim, block_a)
+        for b in range(a + 1):
+            db = da if a == b else canaries.directions(dim, blocks[b])
+            g = da @ db.T
+            out[a * CHUNK : a * CHUNK + block_a.size, b * CHUNK : b * CHUNK + blocks[b].size] = g
+            out[b * CHUNK : b * CHUNK + blocks[b].size, a * CHUNK : a * CHUNK + block_a.size] = g.T
+    return out
+
+
+def orthonormal_coordinates(projections: np.ndarray, gram_matrix: np.ndarray) -> np.ndarray:
+    """Coordinates Qᵀy in an orthonormal basis Q of span(A) from the raw projections Aᵀy (rows: rounds)."""
+    from scipy.linalg import cholesky, solve_triangular
+
+    lower = cholesky(gram_matrix, lower=True)
+    return solve_triangular(lower, np.atleast_2d(projections).T, lower=True).T
+
+
+def noise_check(work_dir: str | Path, *, beta: float) -> tuple[NoiseCheck, int]:
+    """The noise check on the left-out canary clients' directions (module docstring); also returns the rounds.
+
+    Raises
+    ------
+    PrivacyError
+        When no round was recorded (the run's strategy chain had no client-level DP wrapper).
+    """
+    from privmed.audit.bounds import noise_ratio_upper_bound
+    from privmed.errors import PrivacyError
+
+    canaries = load_canary_clients(work_dir, secret=True)
+    assert canaries.included is not None
+    rounds, proj, std = load_rounds(work_dir)
+    if rounds.size == 0:
+        raise PrivacyError("canary clients: no round's release was recorded; nothing to check the noise with")
+    out = np.flatnonzero(~canaries.included)
+    coords = orthonormal_coordinates(proj[:, out], gram(canaries, load_delta(work_dir).size, out))
+    return noise_ratio_upper_bound(coords, std[:, None], beta=beta), int(rounds.size)

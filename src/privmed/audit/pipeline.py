@@ -172,6 +172,26 @@ def _canary_clients(run: AuditRun) -> None:
     )
     run.estimates["canary clients"] = estimate
     run.bounds["canary clients"] = bound | {"score_histogram": score_histogram(scores, included)}
+    _canary_clients_noise_check(run)
+
+
+def _canary_clients_noise_check(run: AuditRun) -> None:
+    """The noise check on the left-out canary clients' directions (:func:`canary_clients.noise_check`)."""
+    from privmed.audit.canary_clients import noise_check
+
+    check, rounds = noise_check(run.work_dir, beta=run.beta_each)
+    sigma = float(((run.federation or {}).get("privacy_details") or {}).get("noise_multiplier", float("nan")))
+    delta = run.cfg.privacy.delta
+    eps = float(mechanism_profile(1.0, rounds)(check.ratio_ub * sigma, [delta])[0]) if check.ratio_ub > 0 else np.inf
+    run.bounds["canary clients, noise check"] = check.to_dict() | {
+        "epsilon_lb": eps if check.ratio_ub < 1 else 0.0,
+        "epsilon_at_ratio_ub": eps,
+        "claimed_sigma": sigma,
+        "delta": delta,
+        "assumes": "client-level DP's Gaussian mechanism on the clipped updates (q = 1, one step per round); "
+        "tests only how much noise was added, on the left-out canary clients' orthonormalised directions",
+    }
+    log.info("canary clients: noise ratio <= %.3g (p = %.3g)", check.ratio_ub, check.p_value)
 
 
 def _replayable(cfg: Config, gan: GanConfig | None = None) -> str | None:
@@ -368,7 +388,7 @@ STAGES: tuple[Stage, ...] = (
         "federated canary clients (client-level DP)",
         _canary_clients,
         _client_level_only,
-        lambda cfg: 1,
+        lambda cfg: 2,
     ),
     Stage(
         "attacks",

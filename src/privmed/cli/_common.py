@@ -33,6 +33,21 @@ def results_console() -> Console:
     return Console(file=sys.stdout, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 
+def quiet_flower(verbose: int) -> None:
+    """Keep Flower's logger at WARNING unless ``-v``: its per-stage DEBUG and INFO lines are noise for a user.
+
+    Importing Flower's logger module sets that logger to DEBUG, so it is imported here first; setting the
+    level before Flower is imported (as the commands did) was undone by the import.
+    """
+    if verbose:
+        return
+    import logging
+
+    import flwr.common.logger  # noqa: F401  (sets the "flwr" logger to DEBUG on import)
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
 def help_text(doc: str | None) -> str:
     """A module docstring as ``--help`` shows it: without reStructuredText's double backticks."""
     return (doc or "").replace("``", "")

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from privmed.cli._common import add_set_argument, console, help_text
+from privmed.cli._common import add_set_argument, console, help_text, quiet_flower
 from privmed.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -95,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg, gan = _config(args)
     out = args.out or Path("runs") / f"{Path(cfg.source).stem or 'quickstart'}-audit"
-    if not args.verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_flower(args.verbose)
     con = console()
     swept = sweep_axis(cfg)
     what = f"a sweep over {swept[0]} = {swept[1]}" if swept else "training with canaries, then the bounds"

@@ -15,7 +15,6 @@ SuperNodes) see ``docs/deployment.md``.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from privmed.cli._common import (
     load_run_config,
     privacy_against,
     privacy_warnings,
+    quiet_flower,
     results_console,
     warn_if_replayable,
 )
@@ -85,8 +85,7 @@ def run(args: argparse.Namespace) -> int:
     check_run(cfg, out_dir=out, resume=args.resume, fresh=args.overwrite)
     if args.overwrite:
         clear_run_outputs(out)
-    if not args.verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_flower(args.verbose)
     warn_if_replayable(console(), cfg.privacy)
     results = _run_with_progress(cfg, out, args.resume, run_federated)
     figure = plot_rounds(results, Path(results["out_dir"]) / "rounds.png")

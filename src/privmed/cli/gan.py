@@ -9,11 +9,10 @@ made from patient data out of any repository) and, with ``--classifier``, ``<out
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
-from privmed.cli._common import add_set_argument, console, help_text
+from privmed.cli._common import add_set_argument, console, help_text, quiet_flower
 from privmed.results import write_json_atomic
 
 
@@ -41,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, gan = load_gan_config(args.config, overrides=args.overrides)
     out = (args.out or Path("runs") / f"{Path(cfg.source).stem}-hfgan").resolve()
     check_hfgan(discriminator_config(cfg, gan), gan, out)  # bad input fails here, before Ray
-    if not args.verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+    quiet_flower(args.verbose)
     con = console()
 
     def progress(event: str, payload: dict[str, Any]) -> None:

@@ -16,7 +16,9 @@ follow.
 
 ``audit.break_noise`` (**for testing the audit only**) scales the noise after calibration and accounting
 (``"off"``: 0, ``"tenth"``: σ/10) — the broken runs the audit must catch; the server still claims the
-calibrated ε.
+calibrated ε. In ``"sample"`` and ``"distributed"`` mode it scales the clients' DP-SGD noise; in ``"client"``
+mode the central noise (or the noise shares) of :class:`~privmed.federation.dp.ClientLevelDP`
+(:data:`~privmed.federation.dp.NOISE_FACTORS`).
 
 Server side — :class:`AuditRecorder` (outermost strategy wrapper) records, every round, the global model
 and every reply at the canaries' coordinates (under SecAgg+ the replies all carry the aggregate), the round's
@@ -206,9 +208,12 @@ class CanaryClients(StrategyWrapper):
     canary replies ``w + C·cⱼ`` (its update, a unit direction times the clipping norm: clipped like a real
     client) with weight 1, appended to the real replies before the client-level DP wrapper checks, averages
     and noises them — so the noise is scaled to the m + k₊ participants and the formal ε covers every canary
-    as one more client. Keeps the model delta w_t − w_0 for the auditor. Central noise only: with split noise
-    the canaries would bring no noise share. Reads the coins from the auditor's folder (drawn there from OS
-    entropy at the first round when absent); the server-side strategies it wraps see only the replies.
+    as one more client. Keeps the model delta w_t − w_0 for the auditor, and every round the projections of
+    the mechanism's output (the noised average, before any server step) minus the model sent on every canary
+    direction, with the claimed noise std (for the noise check, :func:`privmed.audit.canary_clients.noise_check`).
+    Central noise only: with split noise the canaries would bring no noise share. Reads the coins from the
+    auditor's folder (drawn there from OS entropy at the first round when absent); the server-side strategies
+    it wraps see only the replies.
     """
 
     def __init__(self, strategy: Strategy, cfg: Config) -> None:
@@ -254,7 +259,26 @@ class CanaryClients(StrategyWrapper):
         parameters, metrics = self.strategy.aggregate_fit(server_round, [*results, *replies], failures)
         if parameters is not None and self._initial is not None:
             cc.save_delta(_flat(parameters_to_ndarrays(parameters)) - self._initial, self.work_dir)
+            self._record_release(server_round, canaries, flat)
         return parameters, {**metrics, "canary_clients": int(rows.size)}
+
+    def _record_release(self, server_round: int, canaries: cc.CanaryClients, sent: np.ndarray) -> None:
+        """Project this round's noised average minus the model sent on every canary direction (public)."""
+        release = _client_level(self.strategy).release
+        if release is None:
+            return
+        average, std = release
+        projections = cc.project(_flat(average) - sent, canaries)
+        cc.save_round(server_round, projections, std=std, work_dir=self.work_dir)
+
+
+def _client_level(strategy: Strategy) -> dp.ClientLevelDP:
+    """The client-level DP wrapper inside ``strategy`` (following the wrappers' ``.strategy`` chain)."""
+    while not isinstance(strategy, dp.ClientLevelDP):
+        if not isinstance(strategy, StrategyWrapper):
+            raise PrivacyError("audit.canary_clients: no client-level DP wrapper in the strategy chain")
+        strategy = strategy.strategy
+    return strategy
 
 
 def _flat(weights: list[np.ndarray]) -> np.ndarray:
@@ -287,6 +311,7 @@ def _register() -> None:
             ORIGINAL_WRAPPERS[mode] = registry.TRAINING_WRAPPERS[mode]
             registry.TRAINING_WRAPPERS[mode] = audited(ORIGINAL_WRAPPERS[mode])
     registry.STRATEGY_WRAPPERS["canary-clients"] = _canary_clients  # outside the client-level DP wrapper
+    dp.NOISE_FACTORS["audit.break_noise"] = noise_factor
     registry.STRATEGY_WRAPPERS["audit"] = _recorder
 
 

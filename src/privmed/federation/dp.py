@@ -92,6 +92,10 @@ KEY_CLIP = "dp_clip_norm"
 KEY_NOISE_STD = "dp_noise_std"
 
 CLIENT_NOISE = ("central", "split")
+#: Test-only factors on the client-level noise actually added, after calibration and accounting (the ledger
+#: still accounts the calibrated σ), by name: ``(cfg) -> factor``. The audit registers ``audit.break_noise``
+#: (:mod:`privmed.federation.audit`): the broken runs it must catch.
+NOISE_FACTORS: dict[str, Callable[[Config], float]] = {}
 #: The only client metrics a DP client sends (an allow-list): who it is and what its ledger says, all functions
 #: of public settings (the plan from the public partition sizes, the round count). Everything else a client
 #: computes (training loss, fit time, update norm, example counts) comes from private data without noise and
@@ -406,12 +410,15 @@ class ClientLevelDP(ServerLedgerDP):
     Sends the clipping norm C (and, for ``client_noise = "split"``, each client's noise share σ·C/√m) with
     the fit instructions; checks that every reply was clipped and carries weight 1; adds N(0, (σ·C/m')²) to
     the average of the m' replies when the noise is central, drawn from the run's DP randomness (fresh OS
-    entropy unless ``privacy.reproducible_noise``). ε is accounted per round as one Gaussian mechanism on the
-    sum with the noise multiplier the aggregate actually carried (with split noise and dropouts, only the
-    survivors' shares: σ·√(m'/m)), **without** amplification by client sampling (q = 1): Flower samples a
-    fixed number of clients without replacement, and the server that picks them is one of the parties the
-    guarantee is meant for (``split``), so sampling is not secret from it. The ledger is
-    :class:`ServerLedgerDP`'s.
+    entropy unless ``privacy.reproducible_noise``) — added to every reply before the wrapped strategy averages
+    them, so that FedAvgM's server learning rate and momentum post-process the noised average (noise added
+    after its step would leave the momentum, and with it every later round, holding the un-noised average).
+    :attr:`release` keeps the last noised average (the mechanism's output, for the audit's noise check). ε is
+    accounted per round as one Gaussian mechanism on the sum with the noise multiplier the aggregate actually
+    carried (with split noise and dropouts, only the survivors' shares: σ·√(m'/m)), **without** amplification
+    by client sampling (q = 1): Flower samples a fixed number of clients without replacement, and the server
+    that picks them is one of the parties the guarantee is meant for (``split``), so sampling is not secret
+    from it. The ledger is :class:`ServerLedgerDP`'s.
 
     Raises
     ------
@@ -450,6 +457,9 @@ class ClientLevelDP(ServerLedgerDP):
         self.target_epsilon = privacy.epsilon
         self.privacy = privacy
         self.train_seed = cfg.train.seed
+        self.noise_factor = math.prod(factor(cfg) for factor in NOISE_FACTORS.values())
+        #: the last round's noised average of the replies and its claimed noise std (before any server step)
+        self.release: tuple[list[np.ndarray], float] | None = None
         self.sigma, _ = noise_for_target(
             target_epsilon=privacy.epsilon,
             target_delta=privacy.delta,
@@ -485,6 +495,7 @@ class ClientLevelDP(ServerLedgerDP):
                 num_sampled_clients=self.m,
                 split_across_clients=True,
             )
+            * self.noise_factor
             if self.split
             else 0.0
         )
@@ -505,20 +516,41 @@ class ClientLevelDP(ServerLedgerDP):
                 f"client-level DP: replies carry weights {sorted(weights)} instead of 1; the clients must run "
                 "privmed's ClientDPMod (it clips the update and sends weight 1)"
             )
-        parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
-        if parameters is None:
-            return None, metrics
         survivors = len(results)
         if self.split:
             sigma_eff = split_noise_multiplier(self.sigma, survivors=survivors, sampled=self.m)
         else:
-            std = self.sigma * self.clip / survivors
-            randomness = dp_randomness(self.privacy, seed=self.train_seed, key=("client-central-noise", server_round))
-            noised = add_gaussian_noise(parameters_to_ndarrays(parameters), std=std, generator=randomness)
-            parameters = ndarrays_to_parameters(noised)
             sigma_eff = self.sigma
+            results = self._noised(server_round, results, std=self.sigma * self.clip / survivors)
+        parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
+        if parameters is None:
+            return None, metrics
         epsilon = self.account_round(noise_multiplier=sigma_eff, sample_rate=self.sample_rate)
         return parameters, {**metrics, "epsilon": epsilon, "noise_multiplier": sigma_eff}
+
+    def _noised(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], *, std: float
+    ) -> list[tuple[ClientProxy, FitRes]]:
+        """The replies with the same central noise z ~ N(0, std²) added to each: their weight-1 average is the
+        average plus z (std times :attr:`noise_factor`, 1 unless a test breaks the noise)."""
+        total: list[np.ndarray] | None = None
+        for _, res in results:
+            reply = [np.asarray(w, dtype=np.float64) for w in parameters_to_ndarrays(res.parameters)]
+            total = reply if total is None else [t + w for t, w in zip(total, reply, strict=True)]
+        assert total is not None
+        # the replies' own dtypes: integer arrays are refused by add_gaussian_noise, as before
+        noise = [np.zeros_like(w) for w in parameters_to_ndarrays(results[0][1].parameters)]
+        if std * self.noise_factor > 0:
+            randomness = dp_randomness(self.privacy, seed=self.train_seed, key=("client-central-noise", server_round))
+            noise = add_gaussian_noise(noise, std=std * self.noise_factor, generator=randomness)
+        self.release = ([t / len(results) + z for t, z in zip(total, noise, strict=True)], std)
+        out = []
+        for proxy, res in results:
+            noised = [
+                (w + z).astype(w.dtype) for w, z in zip(parameters_to_ndarrays(res.parameters), noise, strict=True)
+            ]
+            out.append((proxy, FitRes(res.status, ndarrays_to_parameters(noised), res.num_examples, res.metrics)))
+        return out
 
     def summary(self) -> dict[str, Any]:
         """σ, C and the sampling for the results JSON."""
