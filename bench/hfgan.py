@@ -39,12 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from privmed.config import Config
 from privmed.federation import task
 from privmed.gan.config import GanConfig, load_gan_config
-from privmed.gan.hfgan import GeneratorStore, adam, new_gan, train_generator, uniform_labels
+from privmed.gan.hfgan import GeneratorStore, adam, d_loss, new_gan, train_generator, uniform_labels
 from privmed.results import machine, write_json_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -107,14 +106,14 @@ def centralized_gan_fid(cfg: Config, gan: GanConfig, out: Path) -> dict[str, Any
     started = time.perf_counter()
     for step in range(gan.rounds):
         if step % gan.d_steps_per_g_step == 0:
-            train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.g_batch, generator=gen)
+            train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.g_batch, generator=gen, aux_weight=gan.aux_weight)
         idx = torch.randint(0, len(x_all), (gan.batch_size,), generator=gen)
         y_fake = uniform_labels(n_fake, info.n_labels, gen)
         with torch.no_grad():
             x_fake = g(torch.randn(n_fake, gan.latent_dim, generator=gen), y_fake)
-        real, fake = d(x_all[idx], y_all[idx]), d(x_fake, y_fake)
-        loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
-            fake, torch.zeros_like(fake)
+        loss = (
+            d_loss(d, x_all[idx], y_all[idx], real=True, aux_weight=gan.aux_weight).mean()
+            + d_loss(d, x_fake, y_fake, real=False).mean()
         )
         d_opt.zero_grad()
         loss.backward()

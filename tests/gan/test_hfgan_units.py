@@ -115,6 +115,40 @@ def test_real_gradient_is_the_mean_of_clipped_per_example_gradients() -> None:
     assert float(torch.sqrt(sum((a**2).sum() for a in got))) <= 0.05 * 12 / (0.999999 * 12) + 1e-6
 
 
+def test_auxiliary_classifier_real_gradient_clips_both_losses_together() -> None:
+    """AC-GAN D (gan.aux_weight > 0): the real term's per-example gradient is that of BCE + aux * class CE, clipped
+    as one vector (so the class head's gradient is inside the DP guarantee); the fake term leaves the head alone."""
+    torch.manual_seed(0)
+    g, d = build_gan(channels=1, size=28, num_classes=2, latent_dim=8, g_width=8, d_width=8, aux_classifier=True)
+    x, y = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 0, 1, 1, 0])
+    cfg = from_dict({"privacy": {"mode": "sample", "max_grad_norm": 0.05}})
+    clone = copy.deepcopy(d)
+    loader = DataLoader(TensorDataset(x, y), batch_size=1, generator=torch.Generator().manual_seed(0))
+    local = task.LocalTraining(
+        d,
+        torch.optim.SGD(d.parameters(), lr=1.0),
+        loader,
+        {},
+        instructions={KEY_SAMPLE_RATE: 0.999999, KEY_NOISE_SHARE: 0.0},
+    )
+    got = real_gradient(D_GRADIENT_WRAPPERS["sample"](local, cfg, 0), aux_weight=2.0)
+    total = [torch.zeros_like(p) for p in clone.parameters()]
+    for j in range(6):
+        logit, classes = clone(x[j : j + 1], y[j : j + 1], with_classes=True)
+        loss = F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit)) + 2.0 * F.cross_entropy(
+            classes, y[j : j + 1]
+        )
+        grads = torch.autograd.grad(loss, list(clone.parameters()))
+        factor = min(1.0, 0.05 / (float(torch.sqrt(sum((gr**2).sum() for gr in grads))) + 1e-6))
+        total = [t + gr * factor for t, gr in zip(total, grads, strict=True)]
+    for a, b in zip(got, [t / (0.999999 * 6) for t in total], strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+    head = [i for i, (name, _) in enumerate(clone.named_parameters()) if name.startswith("classify")]
+    assert head and all(float(got[i].abs().sum()) > 0 for i in head)
+    fake = fake_gradient(clone, g, batch=4, generator=torch.Generator().manual_seed(0), max_norm=1.0)
+    assert all(float(fake[i].abs().sum()) == 0 for i in head)
+
+
 def test_noise_share_reaches_the_gradient() -> None:
     _, d = _pair()
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 2, (8,))

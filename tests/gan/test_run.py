@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privmed.errors import DataError
+from privmed.errors import ConfigError, DataError
 from privmed.gan.config import load_gan_config
 from privmed.gan.hfgan import discriminator_config
 from privmed.gan.run import check_hfgan
@@ -31,3 +31,14 @@ def test_client_smaller_than_its_batch_share_is_refused(tmp_path: Path) -> None:
     cfg, gan = load_gan_config("gan-smoke", overrides=["gan.min_client_images=1000"])
     with pytest.raises(DataError, match=r"fewer than one batch.*gan\.min_client_images = 0"):
         check_hfgan(discriminator_config(cfg, gan), gan, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("gan.aux_weight=-1.0", r"gan\.aux_weight must be >= 0"), ("gan.tstr_epochs=0", r"gan\.tstr_epochs must be >= 1")],
+)
+def test_negative_aux_weight_and_no_tstr_epochs_are_refused(tmp_path: Path, override: str, message: str) -> None:
+    cfg, gan = load_gan_config("gan-smoke", overrides=[override])
+    with pytest.raises(ConfigError, match=message):
+        check_hfgan(discriminator_config(cfg, gan), gan, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

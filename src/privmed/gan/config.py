@@ -43,6 +43,10 @@ class GanConfig:
     latent_dim: int = 64
     g_width: int = 32
     d_width: int = 32
+    #: weight of the auxiliary-classifier loss (Odena et al., ICML 2017): D also learns the class of every real
+    #: image (inside the clipped, noised real-image gradient) and G also minimises D's class loss on its images,
+    #: so G_i is pushed to draw its label; 0: a plain projection D (Miyato & Koyama, ICLR 2018)
+    aux_weight: float = 0.0
     lr_d: float = 2e-4
     lr_g: float = 2e-4
     beta1: float = 0.5
@@ -52,12 +56,16 @@ class GanConfig:
     augment_ratio: float = 1.0
     #: draw the synthetic labels so that real + synthetic is class-balanced on each client (against label skew)
     class_balance: bool = True
-    #: synthetic images per class for FID / IS / TSTR and the sample grids
-    eval_samples: int = 500
+    #: synthetic images per class for FID / IS / TSTR and the sample grids (TSTR wants at least as many images
+    #: as the real training split holds: 2,000+ per class for PneumoniaMNIST's 4,708)
+    eval_samples: int = 2500
     #: every this many rounds each client also keeps a copy of G_i (0: none), for FID per round in the curves
     snapshot_every: int = 0
-    #: epochs of the domain classifier (FID / IS features) and of the TSTR classifier
+    #: epochs of the domain classifier (FID / IS features, label agreement)
     eval_epochs: int = 5
+    #: most epochs of the TSTR and TRTR classifiers (each kept at its best epoch on a held-out tenth of its own
+    #: training images: Bie et al., TMLR 2023)
+    tstr_epochs: int = 10
     #: the client-side store of the generators ("" = ``<out>/client-store``); in a deployment each client's
     #: own disk: the server never reads it
     store: str = ""

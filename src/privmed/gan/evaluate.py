@@ -24,13 +24,20 @@ from privmed.metrics.generative import (
     class_rows,
     fid_score,
     inception_score,
+    label_agreement,
     save_grid,
     train_domain_classifier,
-    trtr,
-    tstr,
+    tstr_selected,
 )
 
 log = logging.getLogger(__name__)
+
+
+#: How TSTR and its reference TRTR are measured (the same way; Bie et al., TMLR 2023).
+TSTR_PROTOCOL = (
+    "small CNN trained up to {epochs} epochs on the synthetic (TSTR) or real training (TRTR) images, kept at the "
+    "epoch of best accuracy on a held-out tenth of that same training set, tested on the real test split"
+)
 
 
 def pooled_synthetic(cfg: Config, gan: GanConfig, store: Path, *, seed: int = 1) -> tuple[Any, dict[int, Any]]:
@@ -112,8 +119,10 @@ def evaluate_synthetic(cfg: Config, gan: GanConfig, store: Path, out_dir: Path, 
         "is_std": is_std,
         "is_real_test": real_is,
         "synthetic_images": len(fake),
-        "tstr": tstr(fake, dataset.test, info, epochs=gan.eval_epochs, seed=cfg.train.seed),
-        "trtr": trtr(dataset.train, dataset.test, info, epochs=gan.eval_epochs, seed=cfg.train.seed),
+        "label_agreement": label_agreement(domain, fake, info),
+        "tstr_protocol": TSTR_PROTOCOL.format(epochs=gan.tstr_epochs),
+        "tstr": tstr_selected(fake, dataset.test, info, epochs=gan.tstr_epochs, seed=cfg.train.seed),
+        "trtr": tstr_selected(dataset.train, dataset.test, info, epochs=gan.tstr_epochs, seed=cfg.train.seed),
     }
     result["tstr_ratio"] = result["tstr"]["accuracy"] / max(result["trtr"]["accuracy"], 1e-12)
     result["fid_curve"] = fid_curve(cfg, gan, store, domain)

@@ -97,12 +97,19 @@ def new_gan(cfg: Config, gan: GanConfig, info: DatasetInfo) -> tuple[Generator, 
         latent_dim=gan.latent_dim,
         g_width=gan.g_width,
         d_width=gan.d_width,
+        aux_classifier=gan.aux_weight > 0,
     )
 
 
 def new_discriminator(cfg: Config, gan: GanConfig, info: DatasetInfo) -> Discriminator:
     """D alone (a client builds it every round to load the server's weights into; no G is built)."""
-    return Discriminator(info.n_labels, channels=info.n_channels, size=cfg.data.size, width=gan.d_width)
+    return Discriminator(
+        info.n_labels,
+        channels=info.n_channels,
+        size=cfg.data.size,
+        width=gan.d_width,
+        aux_classifier=gan.aux_weight > 0,
+    )
 
 
 def initial_discriminator(cfg: Config, gan: GanConfig, info: DatasetInfo) -> Discriminator:
@@ -228,10 +235,37 @@ def uniform_labels(n: int, num_classes: int, generator: torch.Generator) -> Tens
     return torch.randint(0, num_classes, (n,), generator=generator)
 
 
+def d_loss(d: nn.Module, x: Tensor, y: Tensor, *, real: bool, aux_weight: float = 0.0) -> Tensor:
+    """D's loss per image: BCE against "real" / "fake", plus (``aux_weight`` > 0, real images only) ``aux_weight``
+    times the cross-entropy of D's auxiliary class head (AC-GAN, Odena et al., ICML 2017). The class head learns
+    from real images only, so what it tells G is what real images of a class look like."""
+    logits, classes = d(x, y, with_classes=True)
+    loss = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(real)), reduction="none")
+    if real and aux_weight > 0 and classes is not None:
+        loss = loss + aux_weight * F.cross_entropy(classes, y, reduction="none")
+    return loss
+
+
+def g_loss(d: nn.Module, x: Tensor, y: Tensor, *, aux_weight: float = 0.0) -> Tensor:
+    """G's mean loss: non-saturating ``-log D(G(z, y), y)`` plus ``aux_weight`` times D's class loss on G's images."""
+    logits, classes = d(x, y, with_classes=True)
+    loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    if aux_weight > 0 and classes is not None:
+        loss = loss + aux_weight * F.cross_entropy(classes, y)
+    return loss
+
+
 def train_generator(
-    g: Generator, opt: torch.optim.Optimizer, d: nn.Module, *, steps: int, batch: int, generator: torch.Generator
+    g: Generator,
+    opt: torch.optim.Optimizer,
+    d: nn.Module,
+    *,
+    steps: int,
+    batch: int,
+    generator: torch.Generator,
+    aux_weight: float = 0.0,
 ) -> float:
-    """``steps`` non-saturating G steps against a frozen D (``-log D(G(z, y), y)``); returns the last loss.
+    """``steps`` non-saturating G steps against a frozen D (:func:`g_loss`); returns the last loss.
 
     ``d`` must be a plain module whose layers carry no Opacus hooks (not a grad-sample wrapper, nor the module
     inside one: Opacus hooks the layers themselves), so G's steps run none of D's per-sample hooks; the client
@@ -245,8 +279,7 @@ def train_generator(
         for _ in range(steps):
             y = uniform_labels(batch, g.num_classes, generator)
             z = torch.randn(batch, g.latent_dim, generator=generator)
-            logits = d(g(z, y), y)
-            loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            loss = g_loss(d, g(z, y), y, aux_weight=aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -274,15 +307,14 @@ def _step_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Ten
     return grads
 
 
-def real_gradient(local: task.LocalTraining) -> list[Tensor]:
+def real_gradient(local: task.LocalTraining, *, aux_weight: float = 0.0) -> list[Tensor]:
     """D's loss gradient on one (Poisson) batch of real images, as the (possibly wrapped) optimizer makes it.
 
     The loss is the mean BCE of D against "real" over the batch (a sum divided by the batch size, so an empty
     Poisson batch gives a zero gradient, plus the DP noise under a DP wrapper).
     """
     x, y = next(iter(local.loader))
-    logits = local.model(x, y)
-    loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="sum") / max(1, len(x))
+    loss = d_loss(local.model, x, y, real=True, aux_weight=aux_weight).sum() / max(1, len(x))
     return _step_gradient(local.model, local.optimizer, loss)
 
 
@@ -439,7 +471,9 @@ class HFGANClientLogic:
     ) -> dict[str, float]:
         saved_g = {k: v.clone() for k, v in g.state_dict().items()}
         saved_opt = opt.state_dict()
-        loss = train_generator(g, opt, d, steps=self.gan.g_steps, batch=self.gan.g_batch, generator=latent)
+        loss = train_generator(
+            g, opt, d, steps=self.gan.g_steps, batch=self.gan.g_batch, generator=latent, aux_weight=self.gan.aux_weight
+        )
         if self.force_nan:
             loss = float("nan")
         finite = math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in g.parameters())
@@ -466,7 +500,7 @@ class HFGANClientLogic:
         optimizer = torch.optim.SGD(private_d.parameters(), lr=1.0)
         local = task.LocalTraining(private_d, optimizer, loader, {}, instructions=dict(config))
         wrapped = D_GRADIENT_WRAPPERS[self.cfg.privacy.mode](local, self.cfg, self.partition_id)
-        return real_gradient(wrapped)
+        return real_gradient(wrapped, aux_weight=self.gan.aux_weight)
 
 
 # -- the server ------------------------------------------------------------------------------------

@@ -49,8 +49,11 @@ def check_hfgan(cfg: Config, gan: GanConfig, out_dir: Path) -> dict[str, Any]:
     for name in ("rounds", "d_steps_per_g_step", "g_steps", "batch_size", "fake_batch", "g_batch", "latent_dim"):
         if int(getattr(gan, name)) < 1:
             raise ConfigError(f"gan.{name} must be >= 1, got {getattr(gan, name)}")
-    if gan.augment_ratio < 0:
-        raise ConfigError(f"gan.augment_ratio must be >= 0, got {gan.augment_ratio}")
+    for name in ("augment_ratio", "aux_weight"):
+        if getattr(gan, name) < 0:
+            raise ConfigError(f"gan.{name} must be >= 0, got {getattr(gan, name)}")
+    if gan.tstr_epochs < 1:
+        raise ConfigError(f"gan.tstr_epochs must be >= 1 (the TSTR classifier's most epochs), got {gan.tstr_epochs}")
     dataset, parts = task.load_federated_data(cfg)
     if dataset.info.multilabel:
         raise ConfigError(f"{dataset.info.name} is multi-label; HF-GAN's conditional G and D take one class per image")

@@ -30,7 +30,7 @@ from torchmetrics.image.inception import InceptionScore
 from privmed.config import TrainConfig
 from privmed.data import DatasetInfo, Split
 from privmed.models import SmallCNN
-from privmed.train import evaluate, make_loader, make_loss, make_optimizer, set_seed, train_epoch
+from privmed.train import evaluate, make_loader, make_loss, make_optimizer, predict, set_seed, train_epoch
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,71 @@ def tstr(synthetic: Split, test: Split, info: DatasetInfo, *, epochs: int = 5, s
 def trtr(train: Split, test: Split, info: DatasetInfo, *, epochs: int = 5, seed: int = 0) -> dict[str, float]:
     """The same classifier trained on the real training split (TSTR's reference)."""
     return tstr(train, test, info, epochs=epochs, seed=seed)
+
+
+def holdout_split(split: Split, *, fraction: float, seed: int) -> tuple[Split, Split]:
+    """A stratified ``(fit, holdout)`` split: ``fraction`` of every class held out for model selection."""
+    rng = np.random.default_rng(seed)
+    labels = split.class_labels
+    held = []
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        held.append(idx[: max(1, round(fraction * len(idx)))] if len(idx) > 1 else idx[:0])
+    mask = np.zeros(len(split), dtype=bool)
+    mask[np.concatenate(held)] = True
+    return split.subset(np.flatnonzero(~mask)), split.subset(np.flatnonzero(mask))
+
+
+def train_selected(
+    split: Split, info: DatasetInfo, *, epochs: int, seed: int = 0, holdout: float = 0.1, batch_size: int = 64
+) -> tuple[SmallCNN, dict[str, float]]:
+    """The small CNN trained on ``split`` for up to ``epochs`` epochs, kept at the epoch of best accuracy on a
+    stratified ``holdout`` of ``split`` itself (Bie et al., TMLR 2023: model selection on held-out *training*
+    images, synthetic for TSTR and real for TRTR, so the test split is never used to pick the model)."""
+    fit, held = holdout_split(split, fraction=holdout, seed=seed)
+    set_seed(seed)
+    model = SmallCNN(info.n_channels, info.n_labels)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=0.05, momentum=0.9, seed=seed)
+    optimizer = make_optimizer(model, cfg)
+    loader = make_loader(fit, info, batch_size=batch_size, shuffle=True, seed=seed)
+    held_loader = make_loader(held, info, batch_size=256, shuffle=False)
+    loss_fn = make_loss(info)
+    best, best_state, best_epoch = -1.0, None, 0
+    for epoch in range(1, epochs + 1):
+        train_epoch(model, loader, optimizer, loss_fn)
+        acc = evaluate(model, held_loader, info)["accuracy"]
+        if acc > best:
+            best, best_epoch = acc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model.eval(), {"selected_epoch": float(best_epoch), "holdout_accuracy": best}
+
+
+def tstr_selected(
+    train: Split, test: Split, info: DatasetInfo, *, epochs: int = 10, seed: int = 0, holdout: float = 0.1
+) -> dict[str, float]:
+    """TSTR (or, given the real training split, TRTR) with model selection on a held-out tenth of ``train``:
+    the same protocol for synthetic and real training sets, so their ratio compares like with like."""
+    model, selection = train_selected(train, info, epochs=epochs, seed=seed, holdout=holdout)
+    metrics = evaluate(model, make_loader(test, info, batch_size=256, shuffle=False), info)
+    return {**metrics, **selection, "train_images": float(len(train))}
+
+
+def label_agreement(classifier: SmallCNN, synthetic: Split, info: DatasetInfo) -> dict[str, float]:
+    """How often a classifier trained on real images agrees with the label a conditional G was given.
+
+    The quickest check that G uses its label: near 1 / (number of classes) when the samples of every class look
+    alike, near the classifier's own test accuracy when G draws each class as the real data shows it.
+    """
+    logits, _ = predict(classifier, make_loader(synthetic, info, batch_size=256, shuffle=False))
+    pred = logits.argmax(1).numpy()
+    labels = synthetic.class_labels
+    out = {"overall": float((pred == labels).mean()) if len(labels) else float("nan")}
+    for k in range(info.n_labels):
+        sel = labels == k
+        out[f"class_{k}"] = float((pred[sel] == k).mean()) if sel.any() else float("nan")
+    return out
 
 
 def _tile(images: np.ndarray) -> np.ndarray:

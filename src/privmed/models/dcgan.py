@@ -103,9 +103,16 @@ class Discriminator(nn.Module):
         Input images.
     width
         Channels after the first convolution; each further strided convolution doubles them.
+    aux_classifier
+        Also a class head on the same features (auxiliary classifier, Odena et al., "Conditional Image Synthesis
+        with Auxiliary Classifier GANs", ICML 2017): ``D(x, y, with_classes=True)`` returns ``(logit, class
+        logits)``. Built only when asked, so a plain projection D has no unused parameter (Opacus needs every
+        trainable parameter to receive a per-example gradient).
     """
 
-    def __init__(self, num_classes: int = 2, *, channels: int = 1, size: int = 28, width: int = 32):
+    def __init__(
+        self, num_classes: int = 2, *, channels: int = 1, size: int = 28, width: int = 32, aux_classifier: bool = False
+    ):
         super().__init__()
         downs = _check(size, channels, num_classes, width)
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
@@ -116,18 +123,29 @@ class Discriminator(nn.Module):
         self.features = nn.Sequential(*layers)
         self.linear = nn.Linear(c, 1)
         self.embed = nn.Embedding(num_classes, c)
+        self.classify = nn.Linear(c, num_classes) if aux_classifier else None
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    def forward(self, x: Tensor, y: Tensor, *, with_classes: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
         phi = self.features(x).mean(dim=(2, 3))
-        return self.linear(phi).squeeze(1) + (self.embed(y) * phi).sum(dim=1)
+        logit = self.linear(phi).squeeze(1) + (self.embed(y) * phi).sum(dim=1)
+        if not with_classes:
+            return logit
+        return logit, (self.classify(phi) if self.classify is not None else None)
 
 
 def build_gan(
-    *, channels: int, size: int, num_classes: int, latent_dim: int = 64, g_width: int = 32, d_width: int = 32
+    *,
+    channels: int,
+    size: int,
+    num_classes: int,
+    latent_dim: int = 64,
+    g_width: int = 32,
+    d_width: int = 32,
+    aux_classifier: bool = False,
 ) -> tuple[Generator, Discriminator]:
     """A matching (G, D) pair for ``channels`` x ``size`` x ``size`` images with ``num_classes`` labels."""
     g = Generator(latent_dim, num_classes, channels=channels, size=size, width=g_width)
-    d = Discriminator(num_classes, channels=channels, size=size, width=d_width)
+    d = Discriminator(num_classes, channels=channels, size=size, width=d_width, aux_classifier=aux_classifier)
     return g, d
 
 
