@@ -27,9 +27,9 @@ The DP classifier rows with a DP-SGD recipe that leaves the majority class (``be
 the recipe of ``configs/pneumonia-dp-tuned.toml``: GroupNorm CNN, C = 1, lr 0.5 with cosine decay, FedAvgM 0.9,
 EMA 0.8 of the global model, batch 64, 20 rounds)::
 
-    python bench/hfgan.py --datasets pneumoniamnist --clf-rounds 20 --name hfgan-dprows --work /tmp/privmed-dprows \
-        --only "(a) + DP" "(b) + DP" "(c) + DP" "(c0) + DP" --set model.width=32 train.batch_size=64 train.lr=0.5 \
-        train.weight_decay=0.0 train.lr_schedule='cosine' federation.strategy='fedavgm' \
+    python bench/hfgan.py --datasets pneumoniamnist --clf-rounds 20 --name hfgan-dprows --work /tmp/privmed-dprows \\
+        --only "(a) + DP" "(b) + DP" "(c) + DP" "(c0) + DP" --set model.width=32 train.batch_size=64 train.lr=0.5 \\
+        train.weight_decay=0.0 train.lr_schedule='cosine' federation.strategy='fedavgm' \\
         federation.server_momentum=0.9 federation.ema_decay=0.8 privacy.grad_sample_mode='bk'
 
 (``(c) + DP`` needs a ``gan DP`` row in the table file: its ``store`` is the DP generators' client store.)
