@@ -320,10 +320,10 @@ def goals(rows: dict[str, Any]) -> list[str]:
                 f"{100 * (c - c0):+.1f} macro-F1 points (what the training of G_i adds beyond relabelling)."
             )
     gdp, central = rows.get("gan DP") or {}, rows.get("centralised DCGAN") or {}
-    if carried("gan DP") != carried("centralised DCGAN"):
+    if (gdp.get("carried_args"), carried("gan DP")) != (central.get("carried_args"), carried("centralised DCGAN")):
         out.append(
             "- Goal private federated FID <= 2x centralised: not evaluated (the DP GAN and the centralised DCGAN come "
-            "from runs with different settings, one of them †)."
+            "from runs with different settings, `carried_args` in the JSON)."
         )
         gdp = {k: v for k, v in gdp.items() if k != "fid"}
     if "fid" in gdp and "fid" in central:
