@@ -22,6 +22,17 @@ the numbers say what this budget reaches, not what HF-GAN can reach. Sample grid
 Usage::
 
     python bench/hfgan.py --datasets pneumoniamnist breastmnist --gan-rounds 150 --clf-rounds 10
+
+The DP classifier rows with a DP-SGD recipe that leaves the majority class (``bench/results/hfgan-dprows.md``;
+the recipe of ``configs/pneumonia-dp-tuned.toml``: GroupNorm CNN, C = 1, lr 0.5 with cosine decay, FedAvgM 0.9,
+EMA 0.8 of the global model, batch 64, 20 rounds)::
+
+    python bench/hfgan.py --datasets pneumoniamnist --clf-rounds 20 --name hfgan-dprows --work /tmp/privmed-dprows \\
+        --only "(a) + DP" "(b) + DP" "(c) + DP" "(c0) + DP" --set model.width=32 train.batch_size=64 train.lr=0.5 \\
+        train.weight_decay=0.0 train.lr_schedule='cosine' federation.strategy='fedavgm' \\
+        federation.server_momentum=0.9 federation.ema_decay=0.8 privacy.grad_sample_mode='bk'
+
+(``(c) + DP`` needs a ``gan DP`` row in the table file: its ``store`` is the DP generators' client store.)
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ log = logging.getLogger("bench.hfgan")
 #: The control row: the same class-balanced synthetic labels, images of *untrained* generators (an empty store:
 #: every client's G_i at its initialisation). It separates what HF-GAN's training adds from what relabelling adds.
 CONTROL = "(c0) + untrained G_i (control)"
+CONTROL_DP = "(c0) + DP"
 
 
 def gan_row(cfg: Config, gan: GanConfig, out: Path, *, private: bool, epsilon: float) -> dict[str, Any]:
@@ -156,8 +168,27 @@ def classifier_row(
         "macro_f1": test["macro_f1"],
         "auc": test["auc"],
         "vt_macro_f1": test.get("vt_macro_f1"),
+        "balanced_accuracy": test.get("balanced_accuracy"),
+        "recall_per_class": binary_recalls(clf, test),
         "classifier_round_seconds": results["timing"]["steady_round_seconds_median"],
     }
+
+
+def binary_recalls(cfg: Config, test: dict[str, Any]) -> list[float] | None:
+    """Test recall of class 0 and class 1 of a binary task, from accuracy, balanced accuracy and the test split's
+    class shares (r0 + r1 = 2 · bal. acc., p0 · r0 + p1 · r1 = acc.): a recall near 0 means one class is never
+    predicted. None for other tasks or when the shares are equal."""
+    if test.get("balanced_accuracy") is None:
+        return None
+    dataset, _ = task.load_federated_data(cfg)
+    labels = dataset.test.class_labels
+    if dataset.info.n_labels != 2 or len(labels) == 0:
+        return None
+    p1 = float(np.mean(labels == 1))
+    if abs(2 * p1 - 1) < 1e-9:
+        return None
+    r1 = (test["accuracy"] - 2 * test["balanced_accuracy"] * (1 - p1)) / (2 * p1 - 1)
+    return [2 * test["balanced_accuracy"] - r1, r1]
 
 
 def classifier_epsilons(results: dict[str, Any]) -> dict[str, float | None]:
@@ -222,6 +253,12 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
                 cfg, gan, root / "c-dp", augment=False, store=rows["rows"]["gan DP"]["store"], epsilon=args.epsilon_c
             ),
         ),
+        (
+            CONTROL_DP,
+            lambda: classifier_row(
+                cfg, gan, root / "c0-dp", augment=False, store=str(root / "untrained"), epsilon=args.epsilon_c
+            ),
+        ),
     ]
     for label in args.rerun:  # rows of an earlier run that this run replaces
         rows["rows"].pop(label, None)
@@ -274,17 +311,18 @@ def goals(rows: dict[str, Any]) -> list[str]:
                 f"- Goal HF-GAN >= +3 macro-F1 points over (a) and (b), {tag}: {gain:+.1f} points, "
                 f"{ok(gain >= 3)}{old}."
             )
-    c, c0 = get("(c) + HF-GAN", "macro_f1"), get(CONTROL, "macro_f1")
-    if None not in (c, c0):
-        out.append(
-            f"- Control: HF-GAN's trained generators vs untrained ones with the same class-balanced labels: "
-            f"{100 * (c - c0):+.1f} macro-F1 points (what the training of G_i adds beyond relabelling)."
-        )
+    for c_label, c0_label, tag in (("(c) + HF-GAN", CONTROL, ""), ("(c) + DP", CONTROL_DP, ", with DP")):
+        c, c0 = get(c_label, "macro_f1"), get(c0_label, "macro_f1")
+        if None not in (c, c0):
+            out.append(
+                f"- Control{tag}: HF-GAN's trained generators vs untrained ones with the same class-balanced labels: "
+                f"{100 * (c - c0):+.1f} macro-F1 points (what the training of G_i adds beyond relabelling)."
+            )
     gdp, central = rows.get("gan DP") or {}, rows.get("centralised DCGAN") or {}
-    if carried("gan DP") != carried("centralised DCGAN"):
+    if (gdp.get("carried_args"), carried("gan DP")) != (central.get("carried_args"), carried("centralised DCGAN")):
         out.append(
             "- Goal private federated FID <= 2x centralised: not evaluated (the DP GAN and the centralised DCGAN come "
-            "from runs with different settings, one of them †)."
+            "from runs with different settings, `carried_args` in the JSON)."
         )
         gdp = {k: v for k, v in gdp.items() if k != "fid"}
     if "fid" in gdp and "fid" in central:
@@ -348,7 +386,7 @@ def markdown(payload: dict[str, Any]) -> str:
         *([f"Notes: {payload['notes']}", ""] if payload.get("notes") else []),
         f"**Reduced run** (a shared 2-core CPU): {a['gan_rounds']} GAN rounds (D steps; the presets say 1000), "
         f"{a['clf_rounds']} classifier rounds of 1 local epoch, {a['eval_samples']} synthetic images per class for "
-        f"FID/IS/TSTR, evaluation CNNs trained {a['eval_epochs']} epochs; GAN overrides {a.get('set') or 'none'}. "
+        f"FID/IS/TSTR, evaluation CNNs trained {a['eval_epochs']} epochs; config overrides {a.get('set') or 'none'}. "
         f"epsilon_D = {a['epsilon_d']} (distributed noise under SecAgg+), epsilon_clf = {a['epsilon_c']} (DP-SGD per "
         "client), delta = 1e-5.",
         "",
@@ -375,7 +413,8 @@ def markdown(payload: dict[str, Any]) -> str:
             "| row | accuracy | macro-F1 | AUC | TSTR acc (ratio) | IS | FID | ε_D | ε_clf | ε total | s / GAN round |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for label in ("(a) FedAvg", "(b) + classic aug.", "(c) + HF-GAN", CONTROL, "(a) + DP", "(b) + DP", "(c) + DP"):
+        labels = ("(a) FedAvg", "(b) + classic aug.", "(c) + HF-GAN", CONTROL, "(a) + DP", "(b) + DP", "(c) + DP")
+        for label in labels + ((CONTROL_DP,) if CONTROL_DP in rows else ()):
             r = rows.get(label)
             if r is None:
                 lines.append(f"| {label} | not run (out of time) |  |  |  |  |  |  |  |  |  |")
@@ -395,6 +434,18 @@ def markdown(payload: dict[str, Any]) -> str:
                 f"{_f(eps_c, 2)} | {_f(total, 2)} | {_f(g.get('gan_round_seconds') if g else None, 2)} |"
             )
         lines += [""]
+        recalls = [
+            f"{label} {r['recall_per_class'][0]:.2f} / {r['recall_per_class'][1]:.2f}"
+            for label, r in rows.items()
+            if r.get("recall_per_class")
+        ]
+        if recalls:
+            lines += [
+                "Test recall of class 0 / class 1 (a recall near 0: that class is never predicted): "
+                + "; ".join(recalls)
+                + ".",
+                "",
+            ]
         if central and "fid" in central:
             lines.append(
                 f"Centralised non-private DCGAN, same D steps: FID {_f(central['fid'], 2)}, IS {_f(central['is'])}, "
@@ -426,7 +477,12 @@ def markdown(payload: dict[str, Any]) -> str:
         "- TSTR accuracy near the test split's majority-class rate means the TSTR classifier predicts one class.",
         f"- {a['clf_rounds']} classifier rounds: rows whose accuracy equals the majority-class rate with macro-F1 "
         "~0.38-0.42 (PneumoniaMNIST / BreastMNIST) predict one class everywhere; their differences are not evidence "
-        "either way. Every DP classifier row is such a row at this budget: the goal with DP cannot be judged here.",
+        "either way."
+        + (
+            " Every DP classifier row is such a row at this budget: the goal with DP cannot be judged here."
+            if a["clf_rounds"] <= 5
+            else " The per-class recalls under each table say which rows do."
+        ),
         "- A gain of (c) over (a)/(b) counts for HF-GAN only when (c) also beats the control (c0), the same class-"
         "balanced labels on images of untrained generators: with noise-like images, relabelling alone can shift a "
         "skewed client's class prior. One seed: no error bars.",
