@@ -135,3 +135,15 @@ def test_no_canaries_leave_training_untouched(tmp_path: Path) -> None:
     n, out = _wrapped(_config(tmp_path, 0), 0)
     assert len(out.loader.dataset) == n
     assert next(iter(out.loader))[0].shape[0] == n
+
+
+def test_the_known_data_auditor_knows_the_included_canaries_as_training_examples(tmp_path: Path) -> None:
+    from privmed.audit.known_data import _training_batches
+    from privmed.federation import task
+
+    cfg = _config(tmp_path, 60)
+    dataset, parts = task.load_federated_data(cfg)
+    can = E.draw_example_canaries(dataset.train, dataset.info, m=60, num_clients=2)
+    E.save_example_canaries(can, tmp_path)
+    _, batches = _training_batches(cfg)
+    assert sum(len(y) for _, y in batches) == sum(p.size for p in parts) + int(can.included.sum())

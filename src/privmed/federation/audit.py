@@ -344,7 +344,8 @@ def replay_noise(
     loader = make_loader(split, info, batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
     local = task.LocalTraining(model, make_optimizer(model, cfg.train), loader, {}, state={}, instructions=instructions)
     tensors = list(model.state_dict(keep_vars=True).values())
-    out = ORIGINAL_WRAPPERS[cfg.privacy.mode](local, cfg, partition_id)
+    # the client's Poisson draws cover its included example canaries too (the auditor's replay knows them)
+    out = ORIGINAL_WRAPPERS[cfg.privacy.mode](_with_example_canaries(local, cfg, partition_id), cfg, partition_id)
     next(iter(out.loader), None)  # the client's Poisson draws come first from the same source, then the noise
     for p in out.optimizer.params:
         p.summed_grad = torch.zeros_like(p)
