@@ -196,6 +196,9 @@ class AuditConfig:
     #: the white-box auditor also knows the training data (DP's adversary) and subtracts the real examples'
     #: clipped gradients at the canaries (privmed.audit.known_data)
     known_data: bool = False
+    #: input-space example canaries (random images with random labels, each included with probability 1/2) for
+    #: the black-box (final-model-only) audit, privacy.mode = "distributed" (privmed.audit.example_canaries; 0 = none)
+    example_canaries: int = 0
     #: federated canary clients for privacy.mode = "client" (Andrew et al. 2024; 0 = none)
     canary_clients: int = 0
     #: attacks (``privmed attack list``), comma-separated, on what the server saw: honest-but-curious ones invert

@@ -34,7 +34,10 @@ def _audit(tmp_path: Path, name: str, *extra: str) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_correct_run_passes_and_writes_the_report(tmp_path: Path) -> None:
-    code, results = _audit(tmp_path, "ok", "--set", "federation.rounds=4", "--set", "audit.replay_noise=false")
+    code, results = _audit(
+        tmp_path, "ok", "--set", "federation.rounds=4", "--set", "audit.replay_noise=false",
+        "--set", "audit.example_canaries=200",
+    )  # fmt: skip
     assert code == 0, results.get("verdict")
     assert (tmp_path / "ok" / "report.html").is_file()
     formal = results["formal_epsilon"]
@@ -44,6 +47,9 @@ def test_correct_run_passes_and_writes_the_report(tmp_path: Path) -> None:
     assert {"attacks", "hfgan"} <= {n for n, s in results["stages"].items() if s["status"] == "skipped"}
     assert results["stages"]["replay"]["reason"] == "audit.replay_noise = false"
     assert "included" not in json.dumps(results["bounds"])  # the coins stay in the auditor's folder
+    black_box = {"black-box, example canaries", "black-box, Dirac final weights"}
+    assert black_box <= set(results["bounds"]) and results["example_canaries"] == 200
+    assert all(results["bounds"][n]["beta"] == pytest.approx(1e-6 / 6) for n in black_box)  # 4 white-box + 2 tests
 
 
 @pytest.mark.slow
@@ -87,4 +93,24 @@ def test_bad_audit_settings_exit_2_before_anything_is_written(tmp_path: Path) ->
     assert main(["audit", "--quickstart", "--set", 'audit.break_noise="half"', "--out", str(out)]) == 2
     assert main(["audit", "--quickstart", "--set", "audit.canaries=10000000", "--out", str(out)]) == 2
     assert main(["audit", "--quickstart", "--set", "audit.beta=1.5", "--out", str(out)]) == 2
+    assert main(["audit", "--quickstart", "--set", "audit.example_canaries=100000", "--out", str(out)]) == 2
+    assert main(["audit", "--quickstart", "--set", "audit.example_canaries=-1", "--out", str(out)]) == 2
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_black_box_scores_separate_the_canaries_of_a_run_without_noise(tmp_path: Path) -> None:
+    """With the noise off, the final model alone tells included example canaries from left-out ones: the
+    black-box stage can fail. (Full batch on 300 images: one canary is 1/300 of each step.)"""
+    code, results = _audit(
+        tmp_path, "bb-off", "--set", "federation.rounds=4", "--set", "audit.replay_noise=false",
+        "--set", "data.options={ classes = 2, channels = 1, n_train = 300, n_val = 100, n_test = 100 }",
+        "--set", "train.batch_size=300", "--set", "audit.canaries=100", "--set", "audit.example_canaries=150",
+        "--set", 'audit.break_noise="off"',
+    )  # fmt: skip
+    assert code == 3  # the white-box noise check catches the run
+    row = results["bounds"]["black-box, example canaries"]
+    assert row["m"] == 150 and row["auc"] > 0.58  # ~0.79 ± 0.08 in simulation; ~0.5 if they never trained
+    assert "final model only" in row["threat"]
+    assert results["stages"]["black-box"]["status"] == "done"
+    assert "included" not in json.dumps(results["bounds"])

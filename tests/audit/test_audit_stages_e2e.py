@@ -32,7 +32,7 @@ def test_attack_stages_run_on_the_audit_and_an_audit_resumes(tmp_path: Path) -> 
     results = json.loads((out / "results.json").read_text())
     assert {n: s["status"] for n, s in results["stages"].items()} == {
         "train": "done", "white-box": "done", "replay": "skipped", "canary-clients": "skipped", "attacks": "done",
-        "malicious": "done", "hfgan": "skipped",
+        "malicious": "done", "hfgan": "skipped", "black-box": "done",
     }  # fmt: skip
     ig, imprint = results["attacks"]["inverting-gradients"], results["attacks"]["imprint"]
     assert (ig["threat"], ig["record_kind"], ig["round"]) == ("honest-but-curious", "aggregate", 1)
@@ -46,11 +46,13 @@ def test_attack_stages_run_on_the_audit_and_an_audit_resumes(tmp_path: Path) -> 
     assert "psnr_per_image" not in json.dumps(results["attacks"]["imprint"]["settings"])
 
     secret = (out / "auditor" / "canaries-secret.npz").read_bytes()
+    examples = (out / "auditor" / "example-canaries-secret.npz").read_bytes()  # the quickstart plants them
     (out / "results.json").unlink()
     (out / "report.html").unlink()  # as if the audit had stopped after training
     assert main(["audit", "--quickstart", *ATTACKED, "--out", str(out), "--resume"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert (out / "auditor" / "canaries-secret.npz").read_bytes() == secret  # the coins are read back, not redrawn
+    assert (out / "auditor" / "example-canaries-secret.npz").read_bytes() == examples
     assert len(again["federation"]["rounds"]) == 2 and (out / "report.html").is_file()
     assert again["attacks"]["inverting-gradients"]["pool_size"] == 900
 

@@ -85,12 +85,17 @@ def clipped_gradient_sum(
 
 
 def _training_batches(cfg: Config) -> tuple[object, list[tuple[torch.Tensor, torch.Tensor]]]:
+    from privmed.audit import example_canaries as examples
     from privmed.federation import task
     from privmed.train import make_loader
 
+    planted = cfg.audit.example_canaries > 0 and examples.has_example_canaries(cfg.audit.work_dir)
+    canaries = examples.load_example_canaries(cfg.audit.work_dir, secret=True) if planted else None
     batches, info = [], None
     for pid in range(cfg.data.num_clients):
         info, split = task.client_partition(cfg, pid, cfg.data.num_clients)
+        if canaries is not None:  # the included example canaries are training examples it knows too
+            split = examples.with_canaries(split, canaries, pid)
         batches += list(make_loader(split, info, batch_size=256, shuffle=False))
     return info, batches
 

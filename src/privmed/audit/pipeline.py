@@ -14,6 +14,8 @@ lists the skipped ones):
    ``audit.attack_round`` (:mod:`privmed.audit.attack_stage`).
 5. ``malicious`` — a one-round run in which the server sends a tampered model, and its attack.
 6. ``hfgan`` — HF-GAN augmentation: skipped with its reason (not wired into the audit yet).
+7. ``black-box`` — bounds from the final model only (:mod:`privmed.audit.example_canaries`): the loss of
+   input-space example canaries (``audit.example_canaries``) and the Dirac canaries' final weights.
 
 A config with ``audit.sweep`` runs one audit per value instead (:mod:`privmed.audit.sweep`).
 
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privmed.audit import canaries as canary_lib
+from privmed.audit import example_canaries as examples_lib
 from privmed.audit.bounds import (
     audit_scores,
     fdp_lower_bound,
@@ -60,6 +63,9 @@ MARKER = ".privmed-audit"
 SECRET_DIR = "auditor"
 #: Default number of canaries when the config says 0.
 DEFAULT_CANARIES = 1000
+#: The quickstart's input-space example canaries (black-box stage): 10 % of its 2,000 training images,
+#: half of them included.
+QUICKSTART_EXAMPLE_CANARIES = 200
 
 
 class PrivacyBugError(PrivmedError):
@@ -99,7 +105,11 @@ def quickstart_config() -> Config:
             "privacy": {"mode": "distributed", "epsilon": 8.0, "delta": 1e-5, "max_grad_norm": 1.0},
             "secagg": {"enabled": True, "num_shares": 5, "reconstruction_threshold": 3},
             "malicious": {"options": {"bins": 128}},  # the imprint stage's run (128 bins: ~5 times cheaper than 512)
-            "audit": {"canaries": DEFAULT_CANARIES, "attacks": "inverting-gradients, imprint"},
+            "audit": {
+                "canaries": DEFAULT_CANARIES,
+                "example_canaries": QUICKSTART_EXAMPLE_CANARIES,
+                "attacks": "inverting-gradients, imprint",
+            },
         },
         source="quickstart",
     )
@@ -114,6 +124,8 @@ class AuditRun:
     out: Path
     federation: dict[str, Any] | None = None
     canaries: canary_lib.CanarySet | None = None
+    #: the input-space example canaries with their coins (``None``: none planted)
+    examples: examples_lib.ExampleCanaries | None = None
     bounds: dict[str, Any] = dataclasses.field(default_factory=dict)
     estimates: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: attack name -> its results entry (:mod:`privmed.audit.attack_stage`)
@@ -372,6 +384,79 @@ def score_histogram(scores: np.ndarray, included: np.ndarray, bins: int = 30) ->
     }
 
 
+def _examples_planted(cfg: Config) -> bool:
+    from privmed.federation.audit import EXAMPLE_CANARY_MODES
+
+    return cfg.audit.example_canaries > 0 and cfg.privacy.mode in EXAMPLE_CANARY_MODES
+
+
+def _black_box(run: AuditRun) -> None:
+    """Bounds from the final model alone: example canaries' loss, Dirac canaries' final weights."""
+    from privmed.federation import checkpoint
+
+    found = checkpoint.load_latest(run.out / "federation")
+    if found is None:
+        raise PrivmedError(f"audit: no checkpoint in {run.out / 'federation'}: the training left no final model")
+    cfg, canaries, views = run.cfg, _secret_canaries(run), canary_lib.load_rounds(run.work_dir)
+    q = views[0].sample_rate if views else float("nan")
+    initial = [np.asarray(w) for w in _initial(cfg, _info(cfg))]
+    delta = np.array([found.weights[t].reshape(-1)[o] - initial[t].reshape(-1)[o]
+                      for t, o in zip(canaries.tensor, canaries.offset, strict=True)])  # fmt: skip
+    signs = [canaries.signs_at(v.server_round) for v in views]
+    weights = _round_weights(cfg, len(views))
+    scores = examples_lib.dirac_final_scores(delta, signs, weights, clip=cfg.privacy.max_grad_norm)
+    _black_box_bound(run, "black-box, Dirac final weights", scores, canaries.included, q=q,
+                     score="-(w_T - w_0) at the canary's coordinate x its net sign over the rounds, in C")  # fmt: skip
+    if run.examples is None and cfg.audit.example_canaries > 0:
+        run.bounds["black-box, example canaries"] = {
+            "epsilon_lb": 0.0, "not_run": True, "beta": run.beta_each, "threat": examples_lib.THREAT,
+            "method": f"not run: privacy.mode = {cfg.privacy.mode!r}: example canaries are planted only under "
+            "'distributed', where each client's sampling rate comes from public sizes",
+        }  # fmt: skip
+    if run.examples is not None:
+        model = _model_at(cfg, initial)
+        before = examples_lib.per_example_losses(model, run.examples, _info(cfg))
+        after = examples_lib.per_example_losses(_model_at(cfg, found.weights), run.examples, _info(cfg))
+        scores = examples_lib.loss_scores(before, after, run.examples.labels)
+        _black_box_bound(run, "black-box, example canaries", scores, run.examples.included, q=q,
+                         score="loss(w_0) - loss(w_T), centred per label")  # fmt: skip
+
+
+def _black_box_bound(run: AuditRun, name: str, scores: np.ndarray, included: Any, *, q: float, score: str) -> None:
+    grid = guess_grid(scores.size, full_batch=q >= 1.0)
+    result = audit_scores(scores, included, delta=run.cfg.privacy.delta, beta=run.beta_each, grid=grid)
+    run.bounds[name] = {
+        **result.to_dict(),
+        "score": score,
+        "threat": examples_lib.THREAT,
+        "auc": examples_lib.auc(scores, included),
+        "score_histogram": score_histogram(scores, included),
+    }
+    log.info("%s: epsilon >= %.3f (AUC %.3f)", name, result.epsilon_lb, run.bounds[name]["auc"])
+
+
+def _round_weights(cfg: Config, rounds: int) -> list[float]:
+    """The weight each round's step keeps in the final model: Σ_{k ≤ T−t} β^k under FedAvgM, else 1."""
+    beta = cfg.federation.server_momentum if cfg.federation.strategy == "fedavgm" else 0.0
+    return [float(sum(beta**k for k in range(rounds - t))) for t in range(rounds)]
+
+
+def _info(cfg: Config) -> Any:
+    from privmed.federation import task
+
+    return task.load_federated_data(cfg)[0].info
+
+
+def _model_at(cfg: Config, weights: list[Any]) -> Any:
+    import torch
+
+    from privmed.federation import task
+
+    model = task.new_model(cfg, _info(cfg))
+    model.load_state_dict({k: torch.as_tensor(w) for k, w in zip(model.state_dict(), weights, strict=True)})
+    return model
+
+
 #: The audit's stages, in order.
 STAGES: tuple[Stage, ...] = (
     Stage("train", "federated training with canaries", _train, lambda cfg, gan: None),
@@ -403,6 +488,13 @@ STAGES: tuple[Stage, ...] = (
         _attacks_named("malicious"),
     ),
     Stage("hfgan", "HF-GAN: synthetic images, FID, real vs synthetic per class", _hfgan, _hfgan_why_not),
+    Stage(
+        "black-box",
+        "one-run bounds from the final model only (example canaries' loss, Dirac canaries' final weights)",
+        _black_box,
+        _canary_modes_only,
+        lambda cfg: 1 + int(_examples_planted(cfg)),
+    ),
 )
 
 
@@ -481,11 +573,36 @@ def check_audit(cfg: Config) -> None:
     if cfg.audit.canaries < 0:
         raise ConfigError(f"audit.canaries = {cfg.audit.canaries}: give a positive number (0 = the default)")
     check_attacks(cfg, task.load_federated_data(cfg)[0].info.modality)
+    _check_example_canaries(cfg)
     if cfg.privacy.mode == "distributed" and cfg.train.optimizer.lower() != "sgd":
         raise ConfigError(
             f"train.optimizer = {cfg.train.optimizer!r}: the white-box audit of privacy.mode = 'distributed' reads "
             "each round's step as lr x the noised gradient sum, which holds for SGD only; set train.optimizer = 'sgd'"
         )
+
+
+def _check_example_canaries(cfg: Config) -> None:
+    from privmed.federation.audit import EXAMPLE_CANARY_MODES
+
+    m = cfg.audit.example_canaries
+    if m < 0:
+        raise ConfigError(f"audit.example_canaries = {m}: give a number >= 0 (0 = none)")
+    if m > 0 and cfg.privacy.mode not in EXAMPLE_CANARY_MODES:  # the quickstart's default under another mode
+        log.warning("audit.example_canaries = %d: not planted under privacy.mode = %r (only %s)", m,
+                    cfg.privacy.mode, ", ".join(EXAMPLE_CANARY_MODES))  # fmt: skip
+
+
+def draw_examples(cfg: Config) -> examples_lib.ExampleCanaries | None:
+    """The run's example canaries (``None`` when none are planted; a :class:`ConfigError` when they would not
+    fit the data)."""
+    from privmed.federation import task
+
+    if not _examples_planted(cfg):
+        return None
+    dataset, _ = task.load_federated_data(cfg)
+    return examples_lib.draw_example_canaries(
+        dataset.train, dataset.info, m=cfg.audit.example_canaries, num_clients=cfg.data.num_clients
+    )
 
 
 def check_point(cfg: Config, gan: GanConfig | None = None) -> None:
@@ -495,6 +612,7 @@ def check_point(cfg: Config, gan: GanConfig | None = None) -> None:
         cfg = audit_config(cfg, Path(scratch))
         _check_training(cfg, Path(scratch), resume=False, gan=gan)
         draw(cfg)
+        draw_examples(cfg)
 
 
 def run_audit(
@@ -526,12 +644,15 @@ def run_audit(
     resumed = resume and (out / SECRET_DIR / canary_lib.SECRET_FILE).is_file()
     _check_training(cfg, out, resume=resumed, gan=gan)
     canaries = canary_lib.load_canaries(out / SECRET_DIR, secret=True) if resumed else draw(cfg)
+    examples = _resumed_examples(out / SECRET_DIR) if resumed else draw_examples(cfg)
     prepare_out(out, overwrite=overwrite, resume=resume)
     if not resumed:
         canary_lib.save_canaries(canaries, out / SECRET_DIR)
+        if examples is not None:
+            examples_lib.save_example_canaries(examples, out / SECRET_DIR)
     tests = sum(stage.tests(cfg) for stage in STAGES if stage.why_not(cfg, gan) is None)
-    run = AuditRun(cfg=cfg, out=out, canaries=canaries, beta_each=cfg.audit.beta / max(1, tests), resume=resumed,
-                   gan=gan)  # fmt: skip
+    run = AuditRun(cfg=cfg, out=out, canaries=canaries, examples=examples, beta_each=cfg.audit.beta / max(1, tests),
+                   resume=resumed, gan=gan)  # fmt: skip
     started = time.perf_counter()
     for stage in STAGES:
         _run_stage(run, stage)
@@ -544,6 +665,13 @@ def run_audit(
     if results["verdict"]["violations"]:
         raise PrivacyBugError(verdict_message(results))
     return results
+
+
+def _resumed_examples(work_dir: Path) -> examples_lib.ExampleCanaries | None:
+    """The example canaries of an interrupted audit (read back, never redrawn), ``None`` if it planted none."""
+    if not examples_lib.has_example_canaries(work_dir):
+        return None
+    return examples_lib.load_example_canaries(work_dir, secret=True)
 
 
 def _check_training(cfg: Config, out: Path, *, resume: bool, gan: GanConfig | None = None) -> None:
@@ -603,6 +731,7 @@ def summarize(run: AuditRun, *, total_seconds: float) -> dict[str, Any]:
         "secagg": run.cfg.secagg.enabled,
         "break_noise": run.cfg.audit.break_noise,
         "canaries": run.cfg.audit.canaries,
+        "example_canaries": run.examples.m if run.examples is not None else 0,
         "confidence": 1 - run.cfg.audit.beta,
         "confidence_each": 1 - run.beta_each,
         "bounds": run.bounds,

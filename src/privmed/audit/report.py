@@ -196,6 +196,10 @@ def _bounds_table(results: dict[str, Any]) -> str:
             how += f"; noise ratio ≤ {b['ratio_ub']:.3g} (p = {b['p_value']:.2g}, n = {b['n']})"
         elif "k_in" in b:
             how += f"; {b.get('correct')} of {b['k_in'] + b['k_out']} guesses right ({b['m']} canaries)"
+        if "auc" in b:
+            how += f"; score {html.escape(b.get('score', ''))}, AUC {_fmt(b['auc'])}"
+        if "threat" in b:
+            how = f"<b>threat model: {html.escape(b['threat'])}</b>; {how}"
         rows.append([html.escape(name), float(b["epsilon_lb"]), f"{100 * (1 - b['beta']):.2f}%", b.get("delta"), how])
         classes.append("violation" if name in results["verdict"]["violations"] else "")
     return _table(["test", "ε", "confidence", "δ", "how it was obtained"], rows, classes)
@@ -240,8 +244,10 @@ def _provenance(results: dict[str, Any]) -> str:
         ["training seed", _fmt((cfg.get("train") or {}).get("seed"))],
         ["privacy", html.escape(f"{results.get('privacy_mode')}; SecAgg+ {results.get('secagg')}; "
                                 f"break_noise = {results.get('break_noise')!r}")],
-        ["canaries", html.escape(f"{results.get('canaries')} Dirac gradient canaries, each included with probability "
-                                 "1/2 (coins from OS entropy, never in the config)")],
+        ["canaries", html.escape(f"{results.get('canaries')} Dirac gradient canaries and "
+                                 f"{results.get('example_canaries', 0)} example canaries (random images, random "
+                                 "labels), each included with probability 1/2 (coins from OS entropy, never in the "
+                                 "config)")],
         ["config", html.escape(str(results.get("config_source")))],
         ["machine", html.escape(", ".join(f"{k} {v}" for k, v in machine.items()))],
         ["audit wall time", _fmt(results.get("total_seconds")) + " s"],

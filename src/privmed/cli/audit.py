@@ -155,5 +155,6 @@ def bound_line(name: str, bound: dict[str, Any]) -> str:
     """One printed line per lower bound; a test that did not run (e.g. the f-DP test on a Poisson-sampled run)
     says so and why, instead of showing a bound of 0."""
     if bound.get("not_run"):
-        return f"  {name:<28} not run ({str(bound.get('method', '')).removeprefix('not run: ')})"
-    return f"  {name:<28} epsilon >= {bound['epsilon_lb']:.3f}"
+        return f"  {name:<30} not run ({str(bound.get('method', '')).removeprefix('not run: ')})"
+    auc = f"  (AUC {bound['auc']:.3f}, final model only)" if "auc" in bound else ""
+    return f"  {name:<30} epsilon >= {bound['epsilon_lb']:.3f}{auc}"

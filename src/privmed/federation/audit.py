@@ -28,6 +28,7 @@ canaries' public half.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +41,14 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader
 
 from privmed.audit import canary_clients as cc
 from privmed.audit.canaries import CanarySet, RoundView, load_canaries, save_round
+from privmed.audit.example_canaries import has_example_canaries, load_example_canaries
 from privmed.audit.known_data import save_global
 from privmed.config import Config
+from privmed.data import to_torch
 from privmed.errors import ConfigError, PrivacyError
 from privmed.federation import dp, dp_distributed, registry, task
 from privmed.federation.wrapping import StrategyWrapper
@@ -55,6 +59,10 @@ log = logging.getLogger(__name__)
 BREAK_NOISE: dict[str, float] = {"none": 1.0, "off": 0.0, "tenth": 0.1}
 #: Privacy modes whose DP-SGD steps can carry gradient canaries.
 CANARY_MODES: tuple[str, ...] = ("sample", "distributed")
+#: Privacy modes whose clients can train on example canaries: the server's q = B / N and each client's expected
+#: batch q·n_i are fixed by public sizes there (``"sample"`` derives its rate from the local data size, which the
+#: canaries would change, and its ε metric would then depend on the coins).
+EXAMPLE_CANARY_MODES: tuple[str, ...] = ("distributed",)
 #: The training wrappers before the audit wrapped them (the noise replay needs the plain ones).
 ORIGINAL_WRAPPERS: dict[str, registry.TrainingWrapper] = {}
 
@@ -114,7 +122,12 @@ def audited(wrapper: registry.TrainingWrapper) -> registry.TrainingWrapper:
 
     def wrapped(local: task.LocalTraining, cfg: Config, partition_id: int) -> task.LocalTraining:
         params = list(local.model.state_dict(keep_vars=True).values())  # the optimizer's own Parameters
-        out = wrapper(local, cfg, partition_id)
+        public_size = len(local.loader.dataset)  # type: ignore[arg-type]
+        out = wrapper(_with_example_canaries(local, cfg, partition_id), cfg, partition_id)
+        if len(out.loader.dataset) != public_size:  # type: ignore[arg-type]
+            # the expected batch stays q * (public partition size): the canaries are extra examples of the
+            # federation's step, and nothing the server sees depends on how many of them are in
+            out.optimizer.expected_batch_size = _sample_rate(out) * public_size
         factor = noise_factor(cfg)
         if cfg.audit.canaries <= 0 and factor == 1.0:
             return out
@@ -134,6 +147,25 @@ def audited(wrapper: registry.TrainingWrapper) -> registry.TrainingWrapper:
         return out
 
     return wrapped
+
+
+def _with_example_canaries(local: task.LocalTraining, cfg: Config, partition_id: int) -> task.LocalTraining:
+    """``local`` training on its partition plus the included example canaries it holds
+    (:mod:`privmed.audit.example_canaries`; ``audit.example_canaries`` = 0 or none held: ``local`` itself).
+
+    Runs before the DP wrapper, so DP-SGD samples, clips and noises the canaries like every real example.
+    """
+    active = cfg.audit.example_canaries > 0 and cfg.privacy.mode in EXAMPLE_CANARY_MODES
+    if not active or not has_example_canaries(cfg.audit.work_dir):
+        return local
+    canaries = load_example_canaries(cfg.audit.work_dir, secret=True)
+    dataset, _ = task.load_federated_data(cfg)
+    if canaries.included_at(partition_id).size == 0:
+        return local
+    base = local.loader.dataset
+    extra = to_torch(canaries.split(canaries.included_at(partition_id)), dataset.info)
+    loader = DataLoader(ConcatDataset([base, extra]), batch_size=local.loader.batch_size, shuffle=False)
+    return dataclasses.replace(local, loader=loader)
 
 
 class AuditRecorder(StrategyWrapper):
@@ -337,7 +369,8 @@ def replay_noise(
     loader = make_loader(split, info, batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
     local = task.LocalTraining(model, make_optimizer(model, cfg.train), loader, {}, state={}, instructions=instructions)
     tensors = list(model.state_dict(keep_vars=True).values())
-    out = ORIGINAL_WRAPPERS[cfg.privacy.mode](local, cfg, partition_id)
+    # the client's Poisson draws cover its included example canaries too (the auditor's replay knows them)
+    out = ORIGINAL_WRAPPERS[cfg.privacy.mode](_with_example_canaries(local, cfg, partition_id), cfg, partition_id)
     next(iter(out.loader), None)  # the client's Poisson draws come first from the same source, then the noise
     for p in out.optimizer.params:
         p.summed_grad = torch.zeros_like(p)
