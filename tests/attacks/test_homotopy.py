@@ -56,9 +56,18 @@ def test_relu_homotopy_reconstructs_a_batch_of_two_above_the_floor():
 
 
 def test_relu_homotopy_refuses_bad_settings_and_models_without_relu_modules():
-    bad_settings = [{"betas": [], "final_steps": 0}, {"betas": [0.0, 10.0]}, {"betas": [math.inf]}, {"steps": 0}]
+    bad_settings = [{"betas": [], "final_steps": 0}, {"betas": [0.0, 10.0]}, {"betas": [math.inf]}, {"steps": 0},
+                    {"betas": [[3.0, 10.0], [0.0]]}, {"betas": "3"}, {"betas": ["a"]}]  # fmt: skip
     for bad in bad_settings:
         with pytest.raises(ConfigError, match="relu-homotopy"):
             get_attack("relu-homotopy", **bad)
     with pytest.raises(ConfigError, match="inverting-gradients"):  # the MLP calls relu as a function
         get_attack("relu-homotopy", steps=1, final_steps=0).run(make_case("mlp", batch_size=2, **PHANTOM).record)
+
+
+def test_relu_homotopy_reads_one_schedule_or_several():
+    assert get_attack("relu-homotopy", betas=[1, 10]).schedules() == [[1.0, 10.0]]
+    several = get_attack("relu-homotopy", betas=[[3, 30], [1, 10, 100]], steps=7, final_steps=5)
+    assert several.schedules() == [[3.0, 30.0], [1.0, 10.0, 100.0]]
+    assert several.stages([3.0, 30.0]) == [(3.0, 7), (30.0, 7), (math.inf, 5)]
+    assert get_attack("relu-homotopy", betas=[], final_steps=4).stages([]) == [(math.inf, 4)]  # plain L-BFGS

@@ -108,7 +108,9 @@ class ReluHomotopy(Attack):
     --------
     betas
         The smoothing stages' β, increasing; a last stage on the true ReLU network follows. ``[]`` with
-        ``final_steps > 0`` is plain float64 L-BFGS on the L2 distance (DLG's optimiser, no homotopy).
+        ``final_steps > 0`` is plain float64 L-BFGS on the L2 distance (DLG's optimiser, no homotopy). A list of
+        such lists runs each schedule from the same start and keeps the result with the lowest matching loss
+        on the ReLU network (a record that converges shows a far lower loss than one that stalls).
     steps
         L-BFGS evaluations per smoothed stage.
     final_steps
@@ -123,7 +125,7 @@ class ReluHomotopy(Attack):
 
     name: ClassVar[str] = "relu-homotopy"
     defaults: ClassVar[Mapping[str, Any]] = {
-        "betas": [3.0, 10.0, 30.0, 100.0, 300.0, 1000.0],
+        "betas": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0],
         "steps": 150,
         "final_steps": 150,
         "restarts": 1,
@@ -134,21 +136,33 @@ class ReluHomotopy(Attack):
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         s = self.settings
-        betas = s["betas"]
-        if not isinstance(betas, Sequence) or any(not 0 < float(b) < math.inf for b in betas):
-            raise ConfigError(f"attack {self.name!r}: betas must be a list of finite values > 0, got {betas!r}")
         if int(s["steps"]) < 1 or int(s["final_steps"]) < 0 or int(s["restarts"]) < 1 or not float(s["init_scale"]) > 0:
             raise ConfigError(
                 f"attack {self.name!r}: steps and restarts must be >= 1, final_steps >= 0 and init_scale > 0"
             )
-        if not betas and int(s["final_steps"]) < 1:
-            raise ConfigError(f"attack {self.name!r}: no stage to run (betas is empty and final_steps is 0)")
+        for betas in self.schedules():
+            if any(not 0 < b < math.inf for b in betas):
+                raise ConfigError(f"attack {self.name!r}: betas must be finite values > 0, got {s['betas']!r}")
+            if not betas and int(s["final_steps"]) < 1:
+                raise ConfigError(f"attack {self.name!r}: no stage to run (betas is empty and final_steps is 0)")
 
-    def stages(self) -> list[tuple[float, int]]:
-        """``(β, L-BFGS evaluations)`` per stage; β = inf is the true ReLU network."""
+    def schedules(self) -> list[list[float]]:
+        """The β schedules to run: ``betas`` is one list of β, or a list of such lists."""
+        betas = self.settings["betas"]
+        if not isinstance(betas, Sequence) or isinstance(betas, str):
+            raise ConfigError(f"attack {self.name!r}: betas must be a list such as [3, 10, 30], got {betas!r}")
+        try:
+            if betas and all(isinstance(b, Sequence) and not isinstance(b, str) for b in betas):
+                return [[float(v) for v in b] for b in betas]
+            return [[float(b) for b in betas]]
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"attack {self.name!r}: betas must hold numbers, got {betas!r}") from err
+
+    def stages(self, betas: Sequence[float]) -> list[tuple[float, int]]:
+        """``(β, L-BFGS evaluations)`` per stage of one schedule; β = inf is the true ReLU network."""
         s = self.settings
         final = [(math.inf, int(s["final_steps"]))] if int(s["final_steps"]) > 0 else []
-        return [(float(b), int(s["steps"])) for b in s["betas"]] + final
+        return [(float(b), int(s["steps"])) for b in betas] + final
 
     def run(self, record: UpdateRecord, *, seed: int | None = None) -> Reconstruction:
         self.check_record(record)
@@ -177,8 +191,7 @@ class ReluHomotopy(Attack):
     def invert(
         self, target: AttackTarget, relus: list[SmoothReLU], labels: Tensor, seed: int | None
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Screen the restarts on the first stage, then raise β stage by stage (float64 ``target``)."""
-        s = self.settings
+        """Run every schedule (float64 ``target``); keep the result with the lowest ReLU matching loss."""
         lo, hi = target.input_range
         norm = sum(float(o.pow(2).sum()) for o in target.observed) or 1.0
 
@@ -192,9 +205,29 @@ class ReluHomotopy(Attack):
             x = torch.nan_to_num(x, nan=(lo + hi) / 2).clamp(lo, hi)
             return x, used, float(matching(x).detach())
 
+        runs = [self._schedule(betas, stage, target, seed) for betas in self.schedules()]
+        for relu in relus:
+            relu.beta = math.inf
+        finals = [float(matching(x).detach()) for x, _ in runs]
+        pick = int(np.argmin(finals))
+        x, info = runs[pick]
+        info["evaluations"] = info["iterations"] = sum(r[1]["evaluations"] for r in runs)
+        log.info("relu-homotopy: final matching loss per schedule %s; kept schedule %d", finals, pick)
+        return x, {**info, "matching_loss": finals[pick], "schedule_losses": finals, "schedule": pick}
+
+    def _schedule(
+        self,
+        betas: Sequence[float],
+        stage: Callable[[Tensor, float, int], tuple[Tensor, int, float]],
+        target: AttackTarget,
+        seed: int | None,
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """One schedule: screen the restarts on its first stage, then raise β stage by stage."""
+        s = self.settings
+        lo, hi = target.input_range
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         shape = (target.num_images, *target.input_shape)
-        (beta0, steps0), *rest = self.stages()
+        (beta0, steps0), *rest = self.stages(betas)
         starts = [(lo + hi) / 2 + float(s["init_scale"]) * (hi - lo) / 2 * torch.randn(shape, generator=gen,
                   dtype=torch.float64) for _ in range(int(s["restarts"]))]  # fmt: skip
         screened = [stage(x0.clamp(lo, hi), beta0, steps0) for x0 in starts]
@@ -204,9 +237,4 @@ class ReluHomotopy(Attack):
         for beta, steps in rest:
             x, used, loss = stage(x, beta, steps)
             evaluations, stage_loss = evaluations + used, [*stage_loss, loss]
-        for relu in relus:
-            relu.beta = math.inf
-        final = float(matching(x).detach())
-        log.info("relu-homotopy: matching loss per stage %s, final %.3g", [f"{v:.3g}" for v in stage_loss], final)
-        return x, {"iterations": evaluations, "evaluations": evaluations, "matching_loss": final,
-                   "restart_losses": [loss for _, _, loss in screened], "stage_loss": stage_loss}  # fmt: skip
+        return x, {"evaluations": evaluations, "restart_losses": [v for _, _, v in screened], "stage_loss": stage_loss}
