@@ -125,7 +125,7 @@ class ReluHomotopy(Attack):
 
     name: ClassVar[str] = "relu-homotopy"
     defaults: ClassVar[Mapping[str, Any]] = {
-        "betas": [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0],
+        "betas": [[3.0, 10.0, 30.0, 100.0, 300.0, 1000.0], [1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0]],
         "steps": 150,
         "final_steps": 150,
         "restarts": 1,
