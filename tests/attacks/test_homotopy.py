@@ -42,8 +42,8 @@ def test_smooth_relus_replaces_every_relu_and_tends_to_it():
     assert gaps[0] > gaps[1] > gaps[2] and math.isclose(gaps[2], math.log(2) / 100, rel_tol=1e-3)
 
 
-@pytest.mark.slow  # ~480 float64 evaluations: 86 s at load 15-25 on 2 shared cores
 def test_relu_homotopy_reconstructs_a_batch_of_two_above_the_floor():
+    # ~480 float64 evaluations: 7 s on an idle core (86 s at load 15-25 on 2 shared cores)
     case = make_case("convnet-small", batch_size=2, **PHANTOM)
     attack = get_attack("relu-homotopy", betas=[3.0, 10.0, 30.0, 100.0, 300.0], steps=80, final_steps=80)
     rec = attack.run(case.record, seed=0)
