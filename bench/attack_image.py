@@ -259,7 +259,8 @@ def run_worker(args: argparse.Namespace) -> None:
         tag = f"/v:{args.variant}" if args.variant else ""
         jobs += [(f"synthetic/{m}/b{b}/k{k}{tag}", (synthetic_cell, m, b, k, args.scale, extra,
                   cached.get(f"synthetic/{m}/b{b}/k{k}")))
-                 for m in args.models for b in args.batches for k in range(args.batch_count)]  # fmt: skip
+                 for m in args.models for b in args.batches
+                 for k in (args.indices or range(args.batch_count))]  # fmt: skip
     if args.section in ("analytic", "all"):
         jobs += [(f"analytic/mlp/b1/k{k}", (analytic_cell, k)) for k in range(args.batch_count)]
     if args.section in ("real", "all"):
@@ -294,6 +295,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=list(ITERATIONS), choices=list(ITERATIONS))
     parser.add_argument("--batch-count", type=int, default=3, help="random batches per cell (>= 3)")
+    parser.add_argument("--indices", nargs="+", type=int, help="only these batch indices (parallel workers)")
     parser.add_argument("--settings", nargs="+", default=list(REAL), choices=list(REAL))
     parser.add_argument("--scale", type=float, default=1.0, help="scale every iteration budget (recorded)")
     parser.add_argument("--privmed-settings", default="{}", help="JSON of extra privmed attack settings")

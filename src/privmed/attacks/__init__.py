@@ -23,6 +23,7 @@ FAMILIES: tuple[str, ...] = (
     "inverting",
     "analytic",
     "layerwise",
+    "homotopy",
     "imprint",
     "tabular",
     "prior",
