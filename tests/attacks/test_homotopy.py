@@ -49,8 +49,9 @@ def test_relu_homotopy_reconstructs_a_batch_of_two_above_the_floor():
     rec = attack.run(case.record, seed=0)
     metrics = score(rec.inputs, case.inputs, input_range=(-1, 1), labels=rec.labels, true_labels=case.labels,
                     mean_image=case.mean_image)  # fmt: skip
-    # ~25 dB against a 20.4 dB floor here; inverting-gradients at 8x the evaluations stays below the floor
-    assert metrics["psnr"]["mean"] > metrics["floor_psnr"]["mean"] + 2.0, metrics
+    # 23.4-24.6 dB for attack seeds 0-3 against a 20.4 dB floor; inverting-gradients at 8x the evaluations stays
+    # below the floor. The margin leaves room for float64 kernels that differ across CPUs.
+    assert metrics["psnr"]["mean"] > metrics["floor_psnr"]["mean"] + 1.5, metrics
     assert metrics["label_accuracy"] == 1.0
     assert rec.info["matching_loss"] < rec.trace["stage_loss"][0]  # each stage went on from the last
     assert rec.info["evaluations"] <= 6 * (80 + 25) and rec.inputs.shape == (2, 1, 28, 28)
