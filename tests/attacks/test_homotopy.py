@@ -20,12 +20,7 @@ load_families()
 PHANTOM = {"dataset": "phantom"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/attacks/conftest.py
 
 
 def test_smooth_relus_replaces_every_relu_and_tends_to_it():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from privmed.attacks import load_families
 from privmed.attacks.base import get_attack
@@ -15,12 +14,7 @@ load_families()
 PHANTOM = {"dataset": "phantom"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/attacks/conftest.py
 
 
 def test_layerwise_recovers_one_image_through_the_untrained_convnet():

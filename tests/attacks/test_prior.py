@@ -26,12 +26,7 @@ BUDGET = {"restarts": 2, "latent_iterations": 60, "generator_iterations": 150, "
 RANDOM = {"restarts": 1, "latent_iterations": 0, "generator_iterations": 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/attacks/conftest.py
 
 
 @pytest.fixture(scope="module")
