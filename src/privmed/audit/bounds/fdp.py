@@ -32,14 +32,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import special
 
 from privmed.audit.bounds.gdp import gaussian_epsilon
-from privmed.audit.bounds.one_run import correct_guesses, guess_grid
+from privmed.audit.bounds.one_run import OneRunBound, correct_guesses, guess_grid
 
 _MU_RANGE = (1e-3, 60.0)
 
@@ -85,7 +84,7 @@ def rejects(m: int, r: int, v: int, mu: float, tau: float, *, k: int = 2) -> boo
 
 
 @dataclass(frozen=True)
-class FdpBound:
+class FdpBound(OneRunBound):
     """The result of :func:`fdp_lower_bound`.
 
     Attributes
@@ -99,22 +98,11 @@ class FdpBound:
         As in :class:`~privmed.audit.bounds.one_run.OneRunBound`; the grid point is the one that rejects μ*.
     """
 
-    epsilon_lb: float
-    mu_star: float
-    beta: float
-    delta: float
-    m: int
-    k_in: int
-    k_out: int
-    correct: int
-    grid_size: int
     method: str = (
         "one-run f-DP test of mu-GDP (Mahloujifar, Melis & Chaudhuri 2024), union bound over guess counts; "
         "assumes a Gaussian mechanism"
     )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    mu_star: float = 0.0
 
 
 def fdp_lower_bound(
@@ -162,7 +150,7 @@ def fdp_lower_bound(
 
     lo, hi = _MU_RANGE
     if rejecting(lo) is None:  # not even (almost) perfect privacy is rejected: the guesses show nothing
-        return FdpBound(0.0, 0.0, beta, delta, m, 0, 0, 0, len(pairs))
+        return FdpBound(epsilon_lb=0.0, beta=beta, delta=delta, m=m, k_in=0, k_out=0, correct=0, grid_size=len(pairs))
     if rejecting(hi) is not None:
         lo = hi
     while hi - lo > 1e-4 * max(lo, 1.0):  # invariant: lo rejected, hi not

@@ -17,13 +17,12 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from privmed.audit.bounds.gdp import gaussian_epsilon
-from privmed.audit.bounds.one_run import correct_guesses, guess_grid, p_value
+from privmed.audit.bounds.one_run import OneRunBound, correct_guesses, guess_grid, p_value
 
 #: The δ' grid of the profile (log-spaced; the target δ is added).
 PROFILE_DELTAS: tuple[float, ...] = tuple(float(d) for d in np.logspace(-16, -2, 15))
@@ -69,22 +68,12 @@ def mechanism_profile(sample_rate: float, steps: int) -> Callable[[float, Sequen
 
 
 @dataclass(frozen=True)
-class ProfileBound:
-    """The result of :func:`profile_lower_bound` (see the module docstring)."""
+class ProfileBound(OneRunBound):
+    """The result of :func:`profile_lower_bound` (see the module docstring): the fields of
+    :class:`~privmed.audit.bounds.one_run.OneRunBound` and ``sigma_star``, the largest σ the guesses reject."""
 
-    epsilon_lb: float
-    sigma_star: float
-    beta: float
-    delta: float
-    m: int
-    k_in: int
-    k_out: int
-    correct: int
-    grid_size: int
     method: str = "one-run test against the accountant's whole (epsilon, delta) profile; assumes DP-SGD's mechanism"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    sigma_star: float = float("inf")
 
 
 def profile_lower_bound(
@@ -119,7 +108,9 @@ def profile_lower_bound(
 
     lo, hi = _SIGMA_RANGE
     if rejecting(hi) is None:  # even sigma = 200 (epsilon ~ 0) stands: these guesses show nothing
-        return ProfileBound(0.0, float("inf"), beta, delta, m, 0, 0, 0, len(pairs))
+        return ProfileBound(
+            epsilon_lb=0.0, beta=beta, delta=delta, m=m, k_in=0, k_out=0, correct=0, grid_size=len(pairs)
+        )
     if rejecting(lo) is not None:
         hi = lo
     while hi / lo > 1.001:
