@@ -7,11 +7,23 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from privmed.attacks import load_families
 from privmed.attacks.base import get_attack
 from privmed.attacks.cases import make_case
-from privmed.attacks.multiscale import bilinear_basis, layer_l2, pca_basis, public_mean_image, public_set, upsample
+from privmed.attacks.multiscale import (
+    Stage,
+    bilinear_basis,
+    layer_l2,
+    pca_basis,
+    public_mean_image,
+    public_set,
+    search_stage,
+    upsample,
+)
+from privmed.attacks.optimization import as_double
+from privmed.attacks.target import target_from_record
 from privmed.errors import ConfigError
 from privmed.metrics.reconstruction import score
 
@@ -93,3 +105,17 @@ def test_multiscale_refuses_bad_settings():
         get_attack("multiscale", basis="bilinear", scales=[7, 56]).run(case.record)
     with pytest.raises(ConfigError, match="training split"):
         get_attack("multiscale", public="phantom:train").run(case.record)
+
+
+def test_search_refuses_a_batch_gradient_that_is_not_the_mean_of_per_image_gradients():
+    case = make_case("convnet-small", batch_size=4, **PHANTOM)
+    target = as_double(target_from_record(case.record))
+    target.loss_fn = lambda out, y: F.cross_entropy(out, y, reduction="sum")  # a summed loss couples nothing,
+    public, _ = public_set("", "phantom", (1, 28, 28))  # but the batch gradient is then 4x the per-image mean
+    attack = get_attack("multiscale")
+    labels = torch.as_tensor(case.labels, dtype=torch.long)
+    mean = public.double().mean(0)
+    stage = Stage(target, labels, mean.expand(4, 1, 28, 28).clone(), pca_basis(public.double(), 2),
+                  attack.objective(target, labels, mean), layer_l2, attack.settings, torch.Generator())  # fmt: skip
+    with pytest.raises(ConfigError, match="per-image gradients"):
+        search_stage(stage, torch.zeros((4, 2), dtype=torch.float64), 1)
