@@ -24,6 +24,7 @@ FAMILIES: tuple[str, ...] = (
     "analytic",
     "layerwise",
     "homotopy",
+    "multiscale",
     "imprint",
     "tabular",
     "prior",
