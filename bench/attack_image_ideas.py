@@ -303,15 +303,16 @@ the load shown, so they compare only with rows of similar load.
 ## Reading
 
 - **Batch 4 is off the floor on two of three records, not on the third.** With the 80-step path: k0 22.4 dB
-  (floor 15.7), k1 19.9 (17.2), k2 14.6 (15.7). Mean 18.9 dB against a mean floor of 16.2 and breaching's
-  11.5 on the same records. The goal (25 dB) is not met. The attack's defaults stay at the floor
-  (`default` rows).
-- The path length matters on k0: 21.5 dB with 40 steps, 22.4 with 80, 19.9 with 160 steps of 30
-  evaluations. Each step must be solved, not just started.
+  (floor 15.7), k1 19.9 (17.2), k2 14.6 (15.7). Mean 18.9 dB (19.1 with 40 steps) against a mean floor of
+  16.2 and breaching's 11.5 on the same records. The goal (25 dB) is not met. The attack's defaults stay
+  at the floor (`default` rows: 15.1 dB).
+- Path length: 80 steps beat 40 on k0 and k1 (22.4 against 21.5, 19.9 against 19.5), not on k2 (14.6
+  against 16.2); the three-record means (18.9 and 19.1 dB) do not separate them. 160 steps of 30
+  evaluations are worse than 80 of 60 on k0 (19.9): each step must be solved, not just started.
 - The matching loss does not tell success across records here: k2 ends at 1.7e-3 at 14.6 dB, and k1 at
   2.4e-2 at 19.9 dB. k2's four images share one label (k0: three of four, k1: two and two).
-- **Batch 8** (k0 only, 80 steps): 15.5 dB against a floor of 15.2, so at the floor (breaching 15.7 with
-  TV). k1 and k2 were not run. The path does not carry over to batch 8 at this length.
+- **Batch 8** (80 steps, k0 and k1; k2 not run): 15.5 and 15.9 dB against floors of 15.2 and 16.6, so at
+  the floor (breaching with TV: 15.7 and 13.8). The path does not carry over to batch 8 at this length.
 """
 
 

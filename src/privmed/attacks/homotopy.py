@@ -26,8 +26,8 @@ the mean of public images of the same modality (what the floor knows), and ``pat
 start along a *target path*: the goal gradient goes in equal steps from the start's own gradient (which the
 start matches exactly) to the observed one, each step solved by L-BFGS from the last on the network smoothed
 at ``path_beta`` (the Newton or global homotopy, Allgower & Georg 1990, "Numerical Continuation Methods",
-ch. 1; here in the least-squares sense). Model (i), batch 4: 22.4 dB on record k0 where the β stages stay at
-14.5 (``bench/results/attack_image_batch4.md``).
+ch. 1; here in the least-squares sense). Model (i), batch 4, records k0-k2: 18.9-19.1 dB mean (22.4 on k0)
+where the β stages alone give 15.1, against a 16.2 dB floor (``bench/results/attack_image_batch4.md``).
 Restarts are screened by their matching loss after the first stage (Geiping et al. 2020,
 "Inverting Gradients", NeurIPS: the restart with the lowest matching loss is kept). Labels come from the
 last layer's gradient (:mod:`privmed.attacks.labels`). The server knows the architecture, so smoothing its
