@@ -54,7 +54,8 @@ def test_relu_homotopy_reconstructs_a_batch_of_two_above_the_floor():
 
 def test_relu_homotopy_refuses_bad_settings_and_models_without_relu_modules():
     bad_settings = [{"betas": [], "final_steps": 0}, {"betas": [0.0, 10.0]}, {"betas": [math.inf]}, {"steps": 0},
-                    {"betas": [[3.0, 10.0], [0.0]]}, {"betas": "3"}, {"betas": ["a"]}]  # fmt: skip
+                    {"betas": [[3.0, 10.0], [0.0]]}, {"betas": "3"}, {"betas": ["a"]}, {"init": "prior"},
+                    {"init": "zeros"}, {"path_steps": -1}, {"path_evals": 0}, {"path_beta": math.inf}]  # fmt: skip
     for bad in bad_settings:
         with pytest.raises(ConfigError, match="relu-homotopy"):
             get_attack("relu-homotopy", **bad)
@@ -68,3 +69,16 @@ def test_relu_homotopy_reads_one_schedule_or_several():
     assert several.schedules() == [[3.0, 30.0], [1.0, 10.0, 100.0]]
     assert several.stages([3.0, 30.0]) == [(3.0, 7), (30.0, 7), (math.inf, 5)]
     assert get_attack("relu-homotopy", betas=[], final_steps=4).stages([]) == [(math.inf, 4)]  # plain L-BFGS
+
+
+def test_target_path_starts_from_the_public_mean_and_moves_towards_the_observed_gradient():
+    # the path's goal goes from the start's own gradient to the observed one; with 3 steps of 10 evaluations the
+    # candidate must match the observed gradient far better than the start did (a wrong goal, sign or order of
+    # the interpolation leaves it near the start)
+    case = make_case("convnet-small", batch_size=2, **PHANTOM)
+    settings = {"init": "prior", "prior": "phantom:val", "betas": [100.0], "steps": 1, "final_steps": 0}
+    start = get_attack("relu-homotopy", **settings, path_steps=0).run(case.record, seed=0)
+    moved = get_attack("relu-homotopy", **settings, path_steps=3, path_evals=10).run(case.record, seed=0)
+    assert 3 <= moved.info["path_evaluations"] <= 3 * (10 + 25) + 1 and start.info["path_evaluations"] == 0
+    assert moved.info["evaluations"] > moved.info["path_evaluations"]
+    assert moved.info["matching_loss"] < 0.5 * start.info["matching_loss"], (moved.info, start.info)

@@ -2,7 +2,8 @@
 
 Threat model: honest-but-curious server without SecAgg+; it holds one client's noise-free FedSGD gradient of
 a batch (the batch-mean loss), the model it sent (architecture and weights) and the batch size, e.g. a
-BreastMNIST batch on privmed's untrained ``convnet-small``.
+BreastMNIST batch on privmed's untrained ``convnet-small``. With ``init = "prior"`` it also knows the mean
+of public images of the same modality (e.g. BreastMNIST's validation split), never the client's own images.
 
 Why: on a ReLU network the simulated gradient ``∇_θ L(f_θ(x), y)`` is discontinuous in the input ``x``: every
 pre-activation that crosses zero switches a ``1[z > 0]`` in the backward pass, so the gradient-matching
@@ -18,6 +19,15 @@ make gradient inversion tractable is also what DLG's sigmoid LeNets do implicitl
 true ReLU network. By default two schedules (β from 3 and from 1) run from the same start and the one
 with the lower ReLU matching loss is kept: a run that converges shows a loss several times lower than one that
 stalls (model (i), batch 2: 35.8 dB mean against a ~15 dB floor, ``bench/results/attack_image.md``).
+At batch 4 and more the smoothed objective no longer singles out the truth at the β where its landscape is
+easy (model (i), batch 4: the truth's loss at β = 100 is 1.3e-2, and a random start reaches 1.1e-2 there far
+from it), so the β stages alone stall at the floor. Two settings help there: ``init = "prior"`` starts from
+the mean of public images of the same modality (what the floor knows), and ``path_steps`` first moves each
+start along a *target path*: the goal gradient goes in equal steps from the start's own gradient (which the
+start matches exactly) to the observed one, each step solved by L-BFGS from the last on the network smoothed
+at ``path_beta`` (the Newton or global homotopy, Allgower & Georg 1990, "Numerical Continuation Methods",
+ch. 1; here in the least-squares sense). Model (i), batch 4, records k0-k2: 18.9-19.1 dB mean (22.4 on k0)
+where the β stages alone give 15.1, against a 16.2 dB floor (``bench/results/attack_image_batch4.md``).
 Restarts are screened by their matching loss after the first stage (Geiping et al. 2020,
 "Inverting Gradients", NeurIPS: the restart with the lowest matching loss is kept). Labels come from the
 last layer's gradient (:mod:`privmed.attacks.labels`). The server knows the architecture, so smoothing its
@@ -30,6 +40,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,12 +50,37 @@ from torch import Tensor, nn
 
 from privmed.attacks.base import Attack, Reconstruction, register_attack
 from privmed.attacks.labels import check_batch_size, recover_labels
-from privmed.attacks.optimization import as_double, l2_distance, one_gradient
+from privmed.attacks.optimization import Grads, as_double, l2_distance, one_gradient, public_mean
 from privmed.attacks.record import UpdateRecord
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+#: ``(x, β, L-BFGS evaluations[, goal gradient]) -> (x, evaluations used, ReLU matching loss)``
+Stage = Callable[..., tuple[Tensor, int, float]]
+#: ``(x, β) -> the gradient of x on the network smoothed at β`` (detached)
+GradientAt = Callable[[Tensor, float], Grads]
+
+
+def _randn_start(
+    shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator, scale: float, prior: Tensor | None
+) -> Tensor:
+    """Gaussian noise of ``scale`` half-widths around the middle of the input range."""
+    return (lo + hi) / 2 + scale * (hi - lo) / 2 * torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+def _prior_start(
+    shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator, scale: float, prior: Tensor | None
+) -> Tensor:
+    """The public mean image plus Gaussian noise of 5 % of the input range (``scale`` is not used)."""
+    if prior is None:
+        raise ConfigError("init 'prior' needs the setting prior = '<dataset>:<split>' (public images' mean)")
+    return prior.double().expand(shape) + 0.05 * (hi - lo) * torch.randn(shape, generator=gen, dtype=torch.float64)
+
+
+#: ``init`` name -> ``(shape, low, high, generator, init_scale, public mean image or None) -> start``
+STARTS: dict[str, Callable[..., Tensor]] = {"randn": _randn_start, "prior": _prior_start}
 
 
 class SmoothReLU(nn.Module):
@@ -120,8 +156,21 @@ class ReluHomotopy(Attack):
         L-BFGS evaluations on the true ReLU network at the end.
     restarts
         Random starts; each runs the first stage, and only the one with the lowest loss there goes on.
+    init
+        The start: ``"randn"`` (Gaussian noise of ``init_scale``) or ``"prior"`` (the mean of public images of
+        the same modality, ``prior``, plus noise of 5 % of the input range: the floor's knowledge).
+    prior
+        ``"<dataset>:<split>"`` of the public images ``init = "prior"`` starts from (e.g. ``"breastmnist:val"``).
     init_scale
         Standard deviation of the random start (centred in the input range, in units of half its width).
+    path_steps
+        Steps of the target path run from each start before the β stages (0: none): the goal moves from the
+        start's own gradient to the observed one in ``path_steps`` equal steps, each solved from the last
+        (:meth:`ReluHomotopy.target_path`).
+    path_evals
+        L-BFGS evaluations per step of the target path.
+    path_beta
+        The softplus β of the network during the target path.
     num_images
         Images to reconstruct (0: what the record's metadata says).
     """
@@ -132,7 +181,12 @@ class ReluHomotopy(Attack):
         "steps": 150,
         "final_steps": 150,
         "restarts": 1,
+        "init": "randn",
+        "prior": "",
         "init_scale": 0.5,
+        "path_steps": 0,
+        "path_evals": 60,
+        "path_beta": 100.0,
         "num_images": 0,
     }
 
@@ -143,6 +197,13 @@ class ReluHomotopy(Attack):
             raise ConfigError(
                 f"attack {self.name!r}: steps and restarts must be >= 1, final_steps >= 0 and init_scale > 0"
             )
+        if s["init"] not in STARTS or (s["init"] == "prior" and not s["prior"]):
+            raise ConfigError(
+                f"attack {self.name!r}: init must be one of {', '.join(STARTS)}, and init 'prior' needs the setting "
+                f"prior = '<dataset>:<split>' of public images, got init={s['init']!r}, prior={s['prior']!r}"
+            )
+        if int(s["path_steps"]) < 0 or int(s["path_evals"]) < 1 or not 0 < float(s["path_beta"]) < math.inf:
+            raise ConfigError(f"attack {self.name!r}: path_steps must be >= 0, path_evals >= 1, path_beta finite > 0")
         for betas in self.schedules():
             if any(not 0 < b < math.inf for b in betas):
                 raise ConfigError(f"attack {self.name!r}: betas must be finite values > 0, got {s['betas']!r}")
@@ -194,46 +255,77 @@ class ReluHomotopy(Attack):
     def invert(
         self, target: AttackTarget, relus: list[SmoothReLU], labels: Tensor, seed: int | None
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Run every schedule (float64 ``target``); keep the result with the lowest ReLU matching loss."""
+        """Make the starts (and their target paths), run every schedule from them (float64 ``target``); keep
+        the result with the lowest ReLU matching loss."""
         lo, hi = target.input_range
         norm = sum(float(o.pow(2).sum()) for o in target.observed) or 1.0
 
-        def matching(x: Tensor) -> Tensor:
-            return l2_distance(one_gradient(target, x, labels), target.observed) / norm
+        def distance(x: Tensor, goal: Grads) -> Tensor:
+            return l2_distance(one_gradient(target, x, labels), goal) / norm
 
-        def stage(x: Tensor, beta: float, steps: int) -> tuple[Tensor, int, float]:
+        def stage(x: Tensor, beta: float, steps: int, goal: Grads = target.observed) -> tuple[Tensor, int, float]:
             for relu in relus:
                 relu.beta = beta
-            x, used = lbfgs_budget(x, matching, steps)
+            x, used = lbfgs_budget(x, partial(distance, goal=goal), steps)
             x = torch.nan_to_num(x, nan=(lo + hi) / 2).clamp(lo, hi)
-            return x, used, float(matching(x).detach())
+            return x, used, float(distance(x, target.observed).detach())
 
-        runs = [self._schedule(betas, stage, target, seed) for betas in self.schedules()]
+        def gradient_at(x: Tensor, beta: float) -> Grads:
+            for relu in relus:
+                relu.beta = beta
+            return [g.detach() for g in one_gradient(target, x, labels)]
+
+        starts, used = self.starts(target, stage, gradient_at, seed)
+        runs = [self._schedule(betas, stage, starts) for betas in self.schedules()]
         for relu in relus:
             relu.beta = math.inf
-        finals = [float(matching(x).detach()) for x, _ in runs]
+        finals = [float(distance(x, target.observed).detach()) for x, _ in runs]
         pick = int(np.argmin(finals))
         x, info = runs[pick]
-        info["evaluations"] = info["iterations"] = sum(r[1]["evaluations"] for r in runs)
+        info["evaluations"] = info["iterations"] = used + sum(r[1]["evaluations"] for r in runs)
         log.info("relu-homotopy: final matching loss per schedule %s; kept schedule %d", finals, pick)
+        info["path_evaluations"] = used
         return x, {**info, "matching_loss": finals[pick], "schedule_losses": finals, "schedule": pick}
 
-    def _schedule(
-        self,
-        betas: Sequence[float],
-        stage: Callable[[Tensor, float, int], tuple[Tensor, int, float]],
-        target: AttackTarget,
-        seed: int | None,
-    ) -> tuple[Tensor, dict[str, Any]]:
-        """One schedule: screen the restarts on its first stage, then raise β stage by stage."""
+    def starts(
+        self, target: AttackTarget, stage: Stage, gradient_at: GradientAt, seed: int | None
+    ) -> tuple[list[Tensor], int]:
+        """The ``restarts`` starts (``init``), each moved along the target path when ``path_steps > 0``;
+        ``(starts, evaluations spent)``."""
         s = self.settings
         lo, hi = target.input_range
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         shape = (target.num_images, *target.input_shape)
+        prior = public_mean(str(s["prior"]), target.input_shape) if s["init"] == "prior" else None
+        make = STARTS[str(s["init"])]
+        scale = float(s["init_scale"])
+        starts = [make(shape, lo, hi, gen, scale, prior).clamp(lo, hi) for _ in range(int(s["restarts"]))]
+        if int(s["path_steps"]) == 0:
+            return starts, 0
+        moved = [self.target_path(x0, target.observed, stage, gradient_at) for x0 in starts]
+        return [x for x, _ in moved], sum(u for _, u in moved)
+
+    def target_path(self, x0: Tensor, observed: Grads, stage: Stage, gradient_at: GradientAt) -> tuple[Tensor, int]:
+        """Follow the goal ``(1 - t) g(x0) + t g*`` from ``t = 0`` (solved by ``x0`` itself) to ``t = 1`` (the
+        observed gradient ``g*``) in ``path_steps`` steps, each solved by L-BFGS from the last, on the network
+        smoothed at ``path_beta``: the Newton (global) homotopy of Allgower & Georg (1990, "Numerical
+        Continuation Methods", ch. 1), here in the least-squares sense. ``(x, evaluations)``."""
+        s = self.settings
+        steps, beta = int(s["path_steps"]), float(s["path_beta"])
+        own = gradient_at(x0, beta)
+        x, used, loss = x0, 1, math.nan
+        for k in range(1, steps + 1):
+            t = k / steps
+            goal = [(1 - t) * a + t * o for a, o in zip(own, observed, strict=True)]
+            x, spent, loss = stage(x, beta, int(s["path_evals"]), goal)
+            used += spent
+        log.info("relu-homotopy: target path (%d steps at beta %g) ends at matching loss %.3g", steps, beta, loss)
+        return x, used
+
+    def _schedule(self, betas: Sequence[float], stage: Stage, starts: list[Tensor]) -> tuple[Tensor, dict[str, Any]]:
+        """One schedule: screen the starts on its first stage, then raise β stage by stage."""
         (beta0, steps0), *rest = self.stages(betas)
-        starts = [(lo + hi) / 2 + float(s["init_scale"]) * (hi - lo) / 2 * torch.randn(shape, generator=gen,
-                  dtype=torch.float64) for _ in range(int(s["restarts"]))]  # fmt: skip
-        screened = [stage(x0.clamp(lo, hi), beta0, steps0) for x0 in starts]
+        screened = [stage(x0, beta0, steps0) for x0 in starts]
         pick = int(np.argmin([loss for _, _, loss in screened]))
         x, _, loss = screened[pick]
         evaluations, stage_loss = sum(u for _, u, _ in screened), [loss]
