@@ -31,6 +31,9 @@ Privacy (``[privacy] mode``, chosen by name in :data:`D_GRADIENT_WRAPPERS`, neve
 fresh randomness only; G_i's labels are drawn uniformly over the classes (not from the client's label
 histogram), so the fake term of every upload and every synthetic image is post-processing of D's DP
 training (Dwork & Roth 2014, Prop. 2.1). The ledger's ε is reported as the ε of the synthetic images.
+The images a client releases (evaluation, augmentation) come from an exponential moving average of G_i's
+weights (``gan.g_ema``, :meth:`GeneratorStore.update_ema`), kept in the client's store beside G_i: a function of
+G_i's iterates, so post-processing too.
 
 Threat model: an honest-but-curious server (and anyone holding D or the results) sees D's weights and, per
 round, the noised D gradients (only their SecAgg+ sum under ``"distributed"``); it never sees G_i, real
