@@ -209,6 +209,21 @@ def classifier_epsilons(results: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
+def dp_store(args: argparse.Namespace, rows: dict[str, Any]) -> str:
+    """The DP generators' client store for ``(c) + DP``: ``--dp-store`` when given, else the table's ``gan DP`` row."""
+    return args.dp_store or rows["rows"]["gan DP"]["store"]
+
+
+def dp_generators(args: argparse.Namespace) -> dict[str, Any]:
+    """For a ``--dp-store`` row: those generators' store and epsilon_D (from their run's results.json); their TSTR
+    and FID are measured by bench/hfgan_tstr.py (another protocol), not copied here."""
+    if not args.dp_store:
+        return {}
+    results = Path(args.dp_store).parent / "results.json"
+    eps = json.loads(results.read_text()).get("epsilon_discriminator") if results.is_file() else None
+    return {"generators": {"store": args.dp_store, "epsilon_D": eps, "evaluated_in": "bench/results/hfgan_tstr.md"}}
+
+
 def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], save: Any) -> None:
     cfg, gan = load_gan_config(
         PRESETS[name],
@@ -249,9 +264,12 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
         ),
         (
             "(c) + DP",
-            lambda: classifier_row(
-                cfg, gan, root / "c-dp", augment=False, store=rows["rows"]["gan DP"]["store"], epsilon=args.epsilon_c
-            ),
+            lambda: {
+                **classifier_row(
+                    cfg, gan, root / "c-dp", augment=False, store=dp_store(args, rows), epsilon=args.epsilon_c
+                ),
+                **dp_generators(args),
+            },
         ),
         (
             CONTROL_DP,
@@ -423,7 +441,7 @@ def markdown(payload: dict[str, Any]) -> str:
                 lines.append(f"| {label} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
                 continue
             mark = " †" if "carried_from" in r else ""
-            g = gdp if label == "(c) + DP" else gnp if label == "(c) + HF-GAN" else None
+            g = r.get("generators") or (gdp if label == "(c) + DP" else gnp if label == "(c) + HF-GAN" else None)
             eps_d = g.get("epsilon_D") if g else None
             eps_c = r.get("epsilon_classifier")
             total = (eps_d or 0) + (eps_c or 0) if (eps_d or eps_c) else None
@@ -548,6 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/privmed-hfgan-bench", help="run folders (outside the repository)")
     parser.add_argument("--name", default="hfgan")
     parser.add_argument("--data-dir", default=os.environ.get("PRIVMED_DATA_DIR", DEFAULT_DATA_DIR))
+    parser.add_argument(
+        "--dp-store",
+        default="",
+        help="client store of other DP generators for (c) + DP (e.g. a bench/hfgan_tstr.py --federate dp run)",
+    )
     parser.add_argument("--only", nargs="+", default=[], metavar="ROW", help="run only these rows (labels)")
     parser.add_argument(
         "--rerun", nargs="+", default=[], metavar="ROW", help="drop these rows of an earlier run first, then run them"

@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -55,6 +56,7 @@ from privmed.gan.hfgan import (
     uniform_labels,
 )
 from privmed.metrics.generative import (
+    class_spread,
     fid_score,
     label_agreement,
     train_domain_classifier,
@@ -70,7 +72,30 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench.hfgan_tstr")
 
 #: Recipes by name: ``[gan]`` overrides plus ``dp`` (simulate the DP D step centrally) and ``steps`` (D steps).
+#: The first version's architecture (GroupNorm G, mean-pooled D): every recipe without ``g_norm`` / ``d_head`` ran
+#: with it before the fix (rows of earlier runs carry no such key: they are LEGACY); it collapsed G (fix below).
+LEGACY = {"g_norm": "group", "d_head": "mean", "g_ema": 0.0}
+
+#: pneumonia-hfgan's [gan] values when the recipes were first run (the preset now has the federated DP recipe:
+#: batch 256, 26 fakes per client); a recipe sets its own to differ.
+PRESET_THEN = {"batch_size": 64, "fake_batch": 8}
+
+#: The fix (the [gan] defaults now): BatchNorm G, D's head over every position with a zero-initialised projection,
+#: an EMA of G's weights (decay 0.99) released in G's place; D:G 1, G batch 64.
+FIX = {"d_steps_per_g_step": 1, "g_batch": 64, "g_norm": "batch", "d_head": "flatten", "g_ema": 0.99}
+
 RECIPES: dict[str, dict[str, Any]] = {
+    "fix": {**FIX, "steps": 500},
+    "fix-1500": {**FIX, "steps": 1500},
+    # the fix's parts one at a time, and the first version itself (the same recipe, d1g1, as it runs now)
+    "fix-no-ema": {**FIX, "steps": 500, "g_ema": 0.0},
+    "fix-gnorm-only": {**FIX, "steps": 500, "d_head": "mean"},
+    "fix-head-only": {**FIX, "steps": 500, "g_norm": "group"},
+    "legacy": {**FIX, "steps": 500, **LEGACY},
+    # control: one unconditional GAN per class (the fix's architecture, trained on that class's images only)
+    "fix-per-class": {**FIX, "steps": 500, "per_class": True},
+    # HF-GAN's federated DP settings (batch 256, 26 fakes per client), simulated centrally (--dp), 300 D steps
+    "fix-b256-300": {**FIX, "steps": 300, "batch_size": 256, "fake_batch": 26},
     # hfgan.md's settings: D:G 2, 1 G step of 32, 80 fakes per D step, widths 32, lr 2e-4
     "base": {"steps": 500, "d_steps_per_g_step": 2, "g_batch": 32},
     "d1g1": {"steps": 500, "d_steps_per_g_step": 1, "g_batch": 64},
@@ -110,15 +135,25 @@ def load(preset: str, overrides: list[str]) -> tuple[Any, GanConfig, Any]:
     return cfg, gan, dataset
 
 
-def synthetic_set(gs: dict[int, Any], info: Any, per_class: int, *, seed: int) -> Any:
-    """``per_class`` images of every class, equal shares from every generator in ``gs``."""
-    share = -(-per_class // len(gs))
+def synthetic_set(gs: dict[int, Any], info: Any, per_class: int | list[int], *, seed: int) -> Any:
+    """``per_class`` images of every class (or ``per_class[k]`` of class k), equal shares from every generator."""
+    counts = [per_class] * info.n_labels if isinstance(per_class, int) else per_class
+    shares = [-(-c // len(gs)) for c in counts]
     parts = [
-        generate(g, np.repeat(np.arange(info.n_labels), share), info, seed=seed * 1000 + pid) for pid, g in gs.items()
+        generate(g, np.repeat(np.arange(info.n_labels), shares), info, seed=seed * 1000 + pid) for pid, g in gs.items()
     ]
     out = parts[0]
     for extra in parts[1:]:
         out = concat(out, extra)
+    return out
+
+
+def intensity(split: Any) -> dict[str, dict[str, float]]:
+    """Per class: the mean grey level (0-255) and the standard deviation of the images' own mean grey levels."""
+    labels, out = split.class_labels, {}
+    for k in np.unique(labels):
+        means = split.images[labels == k].reshape(int((labels == k).sum()), -1).mean(axis=1)
+        out[f"class_{k}"] = {"mean": float(means.mean()), "sd_of_image_means": float(means.std())}
     return out
 
 
@@ -128,6 +163,8 @@ def evaluate_generators(gs: dict[int, Any], ctx: dict[str, Any], args: argparse.
     out: dict[str, Any] = {"tstr": {}}
     big = synthetic_set(gs, info, max(args.sizes), seed=1)
     out["label_agreement"] = label_agreement(ctx["domain"], big, info)
+    out["spread"] = class_spread(big, info)
+    out["intensity"] = intensity(big)
     out["fid"] = fid_score(ctx["domain"], dataset.test, synthetic_set(gs, info, 1000, seed=2), info)
     old = synthetic_set(gs, info, 300, seed=1)
     out["tstr_old"] = tstr(old, dataset.test, info, epochs=3, seed=0)
@@ -137,6 +174,11 @@ def evaluate_generators(gs: dict[int, Any], ctx: dict[str, Any], args: argparse.
         res["ratio"] = res["accuracy"] / ctx["trtr"]["accuracy"]
         out["tstr"][str(size)] = res
         log.warning("  %d per class: TSTR %.3f (ratio %.2f)", size, res["accuracy"], res["ratio"])
+    counts = [round(info.n_labels * max(args.sizes) * p) for p in ctx["prior"]]
+    res = tstr_selected(synthetic_set(gs, info, counts, seed=1), dataset.test, info, epochs=args.epochs, seed=0)
+    res.update(ratio=res["accuracy"] / ctx["trtr"]["accuracy"], per_class=counts)
+    out["tstr_prior"] = res
+    log.warning("  at the real class prior %s: TSTR %.3f (ratio %.2f)", counts, res["accuracy"], res["ratio"])
     return out
 
 
@@ -204,55 +246,91 @@ def prior_g_steps(g: Any, opt: Any, d: Any, gan: GanConfig, probs: torch.Tensor,
         p.requires_grad_(True)
 
 
+class PerClassGenerator(torch.nn.Module):
+    """One unconditional G per class behind G's ``sample(labels)`` (the per-class control)."""
+
+    def __init__(self, gs: dict[int, Any]) -> None:
+        super().__init__()
+        self.gs = torch.nn.ModuleDict({str(k): g for k, g in gs.items()})
+        first = next(iter(gs.values()))
+        self.size, self.num_classes, self.latent_dim = first.size, first.num_classes, first.latent_dim
+
+    def sample(self, labels: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        parts = {k: g.sample(labels[labels == int(k)], generator=generator) for k, g in self.gs.items()}
+        out = torch.zeros(len(labels), *next(iter(parts.values())).shape[1:])
+        for k, x in parts.items():
+            out[labels == int(k)] = x
+        return out
+
+
 def train_recipe(name: str, ctx: dict[str, Any], args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """One centralised conditional DCGAN per recipe (fakes per D step: ``fake_batch`` x 10 clients, as HF-GAN)."""
-    recipe = dict(RECIPES[name])
-    steps, dp, prior = recipe.pop("steps"), args.dp, recipe.pop("prior", False)
+    """One centralised conditional DCGAN per recipe (fakes per D step: ``fake_batch`` x 10 clients, as HF-GAN);
+    ``per_class``: one GAN per class on that class's images only (all its labels that class: the control)."""
+    recipe = {**PRESET_THEN, **LEGACY, **RECIPES[name]}
+    steps, prior, per_class = recipe.pop("steps"), recipe.pop("prior", False), recipe.pop("per_class", False)
     gan = dataclasses.replace(ctx["gan"], **recipe)
-    cfg, info = ctx["cfg"], ctx["info"]
+    x_all, y_all = to_torch(ctx["dataset"].train, ctx["info"]).tensors
+    started = time.perf_counter()
+    if per_class:
+        trained = {k: train_gan(ctx, gan, x_all[y_all == k], y_all[y_all == k], steps, True, args) for k in (0, 1)}
+        g, sigma = PerClassGenerator({k: t[0] for k, t in trained.items()}).eval(), trained[0][1]
+    else:
+        g, sigma = train_gan(ctx, gan, x_all, y_all, steps, prior, args)
+    config = {"steps": steps, "dp": args.dp, "sigma": sigma, "prior": prior, **dataclasses.asdict(gan)}
+    return g, {
+        "config": {k: config[k] for k in ("steps", "dp", "sigma", "prior", *RECIPE_KEYS)} | {"per_class": per_class},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def train_gan(
+    ctx: dict[str, Any], gan: GanConfig, x_all: torch.Tensor, y_all: torch.Tensor, steps: int, prior: bool, args: Any
+) -> tuple[Any, float]:
+    """G (eval mode) and sigma after ``steps`` D steps on ``x_all, y_all``; ``prior``: fake labels drawn from the
+    labels' own histogram (one class only: an unconditional GAN)."""
+    cfg, info, dp = ctx["cfg"], ctx["info"], args.dp
     torch.manual_seed(cfg.train.seed)
     g, d = new_gan(cfg, gan, info)
     g_opt, d_opt = adam(g.parameters(), gan, gan.lr_g), adam(d.parameters(), gan, gan.lr_d)
-    x_all, y_all = to_torch(ctx["dataset"].train, info).tensors
     n = len(x_all)
     sigma = dp_sigma({"steps": steps}, gan, n, args) if dp else 0.0
     gen, noise = torch.Generator().manual_seed(cfg.train.seed), fresh_generator()
     n_fake = gan.fake_batch * cfg.data.num_clients
     probs = torch.bincount(y_all, minlength=info.n_labels).double() / n if prior else None
-    started = time.perf_counter()
+    ema = copy.deepcopy(g)
     for step in range(steps):
         if step % gan.d_steps_per_g_step == 0 and prior:
             prior_g_steps(g, g_opt, d, gan, probs, gen)
         elif step % gan.d_steps_per_g_step == 0:
             train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.g_batch, generator=gen, aux_weight=gan.aux_weight)
+        if step % gan.d_steps_per_g_step == 0:
+            update_ema(ema, g, gan.g_ema, first=step == 0)
         y_fake = fake_labels(n_fake, info.n_labels, probs, gen)
         with torch.no_grad():
             fake = (g(torch.randn(n_fake, gan.latent_dim, generator=gen), y_fake), y_fake)
         if dp:
             idx = torch.nonzero(torch.rand(n, generator=noise) < gan.batch_size / n).flatten()
-            d_step_dp(
-                d,
-                d_opt,
-                (x_all[idx], y_all[idx]),
-                fake,
-                sigma=sigma,
-                clip=1.0,
-                batch=gan.batch_size,
-                noise=noise,
-                aux=gan.aux_weight,
-            )
+            real, aux = (x_all[idx], y_all[idx]), gan.aux_weight
+            d_step_dp(d, d_opt, real, fake, sigma=sigma, clip=1.0, batch=gan.batch_size, noise=noise, aux=aux)
         else:
             idx = torch.randint(0, n, (gan.batch_size,), generator=gen)
             d_step_plain(d, d_opt, (x_all[idx], y_all[idx]), fake, aux=gan.aux_weight)
-    seconds = time.perf_counter() - started
-    config = {"steps": steps, "dp": dp, "sigma": sigma, "prior": prior, **dataclasses.asdict(gan)}
-    return g.eval(), {
-        "config": {k: config[k] for k in ("steps", "dp", "sigma", "prior", *RECIPE_KEYS)},
-        "seconds": seconds,
-    }
+    return (ema if gan.g_ema > 0 else g).eval(), sigma
+
+
+def update_ema(ema: Any, g: Any, decay: float, *, first: bool) -> None:
+    """As :meth:`GeneratorStore.update_ema`, in memory: parameters averaged, buffers copied."""
+    with torch.no_grad():
+        for pe, pg in zip(ema.parameters(), g.parameters(), strict=True):
+            pe.copy_(pg) if first else pe.lerp_(pg, 1.0 - decay)
+        for be, bg in zip(ema.buffers(), g.buffers(), strict=True):
+            be.copy_(bg)
 
 
 RECIPE_KEYS = (
+    "g_norm",
+    "d_head",
+    "g_ema",
     "aux_weight",
     "d_steps_per_g_step",
     "g_steps",
@@ -280,8 +358,11 @@ def federated(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     )
     cfg = dataclasses.replace(cfg, privacy=privacy, secagg=dataclasses.replace(cfg.secagg, enabled=private))
     out = Path(args.work) / f"gan-{args.federate}"
-    results = run_hfgan(cfg, gan, out_dir=out)
-    write_json_atomic(out / "results.json", results)
+    if args.from_run:  # a finished run whose evaluation stopped: its results.json and store, not a new run
+        results = json.loads((out / "results.json").read_text())
+    else:
+        results = run_hfgan(cfg, gan, out_dir=out)
+        write_json_atomic(out / "results.json", results)
     meta = {
         "config": {
             "steps": gan.rounds,
@@ -388,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--federate", choices=["dp", "none"], help="run HF-GAN itself (Flower, SecAgg+ under DP)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for --federate")
     parser.add_argument("--work", default="/tmp/privmed-tstr-fed", help="--federate's run folder (outside the repo)")
+    parser.add_argument(
+        "--from-run", action="store_true", help="--federate: evaluate the finished run in --work instead of running"
+    )
     parser.add_argument("--cut-rounds", type=int, default=0, help="evaluate a --federate dp run cut after N rounds")
     parser.add_argument("--merge", nargs="*", default=[], metavar="NAME", help="merge these results into --name")
     parser.add_argument("--render", action="store_true")
@@ -410,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         cut_run(args) if args.cut_rounds else federated(args) if args.federate else None
     )  # first: the context may wait for a cache another run writes
     ctx = context(args)
+    labels = ctx["dataset"].train.class_labels
+    ctx["prior"] = (np.bincount(labels, minlength=ctx["info"].n_labels) / len(labels)).tolist()
     payload.update(
         machine=machine(),
         preset=args.preset,
@@ -419,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         majority_rate=ctx["majority"],
         fid_floor=ctx["fid_floor"],
         real_label_agreement=ctx["real_agreement"],
+        real_spread=class_spread(ctx["dataset"].train, ctx["info"]),
+        real_intensity=intensity(ctx["dataset"].train),
+        real_train_label_agreement=label_agreement(ctx["domain"], ctx["dataset"].train, ctx["info"]),
     )
     if args.notes:
         payload.setdefault("notes", []).append(args.notes)
@@ -440,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         store, meta = fed
         gs = GeneratorStore(store).generators(*load_gan_config(args.preset, overrides=args.set), ctx["info"])
         kind = "DP" if args.federate == "dp" or args.cut_rounds else "non-private"
-        label = f"HF-GAN federated {kind} ({meta['config']['steps']} rounds)"
+        fixed = "" if meta["config"].get("g_norm", "group") == "group" else ", fixed G"
+        label = f"HF-GAN federated {kind} ({meta['config']['steps']} rounds{fixed})"
         payload["rows"][label] = {"kind": "federated", **meta, **evaluate_generators(gs, ctx, args)}
         save()
     for name in args.recipes:
@@ -480,12 +570,30 @@ def markdown(p: dict[str, Any]) -> str:
         "Inception: not comparable with published FID. FID floor (real train vs real test): "
         f"{_f(p['fid_floor'], 2)}. "
         "**Label agreement**: the same domain classifier's prediction on synthetic images vs the label G was given "
-        f"(on the real test split it is {_f(p['real_label_agreement']['overall'])}).",
+        f"(on the real test split it is {_f(p['real_label_agreement']['overall'])}). "
+        "**Spread**: per class, the mean over "
+        "pixels of the standard deviation across that class's images (images in [-1, 1]; near 0 = G draws one image "
+        "per label, mode collapse); real training images: "
+        + (f"{_f(p['real_spread']['class_0'])} / {_f(p['real_spread']['class_1'])}." if p.get("real_spread") else "—.")
+        + (
+            " Real training images, grey mean and sd of image means (c0 / c1): "
+            + " / ".join(
+                f"{p['real_intensity'][k]['mean']:.0f}, {p['real_intensity'][k]['sd_of_image_means']:.1f}"
+                for k in ("class_0", "class_1")
+            )
+            + "; the domain classifier's recall on the real training split (c0 / c1): "
+            + " / ".join(_f(p["real_train_label_agreement"][k], 2) for k in ("class_0", "class_1"))
+            + "."
+            if p.get("real_intensity")
+            else ""
+        )
+        + " **G norm / D head**: group / mean is the first version's architecture (every row before the fix).",
         "",
-        "| row | D steps | D:G | G steps/turn | lr D/G | widths G/D | B | aux | σ | ε_D | label agree (c0 / c1) "
-        "| FID | "
-        "TSTR old (ratio) | TSTR new per class: acc (ratio), macro-F1, AUC | s train |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| row | G norm / D head | D steps | D:G | G steps/turn | lr D/G | widths G/D | B | aux | σ | ε_D "
+        "| label agree (c0 / c1) | spread (c0 / c1) | grey mean, sd of image means (c0 / c1) | FID | "
+        "TSTR old (ratio) | TSTR new per class: acc (ratio), macro-F1, AUC | TSTR new at the real class prior: acc "
+        "(ratio), macro-F1, AUC | s train |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, row in p["rows"].items():
         c = row.get("config", {})
@@ -494,6 +602,18 @@ def markdown(p: dict[str, Any]) -> str:
             f"{size}: {_f(r['accuracy'])} ({_f(r['ratio'], 2)}), {_f(r['macro_f1'])}, {_f(r['auc'])}"
             for size, r in row["tstr"].items()
         )
+        tp = row.get("tstr_prior")
+        at_prior = f"{_f(tp['accuracy'])} ({_f(tp['ratio'], 2)}), {_f(tp['macro_f1'])}, {_f(tp['auc'])}" if tp else "—"
+        it = row.get("intensity")
+        grey = (
+            " / ".join(f"{it[k]['mean']:.0f}, {it[k]['sd_of_image_means']:.1f}" for k in ("class_0", "class_1"))
+            if it
+            else "—"
+        )
+        sp = row.get("spread")
+        spread = f"{_f(sp['class_0'], 3)} / {_f(sp['class_1'], 3)}" if sp else "—"
+        arch = f"{c.get('g_norm', row.get('g_norm', 'group'))} / {c.get('d_head', row.get('d_head', 'mean'))}"
+        arch += " (per class)" if c.get("per_class") else ""
         cols = (
             [
                 str(c.get("steps", "")),
@@ -510,9 +630,9 @@ def markdown(p: dict[str, Any]) -> str:
             else ["store"] + [""] * 8
         )
         lines.append(
-            f"| {label} | " + " | ".join(cols) + f" | {_f(la['overall'])} ({_f(la['class_0'], 2)} / "
-            f"{_f(la['class_1'], 2)}) | {_f(row['fid'], 2)} | {_f(row['tstr_old']['accuracy'])} "
-            f"({_f(row['tstr_old_ratio'], 2)}) | {new} | {_f(row.get('seconds'), 0)} |"
+            f"| {label} | {arch} | " + " | ".join(cols) + f" | {_f(la['overall'])} ({_f(la['class_0'], 2)} / "
+            f"{_f(la['class_1'], 2)}) | {spread} | {grey} | {_f(row['fid'], 2)} | {_f(row['tstr_old']['accuracy'])} "
+            f"({_f(row['tstr_old_ratio'], 2)}) | {new} | {at_prior} | {_f(row.get('seconds'), 0)} |"
         )
     lines += ["", "## Reading these numbers", "", *(f"- {n}" for n in p.get("notes", []))]
     return "\n".join(lines) + "\n"

@@ -204,3 +204,69 @@ def test_gan_table(tmp_path) -> None:
     with pytest.raises(ConfigError, match="unknown key 'roundz' in \\[gan\\]"):
         load_gan_config(str(bad))
     assert dataclasses.asdict(gan)["batch_size"] == 32
+
+
+def test_gan_defaults_are_the_collapse_fix() -> None:
+    """[gan]'s defaults and the PneumoniaMNIST preset build the fixed pair: BatchNorm G, D's flatten head with a
+    class-blind start, and an EMA of G released (the first version's GroupNorm G + mean head collapsed G to about
+    one image per class, bench/results/hfgan_tstr.md)."""
+    cfg, gan = load_gan_config("pneumonia-hfgan")
+    assert (gan.g_norm, gan.d_head) == ("batch", "flatten") and 0 < gan.g_ema < 1
+    info = task.load_federated_data(load_gan_config("gan-smoke")[0])[0].info  # 1 channel, 2 classes, as Pneumonia
+    g, d = new_gan(cfg, gan, info)
+    assert isinstance(g.project[1], torch.nn.BatchNorm1d)
+    assert float(d.embed.weight.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("gan.g_norm='layer'", "g_norm"), ("gan.d_head='sum'", "d_head"), ("gan.fake_batch=1", "fake_batch >= 2")],
+)
+def test_bad_architecture_names_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_gan_config("gan-smoke", overrides=[override])
+
+
+def test_store_keeps_an_ema_of_g_and_releases_it(tmp_path) -> None:
+    cfg, gan = load_gan_config("gan-smoke", overrides=["gan.g_ema=0.75"])
+    info = task.load_federated_data(cfg)[0].info
+    store = GeneratorStore(tmp_path)
+    g, opt, status = store.load(0, cfg, gan, info)
+    first = {k: v.clone() for k, v in g.state_dict().items()}
+    store.save(0, g, opt, status)
+    store.update_ema(0, g, gan.g_ema)  # starts at G_i
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(1.0)
+        g.project[1].running_mean.add_(2.0)
+    store.save(0, g, opt, status)
+    store.update_ema(0, g, gan.g_ema)
+    released = store.released(0, cfg, gan, info)
+    assert not released.training
+    names = {n for n, _ in g.named_parameters()}
+    for name, value in released.state_dict().items():
+        if name in names:  # 0.75 * first + 0.25 * (first + 1)
+            assert torch.allclose(value, first[name] + 0.25, atol=1e-6)
+        elif value.is_floating_point():  # buffers (BatchNorm's running statistics) follow G_i
+            assert torch.equal(value, g.state_dict()[name])
+    off = dataclasses.replace(gan, g_ema=0.0)  # no EMA asked: G_i itself
+    plain = store.released(0, cfg, off, info)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), g.parameters(), strict=True))
+
+
+def test_a_batch_norm_g_from_the_store_loads_as_an_attack_prior(tmp_path) -> None:
+    """privmed attack's generative prior reads G's architecture from its weights; HF-GAN's BatchNorm G must load
+    (README: a client's leaked G_i as a prior) and give G_i's eval-mode images."""
+    from privmed.attacks.priors import generator_from_state
+
+    cfg, gan = load_gan_config("gan-smoke")
+    info = task.load_federated_data(cfg)[0].info
+    g = GeneratorStore(tmp_path).load(0, cfg, gan, info)[0]
+    g.train()(torch.randn(8, g.latent_dim), torch.randint(0, 2, (8,)))  # move the running statistics
+    g.eval()
+    loaded = generator_from_state(g.state_dict(), origin="test")
+    assert loaded.norm == "batch" and not loaded.training
+    z, y = torch.randn(3, g.latent_dim), torch.tensor([0, 1, 1])
+    assert torch.equal(loaded(z, y), g(z, y))
+    legacy = new_gan(cfg, dataclasses.replace(gan, g_norm="group"), info)[0]
+    assert generator_from_state(legacy.state_dict(), origin="test").norm == "group"

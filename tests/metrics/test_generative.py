@@ -7,7 +7,7 @@ import numpy as np
 from privmed.data import Split
 from privmed.federation import task
 from privmed.gan.config import load_gan_config
-from privmed.metrics.generative import holdout_split, label_agreement, train_selected, tstr_selected
+from privmed.metrics.generative import class_spread, holdout_split, label_agreement, train_selected, tstr_selected
 
 
 def _bright_vs_dark(n: int, seed: int) -> Split:
@@ -45,3 +45,15 @@ def test_selected_classifier_and_label_agreement_follow_the_labels() -> None:
     assert abs(right["overall"] + wrong["overall"] - 1.0) < 1e-9
     result = tstr_selected(train, test, info, epochs=3, seed=0)
     assert result["train_images"] == len(train) and result["accuracy"] > 0.7
+
+
+def test_class_spread_sees_a_collapsed_class() -> None:
+    info = _info()
+    varied = _bright_vs_dark(200, seed=0)
+    collapsed = Split(varied.images.copy(), varied.labels.copy())
+    ones = collapsed.class_labels == 1
+    collapsed.images[ones] = collapsed.images[np.flatnonzero(ones)[0]]  # every class-1 image the same
+    spread = class_spread(varied, info)
+    assert 0.15 < spread["class_0"] < 0.25 and 0.15 < spread["class_1"] < 0.25  # pixel sd 25 / 127.5 ≈ 0.2
+    after = class_spread(collapsed, info)
+    assert after["class_1"] < 1e-9 and after["class_0"] == spread["class_0"]

@@ -85,7 +85,8 @@ def generator_from_state(state: Mapping[str, Tensor], *, origin: str) -> Generat
     """
     try:
         num_classes, latent_dim = state["embed.weight"].shape
-        top = int(state["net.0.weight"].shape[0])
+        norm = "batch" if "project.1.running_mean" in state else "group"  # HF-GAN's G since issue 11: BatchNorm
+        top = int(state["net.1.weight"].shape[0])  # the first transposed convolution's input channels
         base = math.isqrt(int(state["project.0.weight"].shape[0]) // top)
         convs = sorted(k for k in state if k.startswith("net.") and k.endswith(".weight") and state[k].ndim == 4)
         channels, width = int(state[convs[-1]].shape[1]), int(state[convs[-1]].shape[0])
@@ -97,7 +98,7 @@ def generator_from_state(state: Mapping[str, Tensor], *, origin: str) -> Generat
     size = base * 2 ** len(convs)
     if BASE_SIDE.get(size) != base:
         raise ConfigError(f"{origin}: a generator of side {size} is not one privmed's DCGAN makes")
-    g = Generator(int(latent_dim), int(num_classes), channels=channels, size=size, width=width)
+    g = Generator(int(latent_dim), int(num_classes), channels=channels, size=size, width=width, norm=norm)
     g.load_state_dict(dict(state))
     return _frozen(g)
 

@@ -137,8 +137,10 @@ def make_augmented_client_app(flat: dict[str, Any], cfg: Config, gan: GanConfig,
         torch.set_num_threads(1)
         pid, n = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
         client = PrivmedClient(cfg, pid, n, node_context=context)
-        g, _, status = GeneratorStore(store).load(pid, cfg, gan, client.info)
-        client.split, added = augment_split(client.split, client.info, g.eval(), gan, seed=task.round_seed(0, 0, pid))
+        store_i = GeneratorStore(store)
+        status = store_i.load(pid, cfg, gan, client.info)[2]
+        g = store_i.released(pid, cfg, gan, client.info)
+        client.split, added = augment_split(client.split, client.info, g, gan, seed=task.round_seed(0, 0, pid))
         log.info("client %d: + %s synthetic images (G stopped: %s)", pid, added, status.get("stopped"))
         return client.to_client()
 

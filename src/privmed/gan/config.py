@@ -43,6 +43,15 @@ class GanConfig:
     latent_dim: int = 64
     g_width: int = 32
     d_width: int = 32
+    #: G's normalisation (:data:`privmed.models.dcgan.G_NORMS`): "batch" (DCGAN's BatchNorm; G is never private)
+    #: or "group" (the first version's; with it G collapsed to about one image per class, hfgan_tstr.md)
+    g_norm: str = "batch"
+    #: D's head (:data:`privmed.models.dcgan.D_HEADS`): "flatten" (every position of D's last feature map, class
+    #: embedding starting at 0) or "mean" (the first version's spatial mean)
+    d_head: str = "flatten"
+    #: decay of the exponential moving average of G_i's weights that each client keeps and releases (evaluation,
+    #: augmentation; Yazıcı et al., ICLR 2019): post-processing on the client, no privacy cost; 0: G_i itself
+    g_ema: float = 0.99
     #: weight of the auxiliary-classifier loss (Odena et al., ICML 2017): D also learns the class of every real
     #: image (inside the clipped, noised real-image gradient) and G also minimises D's class loss on its images,
     #: so G_i is pushed to draw its label; 0: a plain projection D (Miyato & Koyama, ICLR 2018)
@@ -84,7 +93,26 @@ def split_gan_table(raw: dict[str, Any], *, source: str) -> tuple[dict[str, Any]
         if key not in valid:
             raise ConfigError(f"unknown key {key!r} in [gan] of {source}; valid keys: {', '.join(sorted(valid))}")
         setattr(gan, key, _coerce("gan", key, value, getattr(gan, key)))
+    check_names(gan, source=source)
     return raw, gan
+
+
+def check_names(gan: GanConfig, *, source: str) -> None:
+    """Refuse a ``g_norm`` / ``d_head`` that names no registered choice (one message naming the valid ones), and
+    a BatchNorm G asked to train on batches of one image (its batch statistics need two or more)."""
+    from privmed.models.dcgan import D_HEADS, G_NORMS
+
+    for key, choices in (("g_norm", G_NORMS), ("d_head", D_HEADS)):
+        value = getattr(gan, key)
+        if value not in choices:
+            raise ConfigError(
+                f"[gan] {key} = {value!r} in {source} is not known; choose one of {', '.join(sorted(choices))}"
+            )
+    if gan.g_norm == "batch" and min(gan.g_batch, gan.fake_batch) < 2:
+        raise ConfigError(
+            f"[gan] g_norm = 'batch' in {source} needs g_batch and fake_batch >= 2 (got {gan.g_batch}, "
+            f"{gan.fake_batch}): BatchNorm normalises over the batch; raise them or set g_norm = 'group'"
+        )
 
 
 def load_gan_config(name_or_path: str, *, overrides: list[str] | None = None) -> tuple[Config, GanConfig]:

@@ -31,6 +31,9 @@ Privacy (``[privacy] mode``, chosen by name in :data:`D_GRADIENT_WRAPPERS`, neve
 fresh randomness only; G_i's labels are drawn uniformly over the classes (not from the client's label
 histogram), so the fake term of every upload and every synthetic image is post-processing of D's DP
 training (Dwork & Roth 2014, Prop. 2.1). The ledger's ε is reported as the ε of the synthetic images.
+The images a client releases (evaluation, augmentation) come from an exponential moving average of G_i's
+weights (``gan.g_ema``, :meth:`GeneratorStore.update_ema`), kept in the client's store beside G_i: a function of
+G_i's iterates, so post-processing too.
 
 Threat model: an honest-but-curious server (and anyone holding D or the results) sees D's weights and, per
 round, the noised D gradients (only their SecAgg+ sum under ``"distributed"``); it never sees G_i, real
@@ -98,6 +101,8 @@ def new_gan(cfg: Config, gan: GanConfig, info: DatasetInfo) -> tuple[Generator, 
         g_width=gan.g_width,
         d_width=gan.d_width,
         aux_classifier=gan.aux_weight > 0,
+        g_norm=gan.g_norm,
+        d_head=gan.d_head,
     )
 
 
@@ -109,6 +114,7 @@ def new_discriminator(cfg: Config, gan: GanConfig, info: DatasetInfo) -> Discrim
         size=cfg.data.size,
         width=gan.d_width,
         aux_classifier=gan.aux_weight > 0,
+        head=gan.d_head,
     )
 
 
@@ -220,12 +226,37 @@ class GeneratorStore:
         tmp.replace(path)
         _LOADED[str(path)] = (_stamp(path), (g, opt, status))
 
+    def ema_path(self, partition_id: int) -> Path:
+        return self.path(partition_id).with_name("generator-ema.pt")
+
+    def update_ema(self, partition_id: int, g: Generator, decay: float) -> None:
+        """Move the exponential moving average of G_i's weights towards ``g`` (Yazıcı et al., "The Unusual
+        Effectiveness of Averaging in GAN Training", ICLR 2019); buffers (BatchNorm's running statistics) are
+        copied. It starts at G_i after its first update. Post-processing of G_i on the client: no privacy cost."""
+        path = self.ema_path(partition_id)
+        state = {k: v.detach().clone() for k, v in g.state_dict().items()}
+        if path.is_file():
+            ema = torch.load(path)
+            for name, _ in g.named_parameters():
+                state[name] = ema[name].lerp_(state[name], 1.0 - decay)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def released(self, partition_id: int, cfg: Config, gan: GanConfig, info: DatasetInfo) -> Generator:
+        """The generator whose images leave training (evaluation, augmentation), in eval mode: the EMA of G_i's
+        weights when ``gan.g_ema`` > 0 and one was kept, else G_i."""
+        g = self.load(partition_id, cfg, gan, info)[0]
+        if gan.g_ema > 0 and self.ema_path(partition_id).is_file():
+            g.load_state_dict(torch.load(self.ema_path(partition_id)))
+        return g.eval()
+
     def generators(self, cfg: Config, gan: GanConfig, info: DatasetInfo) -> dict[int, Generator]:
-        """Every stored G_i (evaluation after the run, by whoever holds the clients' stores)."""
+        """Every stored G_i as :meth:`released` gives it (evaluation after the run, by whoever holds the stores)."""
         found = {}
         for pid in range(cfg.data.num_clients):
             if self.path(pid).is_file():
-                found[pid] = self.load(pid, cfg, gan, info)[0].eval()
+                found[pid] = self.released(pid, cfg, gan, info)
         return found
 
 
@@ -455,6 +486,8 @@ class HFGANClientLogic:
         if bool(config.get(KEY_TRAIN_G, True)) and not status["stopped"]:
             metrics.update(self._train_g(g, g_opt, d, status, latent))
             self.store.save(self.partition_id, g, g_opt, status)
+            if self.gan.g_ema > 0 and not status["stopped"]:
+                self.store.update_ema(self.partition_id, g, self.gan.g_ema)
         elif not self.store.path(self.partition_id).is_file():
             self.store.save(self.partition_id, g, g_opt, status)
         if self.gan.snapshot_every and server_round % self.gan.snapshot_every == 0:

@@ -6,19 +6,29 @@ strided 4x4 convolutions with LeakyReLU(0.2) in D. Conditioning:
 
 - G concatenates the latent code with a learned class embedding: ``G(z, y) -> images in [-1, 1]``.
 - D is a projection discriminator (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018):
-  ``D(x, y) = w·φ(x) + <embed(y), φ(x)>`` with φ(x) the spatially averaged last features (a mean, not the
-  paper's sum, so gradient norms do not grow with the image side: per-example clipping at C = 1 then cuts
-  less); one logit per image.
+  ``D(x, y) = w·φ(x) + <embed(y), φ(x)>``, one logit per image. φ is chosen by name (:data:`D_HEADS`):
+  ``"mean"`` averages the last features over space (the first version: gradient norms do not grow with the
+  image side), ``"flatten"`` keeps every position (DCGAN's D) and starts the class embedding at zero.
 
-D uses GroupNorm (no BatchNorm), so Opacus computes per-example gradients without any fix-up (privmed's
-DP-SGD, and the HF-GAN protocol of :mod:`privmed.gan.hfgan`, clip D's gradient per real example). G never
-sees real data and is never made private; it uses GroupNorm too, so a sample does not depend on its
-batch-mates (what a generative prior for gradient inversion needs: ``G(z, y)`` is a plain function of z, y).
+Normalisation. D uses GroupNorm (no BatchNorm), so Opacus computes per-example gradients without any fix-up
+(privmed's DP-SGD, and the HF-GAN protocol of :mod:`privmed.gan.hfgan`, clip D's gradient per real example). G
+never sees real data and is never made private, so its normalisation is free (:data:`G_NORMS`): ``"group"``
+(per sample; in training and evaluation ``G(z, y)`` is a plain function of z, y, what a generative prior for
+gradient inversion needs) or ``"batch"`` (DCGAN's BatchNorm; in ``eval()`` it uses running statistics, so a
+sample then does not depend on its batch-mates either).
+
+Why HF-GAN uses ``"batch"`` and ``"flatten"`` (``bench/results/hfgan_tstr.md``): with a per-sample G and a D that
+sees each image alone (no batch statistics anywhere), centralised non-private training on PneumoniaMNIST
+collapsed within a few hundred steps to about one image per class (per-pixel standard deviation across z 0.05
+against 0.23 for real images of one class; every sample of a class had the same mean intensity): a TSTR
+classifier then learns two prototypes. BatchNorm in G (Radford et al. 2016) keeps the samples of a batch apart.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +54,23 @@ def _check(size: int, channels: int, num_classes: int, width: int) -> int:
     return (size // BASE_SIDE[size]).bit_length() - 1
 
 
+def _project_group(inputs: int, top: int, base: int) -> tuple[nn.Module, nn.Module]:
+    """Linear -> ReLU, then GroupNorm on the first feature map: every sample normalised on its own."""
+    return nn.Sequential(nn.Linear(inputs, top * base * base), nn.ReLU()), nn.GroupNorm(_groups(top), top)
+
+
+def _project_batch(inputs: int, top: int, base: int) -> tuple[nn.Module, nn.Module]:
+    """Linear -> BatchNorm1d -> ReLU (DCGAN's G, Radford et al. 2016): every unit of the first feature map is
+    normalised over the batch, so G cannot give all samples of a batch the same features (mode collapse)."""
+    n = top * base * base
+    return nn.Sequential(nn.Linear(inputs, n), nn.BatchNorm1d(n), nn.ReLU()), nn.Identity()
+
+
+#: G's normalisation by name -> (projection of [z, embed(y)], the module before the first upsampling).
+G_NORMS = {"batch": _project_batch, "group": _project_group}
+_NORM2D = {"batch": nn.BatchNorm2d, "group": lambda c: nn.GroupNorm(_groups(c), c)}
+
+
 class Generator(nn.Module):
     """Conditional generator ``G(z, y) -> images in [-1, 1]`` of shape ``(N, channels, size, size)``.
 
@@ -60,26 +87,36 @@ class Generator(nn.Module):
     """
 
     def __init__(
-        self, latent_dim: int = 64, num_classes: int = 2, *, channels: int = 1, size: int = 28, width: int = 32
+        self,
+        latent_dim: int = 64,
+        num_classes: int = 2,
+        *,
+        channels: int = 1,
+        size: int = 28,
+        width: int = 32,
+        norm: str = "group",
     ):
         super().__init__()
         ups = _check(size, channels, num_classes, width)
+        if norm not in G_NORMS:
+            raise ConfigError(f"unknown generator norm {norm!r}; choose one of {', '.join(sorted(G_NORMS))}")
         self.latent_dim = latent_dim
         self.num_classes = num_classes
         self.channels = channels
         self.size = size
+        self.norm = norm
         base = BASE_SIDE[size]
         top = width * 2 ** (ups - 1)
         self.embed = nn.Embedding(num_classes, latent_dim)
-        self.project = nn.Sequential(nn.Linear(2 * latent_dim, top * base * base), nn.ReLU())
+        self.project, first = G_NORMS[norm](2 * latent_dim, top, base)
         self.top, self.base = top, base
         blocks: list[nn.Module] = []
         c = top
         for _ in range(ups - 1):
-            blocks += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1), nn.GroupNorm(_groups(c // 2), c // 2), nn.ReLU()]
+            blocks += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1), _NORM2D[norm](c // 2), nn.ReLU()]
             c //= 2
         blocks += [nn.ConvTranspose2d(c, channels, 4, 2, 1), nn.Tanh()]
-        self.net = nn.Sequential(nn.GroupNorm(_groups(top), top), *blocks)
+        self.net = nn.Sequential(first, *blocks)
 
     def forward(self, z: Tensor, y: Tensor) -> Tensor:
         h = self.project(torch.cat([z, self.embed(y)], dim=1)).view(-1, self.top, self.base, self.base)
@@ -90,6 +127,34 @@ class Generator(nn.Module):
         z = torch.randn(len(labels), self.latent_dim, generator=generator)
         with torch.no_grad():
             return self(z, labels)
+
+
+def _mean_pool(h: Tensor) -> Tensor:
+    return h.mean(dim=(2, 3))
+
+
+def _flatten(h: Tensor) -> Tensor:
+    return h.flatten(1)
+
+
+@dataclass(frozen=True)
+class Head:
+    """How D turns its last feature map into φ(x) for ``w·φ(x) + <embed(y), φ(x)>``.
+
+    ``pool``: the map -> φ; ``spatial``: φ keeps every position (its length is channels x side²);
+    ``zero_embed``: the class embedding starts at 0, so D starts class-blind and learns the class term from data
+    (PyTorch's default N(0, 1) embedding gives a random class term of std |φ|·√len(φ) at initialisation).
+    """
+
+    pool: Callable[[Tensor], Tensor]
+    spatial: bool
+    zero_embed: bool
+
+
+#: D's heads by name. ``"mean"``: the spatial mean of the last features (the first version; with a 2-layer D
+#: on 28x28 images φ is an average of 10x10-pixel patch features, linear in D's logit). ``"flatten"``: every
+#: position of the last feature map, as DCGAN's D (Radford et al. 2016), with a zero-initialised projection.
+D_HEADS = {"mean": Head(_mean_pool, spatial=False, zero_embed=False), "flatten": Head(_flatten, True, True)}
 
 
 class Discriminator(nn.Module):
@@ -111,7 +176,14 @@ class Discriminator(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 2, *, channels: int = 1, size: int = 28, width: int = 32, aux_classifier: bool = False
+        self,
+        num_classes: int = 2,
+        *,
+        channels: int = 1,
+        size: int = 28,
+        width: int = 32,
+        aux_classifier: bool = False,
+        head: str = "mean",
     ):
         super().__init__()
         downs = _check(size, channels, num_classes, width)
@@ -121,12 +193,18 @@ class Discriminator(nn.Module):
             layers += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GroupNorm(_groups(2 * c), 2 * c), nn.LeakyReLU(0.2)]
             c *= 2
         self.features = nn.Sequential(*layers)
-        self.linear = nn.Linear(c, 1)
-        self.embed = nn.Embedding(num_classes, c)
-        self.classify = nn.Linear(c, num_classes) if aux_classifier else None
+        if head not in D_HEADS:
+            raise ConfigError(f"unknown discriminator head {head!r}; choose one of {', '.join(sorted(D_HEADS))}")
+        self.head = D_HEADS[head]
+        dim = c * (BASE_SIDE[size] ** 2 if self.head.spatial else 1)
+        self.linear = nn.Linear(dim, 1)
+        self.embed = nn.Embedding(num_classes, dim)
+        if self.head.zero_embed:
+            nn.init.zeros_(self.embed.weight)
+        self.classify = nn.Linear(dim, num_classes) if aux_classifier else None
 
     def forward(self, x: Tensor, y: Tensor, *, with_classes: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
-        phi = self.features(x).mean(dim=(2, 3))
+        phi = self.head.pool(self.features(x))
         logit = self.linear(phi).squeeze(1) + (self.embed(y) * phi).sum(dim=1)
         if not with_classes:
             return logit
@@ -142,10 +220,18 @@ def build_gan(
     g_width: int = 32,
     d_width: int = 32,
     aux_classifier: bool = False,
+    g_norm: str = "group",
+    d_head: str = "mean",
 ) -> tuple[Generator, Discriminator]:
-    """A matching (G, D) pair for ``channels`` x ``size`` x ``size`` images with ``num_classes`` labels."""
-    g = Generator(latent_dim, num_classes, channels=channels, size=size, width=g_width)
-    d = Discriminator(num_classes, channels=channels, size=size, width=d_width, aux_classifier=aux_classifier)
+    """A matching (G, D) pair for ``channels`` x ``size`` x ``size`` images with ``num_classes`` labels.
+
+    The defaults are the first version's (GroupNorm G, mean-pooled D; what saved priors were trained with);
+    HF-GAN asks for ``g_norm="batch"``, ``d_head="flatten"`` (``[gan]``'s defaults, ``bench/results/hfgan_tstr.md``).
+    """
+    g = Generator(latent_dim, num_classes, channels=channels, size=size, width=g_width, norm=g_norm)
+    d = Discriminator(
+        num_classes, channels=channels, size=size, width=d_width, aux_classifier=aux_classifier, head=d_head
+    )
     return g, d
 
 
