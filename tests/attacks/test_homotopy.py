@@ -82,3 +82,12 @@ def test_target_path_starts_from_the_public_mean_and_moves_towards_the_observed_
     assert 3 <= moved.info["path_evaluations"] <= 3 * (10 + 25) + 1 and start.info["path_evaluations"] == 0
     assert moved.info["evaluations"] > moved.info["path_evaluations"]
     assert moved.info["matching_loss"] < 0.5 * start.info["matching_loss"], (moved.info, start.info)
+
+
+def test_prior_start_refuses_the_training_split() -> None:
+    """``init = "prior"`` is the mean of *public* images: the training split (the clients' images) is refused."""
+    from privmed.attacks.optimization import public_mean
+
+    with pytest.raises(ConfigError, match="training split"):
+        public_mean("phantom:train", (1, 28, 28))
+    assert public_mean("phantom:val", (1, 28, 28)).shape == (1, 28, 28)

@@ -64,7 +64,7 @@ from torch.func import functional_call, grad, vmap
 from privmed.attacks.base import Attack, Reconstruction, register_attack
 from privmed.attacks.homotopy import SmoothReLU, lbfgs_budget, smooth_relus
 from privmed.attacks.labels import check_batch_size, recover_labels
-from privmed.attacks.optimization import OBJECTIVES, as_double, one_gradient
+from privmed.attacks.optimization import OBJECTIVES, as_double, one_gradient, refuse_training_split
 from privmed.attacks.record import UpdateRecord
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
@@ -92,11 +92,7 @@ def public_set(spec: str, dataset: str, input_shape: Sequence[int]) -> tuple[Ten
 
     name, _, splits = (spec or f"{dataset}:{'+'.join(PUBLIC_SPLITS)}").partition(":")
     parts = [p for p in (splits or "+".join(PUBLIC_SPLITS)).split("+") if p]
-    if "train" in parts:
-        raise ConfigError(
-            f"public {spec!r} names the training split, whose images the clients hold; use public splits "
-            "such as breastmnist:val+test"
-        )
+    refuse_training_split(spec, parts)
     x, _, _ = public_images(name.strip().lower(), parts, size=int(input_shape[-1]))
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise ConfigError(

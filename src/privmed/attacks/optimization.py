@@ -127,6 +127,15 @@ INITS: dict[str, Init] = {
 }
 
 
+def refuse_training_split(spec: str, splits: list[str]) -> None:
+    """Public images are never the training split: its images are the clients' (and its mean is the floor's)."""
+    if "train" in splits:
+        raise ConfigError(
+            f"public {spec!r} names the training split, whose images the clients hold; use public splits "
+            "such as breastmnist:val+test"
+        )
+
+
 def public_mean(spec: str, input_shape: tuple[int, ...]) -> Tensor | None:
     """The mean image of a public split, ``"<dataset>:<split>"`` (e.g. ``"breastmnist:val"``), or ``None``.
 
@@ -138,6 +147,7 @@ def public_mean(spec: str, input_shape: tuple[int, ...]) -> Tensor | None:
     from privmed.data import load_dataset, to_torch
 
     name, _, split = spec.partition(":")
+    refuse_training_split(spec, [split or "val"])
     data = load_dataset(name, size=int(input_shape[-1]))
     mean = to_torch(data.split(split or "val"), data.info).tensors[0].mean(0)
     if tuple(mean.shape) != tuple(input_shape):
