@@ -122,7 +122,7 @@ def evaluate_synthetic(cfg: Config, gan: GanConfig, store: Path, out_dir: Path, 
         "synthetic_images": len(fake),
         "label_agreement": label_agreement(domain, fake, info),
         "spread": class_spread(fake, info),
-        "spread_real_train": class_spread(dataset.train, info),
+        "spread_real_test": class_spread(dataset.test, info),  # test split, as FID
         "tstr_protocol": TSTR_PROTOCOL.format(epochs=gan.tstr_epochs),
         "tstr": tstr_selected(fake, dataset.test, info, epochs=gan.tstr_epochs, seed=cfg.train.seed),
         "trtr": tstr_selected(dataset.train, dataset.test, info, epochs=gan.tstr_epochs, seed=cfg.train.seed),
