@@ -33,7 +33,8 @@ import torch
 
 from privmed.attacks import get_attack, load_families
 from privmed.attacks.cases import make_case
-from privmed.attacks.multiscale import BASES, public_mean_image, public_set
+from privmed.attacks.multiscale import BASES
+from privmed.attacks.public import public_mean_image, public_set
 from privmed.metrics.reconstruction import score
 from privmed.results import machine, write_json_atomic
 

@@ -17,12 +17,11 @@ from privmed.attacks.multiscale import (
     bilinear_basis,
     layer_l2,
     pca_basis,
-    public_mean_image,
-    public_set,
     search_stage,
     upsample,
 )
 from privmed.attacks.optimization import as_double
+from privmed.attacks.public import public_mean_image, public_set
 from privmed.attacks.target import target_from_record
 from privmed.errors import ConfigError
 from privmed.metrics.reconstruction import score

@@ -102,6 +102,22 @@ def test_a_prior_that_does_not_fit_the_record_is_refused(tmp_path, kwargs, messa
     assert "train-prior" in str(info.value)
 
 
+def test_a_prior_trained_on_the_records_training_split_is_refused(tmp_path):
+    """A train-prior checkpoint of the attacked dataset's training split holds the clients' own images: not the
+    public knowledge the prior attack's threat model allows (another dataset's training split is fine)."""
+    case = make_case("convnet-small", batch_size=1, **PHANTOM)
+    generator = {"latent_dim": 8, "width": 8, "num_classes": 2}
+    own = tmp_path / "own.pt"
+    torch.manual_seed(0)
+    save_prior(Generator(**generator), own, {"dataset": "phantom", "splits": ["val", "train"]})
+    with pytest.raises(ConfigError, match="training split"):
+        get_attack("generative-prior", prior=str(own), **RANDOM).run(case.record)
+    other = tmp_path / "other.pt"
+    save_prior(Generator(**generator), other, {"dataset": "breastmnist", "splits": ["train"]})
+    rec = get_attack("generative-prior", prior=str(other), **RANDOM).run(case.record)
+    assert rec.inputs.shape == case.inputs.shape
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -64,48 +64,13 @@ from torch.func import functional_call, grad, vmap
 from privmed.attacks.base import Attack, Reconstruction, register_attack
 from privmed.attacks.homotopy import SmoothReLU, lbfgs_budget, smooth_relus
 from privmed.attacks.labels import check_batch_size, recover_labels
-from privmed.attacks.optimization import OBJECTIVES, as_double, one_gradient, refuse_training_split
+from privmed.attacks.optimization import OBJECTIVES, as_double, one_gradient
+from privmed.attacks.public import public_set
 from privmed.attacks.record import UpdateRecord
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-#: the public splits used when the ``public`` setting is empty
-PUBLIC_SPLITS = ("val", "test")
-
-
-def public_set(spec: str, dataset: str, input_shape: Sequence[int]) -> tuple[Tensor, str]:
-    """Public images ``(N, C, H, W)`` in [-1, 1] and their description.
-
-    Parameters
-    ----------
-    spec
-        ``"<dataset>:<split>[+<split>...]"`` (e.g. ``"breastmnist:val+test"``); ``""`` means the record's own
-        dataset, validation and test splits (which no client of the training split holds).
-    dataset
-        The record's dataset name (``record.data["dataset"]``), used when ``spec`` is empty.
-    input_shape
-        The record's ``(C, H, W)``; the public images must have it.
-    """
-    from privmed.attacks.priors import public_images
-
-    name, _, splits = (spec or f"{dataset}:{'+'.join(PUBLIC_SPLITS)}").partition(":")
-    parts = [p for p in (splits or "+".join(PUBLIC_SPLITS)).split("+") if p]
-    refuse_training_split(spec, parts)
-    x, _, _ = public_images(name.strip().lower(), parts, size=int(input_shape[-1]))
-    if tuple(x.shape[1:]) != tuple(input_shape):
-        raise ConfigError(
-            f"public images {name}:{'+'.join(parts)} have shape {tuple(x.shape[1:])}, the record "
-            f"{tuple(input_shape)}; name public images of the record's size with --set public=DATASET:SPLITS"
-        )
-    return x, f"{len(x)} public images, {name}:{'+'.join(parts)}"
-
-
-def public_mean_image(spec: str, dataset: str, input_shape: Sequence[int]) -> tuple[Tensor, str]:
-    """The mean of :func:`public_set`'s images ``(C, H, W)`` and their description."""
-    x, origin = public_set(spec, dataset, input_shape)
-    return x.mean(0), f"mean of {origin}"
 
 
 # -- bases: (public images (N, C, H, W), size) -> (size', C*H*W) rows, a unit coefficient a typical deviation --

@@ -31,6 +31,7 @@ from torch import Tensor
 from privmed.attacks.base import REGULARIZERS, Attack, Reconstruction, check_regularizers
 from privmed.attacks.features import fit_features, last_features
 from privmed.attacks.labels import check_batch_size, recover_labels
+from privmed.attacks.public import public_mean_image
 from privmed.attacks.record import UpdateRecord
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
@@ -127,32 +128,17 @@ INITS: dict[str, Init] = {
 }
 
 
-def refuse_training_split(spec: str, splits: list[str]) -> None:
-    """Public images are never the training split: its images are the clients' (and its mean is the floor's)."""
-    if "train" in splits:
-        raise ConfigError(
-            f"public {spec!r} names the training split, whose images the clients hold; use public splits "
-            "such as breastmnist:val+test"
-        )
-
-
 def public_mean(spec: str, input_shape: tuple[int, ...]) -> Tensor | None:
-    """The mean image of a public split, ``"<dataset>:<split>"`` (e.g. ``"breastmnist:val"``), or ``None``.
+    """The mean image of a public split, ``"<dataset>:<split>"`` (e.g. ``"breastmnist:val"``; no split: ``val``),
+    or ``None`` for ``""``.
 
     Threat model: an attacker who knows the data distribution (public images of the same modality); never the
-    client's own images. The floor of :mod:`privmed.metrics.reconstruction` is exactly this kind of knowledge.
+    client's own images (:mod:`privmed.attacks.public` refuses the training split). The floor of
+    :mod:`privmed.metrics.reconstruction` is exactly this kind of knowledge.
     """
     if not spec:
         return None
-    from privmed.data import load_dataset, to_torch
-
-    name, _, split = spec.partition(":")
-    refuse_training_split(spec, [split or "val"])
-    data = load_dataset(name, size=int(input_shape[-1]))
-    mean = to_torch(data.split(split or "val"), data.info).tensors[0].mean(0)
-    if tuple(mean.shape) != tuple(input_shape):
-        raise ConfigError(f"prior {spec!r} has images of shape {tuple(mean.shape)}, the record {tuple(input_shape)}")
-    return mean
+    return public_mean_image(spec, "", input_shape, default_splits=("val",))[0]
 
 
 class GradientMatching(Attack):

@@ -131,7 +131,11 @@ class GenerativePrior(Attack):
         check_batch_size(target)
         prior = load_prior(str(self.settings["prior"]), client=int(self.settings["prior_client"]))
         check_prior_fits(
-            prior, input_shape=target.input_shape, num_classes=target.num_classes, origin=str(self.settings["prior"])
+            prior,
+            input_shape=target.input_shape,
+            num_classes=target.num_classes,
+            origin=str(self.settings["prior"]),
+            dataset=str(record.data.get("dataset", "")),
         )
         return self.run_target(target, prior, seed=seed)
 

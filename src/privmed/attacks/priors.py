@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from privmed.attacks.public import public_images, refuse_training_split
 from privmed.errors import ConfigError
 from privmed.models.dcgan import BASE_SIDE, GANS, Generator
 
@@ -202,8 +203,15 @@ def load_prior(spec: str | Path, *, client: int = 0) -> Prior:
     return _from_run(path, client) if path.is_dir() else _from_file(path)
 
 
-def check_prior_fits(prior: Prior, *, input_shape: tuple[int, ...], num_classes: int, origin: str) -> None:
-    """Refuse a prior whose images or classes differ from the record's (one message naming the fix)."""
+def check_prior_fits(
+    prior: Prior, *, input_shape: tuple[int, ...], num_classes: int, origin: str, dataset: str = ""
+) -> None:
+    """Refuse a prior whose images or classes differ from the record's, or a train-prior checkpoint trained on
+    the training split of the record's own ``dataset`` (the attacked clients' images: not public knowledge; a
+    leaked HF-GAN G_i is its own threat model and is not refused). One message naming the fix."""
+    splits = prior.info.get("splits", []) if prior.source == "checkpoint" else []
+    if dataset and str(prior.info.get("dataset", "")).lower() == dataset.lower():
+        refuse_training_split(f"{origin} ({dataset}:{'+'.join(splits)})", splits)
     shape = tuple(int(s) for s in input_shape)
     g = prior.generator
     if shape != prior.image_shape or num_classes != g.num_classes:
@@ -227,17 +235,6 @@ class PriorTraining:
     lr: float = 2e-4
     beta1: float = 0.5
     seed: int = 0
-
-
-def public_images(dataset: str, splits: list[str], *, size: int = 28) -> tuple[Tensor, Tensor, Any]:
-    """``(images in [-1, 1], labels, info)`` of the named splits of ``dataset``, concatenated."""
-    from privmed.data import load_dataset, to_torch
-
-    data = load_dataset(dataset, size=size)
-    if data.info.modality != "image" or data.info.multilabel:
-        raise ConfigError(f"{dataset} is not a single-label image dataset; a DCGAN prior needs one")
-    parts = [to_torch(data.split(s), data.info).tensors for s in splits]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), data.info
 
 
 def train_dcgan(x: Tensor, y: Tensor, num_classes: int, settings: PriorTraining) -> tuple[Generator, list[float]]:
