@@ -206,7 +206,31 @@ def calibrate_noise(
                 )
         return seen[sigma]
 
-    # Bracket [low, high] with eps(low) > target >= eps(high), growing or shrinking geometrically from σ = 1.
+    def unreachable(eps_max: float) -> PrivacyError:
+        return PrivacyError(
+            f"target epsilon = {eps:g} (delta = {delta:g}) cannot be reached with noise_multiplier <= "
+            f"{sigma_max:g} over {steps} steps at sample rate {q:.4g} (epsilon at sigma = {sigma_max:g} is "
+            f"{eps_max:.3g}); raise epsilon, or lower the sample rate (smaller batches) or the number of "
+            "steps (fewer rounds or local epochs)"
+        )
+
+    low, high, eps_high = _bracket(eps_at, eps, sigma_max=sigma_max, unreachable=unreachable)
+    high = _regula_falsi(eps_at, eps, low=low, high=high, eps_high=eps_high, tolerance=tol)
+    logger.debug(
+        "calibrated sigma=%.4f: epsilon=%.4f (target %.4f) over %d steps, q=%.4g", high, eps_at(high), eps, steps, q
+    )
+    return float(high)
+
+
+def _bracket(
+    eps_at: Callable[[float], float],
+    eps: float,
+    *,
+    sigma_max: float,
+    unreachable: Callable[[float], PrivacyError],
+) -> tuple[float, float, float]:
+    """``(low, high, eps_at(high))`` with ``eps_at(low) > eps >= eps_at(high)``, growing or shrinking σ
+    geometrically from 1 (``low = 0`` stands for σ → 0, ε = ∞)."""
     high = min(1.0, sigma_max)
     eps_one = eps_at(high)
     if eps_one <= eps:
@@ -215,32 +239,33 @@ def calibrate_noise(
             trial = high / 2
             eps_trial = eps_at(trial)
             if eps_trial > eps:
-                low = trial
-                break
+                return trial, high, eps_high
             high, eps_high = trial, eps_trial
-    else:
-        low = high
-        while True:
-            trial = min(2 * high, sigma_max)
-            eps_trial = eps_at(trial)
-            if eps_trial > eps and trial >= sigma_max:
-                raise PrivacyError(
-                    f"target epsilon = {eps:g} (delta = {delta:g}) cannot be reached with noise_multiplier <= "
-                    f"{sigma_max:g} over {steps} steps at sample rate {q:.4g} (epsilon at sigma = {sigma_max:g} is "
-                    f"{eps_trial:.3g}); raise epsilon, or lower the sample rate (smaller batches) or the number of "
-                    "steps (fewer rounds or local epochs)"
-                )
-            if eps_trial <= eps:
-                high, eps_high = trial, eps_trial
-                break
-            low = high = trial
-    # Illinois regula falsi on log ε(σ) - log(target - tol/2): any probe landing in [target - tol, target]
-    # ends the search, and the bracket always keeps ε(high) <= target. Bisection when the secant is unusable.
-    aim = math.log(eps - tol / 2) if eps > tol / 2 else math.log(eps)
+        return low, high, eps_high
+    low = high
+    while True:
+        trial = min(2 * high, sigma_max)
+        eps_trial = eps_at(trial)
+        if eps_trial > eps and trial >= sigma_max:
+            raise unreachable(eps_trial)
+        if eps_trial <= eps:
+            return low, trial, eps_trial
+        low = high = trial
+
+
+def _regula_falsi(
+    eps_at: Callable[[float], float], eps: float, *, low: float, high: float, eps_high: float, tolerance: float
+) -> float:
+    """The σ in ``[low, high]`` whose ε lies in ``[eps - tolerance, eps]``.
+
+    Illinois regula falsi on log ε(σ) − log(eps − tolerance/2): any probe landing in the window ends the search,
+    and the bracket always keeps ε(high) <= eps. Bisection when the secant is unusable.
+    """
+    aim = math.log(eps - tolerance / 2) if eps > tolerance / 2 else math.log(eps)
     g_low, g_high = math.log(eps_at(low)) - aim, math.log(eps_high) - aim
     side = 0
     for _ in range(200):
-        if eps - eps_high <= tol or high - low < 1e-9:
+        if eps - eps_high <= tolerance or high - low < 1e-9:
             break
         mid = high - g_high * (high - low) / (g_high - g_low) if math.isfinite(g_low) else (low + high) / 2
         if not low < mid < high:
@@ -257,10 +282,7 @@ def calibrate_noise(
             if side == 1:
                 g_low /= 2
             side = 1
-    logger.debug(
-        "calibrated sigma=%.4f: epsilon=%.4f (target %.4f) over %d steps, q=%.4g", high, eps_high, eps, steps, q
-    )
-    return float(high)
+    return high
 
 
 def check_fixed_noise(
