@@ -52,7 +52,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from privmed.config import Config
+from privmed.config import Config, SecAggConfig
 from privmed.errors import ConfigError
 from privmed.federation import registry, task
 from privmed.federation.sampling import sampled_clients
@@ -189,11 +189,31 @@ def plan_secagg(cfg: Config, partition_sizes: Sequence[int]) -> SecAggPlan:
         quantisation range that cannot work, a ``max_weight`` some client exceeds.
     """
     sa = cfg.secagg
-    n = cfg.data.num_clients
     k = sampled_clients(cfg)
-    t, shares = sa.reconstruction_threshold, sa.num_shares
+    _check_shares(cfg, k)
+    _check_ranges(sa, k)
+    max_weight, weights = _check_max_weight(cfg, partition_sizes)
+    _check_dropout_safety(sa)
+    return SecAggPlan(
+        num_shares=sa.num_shares,
+        reconstruction_threshold=sa.reconstruction_threshold,
+        clipping_range=float(sa.clipping_range),
+        quantization_range=sa.quantization_range,
+        modulus_range=MODULUS_RANGE,
+        max_weight=max_weight,
+        max_weight_auto=sa.max_weight == 0,
+        timeout=float(sa.timeout) if sa.timeout > 0 else None,
+        sampled_clients=k,
+        partition_sizes=tuple(int(s) for s in partition_sizes),
+        client_weights=tuple(weights),
+    )
+
+
+def _check_shares(cfg: Config, k: int) -> None:
+    """Threshold and share count that Flower's SecAgg+ can use with ``k`` clients sampled per round."""
+    t, shares = cfg.secagg.reconstruction_threshold, cfg.secagg.num_shares
     sampling = (
-        f"data.num_clients = {n}, federation.fraction_fit = {cfg.federation.fraction_fit:g}, "
+        f"data.num_clients = {cfg.data.num_clients}, federation.fraction_fit = {cfg.federation.fraction_fit:g}, "
         f"federation.min_fit_clients = {cfg.federation.min_fit_clients}"
     )
     if t >= k:
@@ -221,6 +241,10 @@ def plan_secagg(cfg: Config, partition_sizes: Sequence[int]) -> SecAggPlan:
             f"secagg.num_shares = {shares} must be odd (each client shares with num_shares - 1 neighbours, half "
             f"on each side) or equal to the {k} clients sampled per round; use {shares - 1} or {shares + 1}"
         )
+
+
+def _check_ranges(sa: SecAggConfig, k: int) -> None:
+    """Clipping and quantisation ranges that work, and a quantised sum of ``k`` clients below the modulus."""
     if not (math.isfinite(sa.clipping_range) and sa.clipping_range > 0):
         raise ConfigError(f"secagg.clipping_range must be a positive number, got {sa.clipping_range}")
     q = sa.quantization_range
@@ -233,6 +257,11 @@ def plan_secagg(cfg: Config, partition_sizes: Sequence[int]) -> SecAggPlan:
         )
     if sa.timeout < 0:
         raise ConfigError(f"secagg.timeout must be >= 0 seconds (0 = run.round-timeout), got {sa.timeout}")
+
+
+def _check_max_weight(cfg: Config, partition_sizes: Sequence[int]) -> tuple[float, list[int]]:
+    """``(max_weight, every client's weight)``: no client above ``max_weight``, none quantised to weight 0."""
+    sa = cfg.secagg
     largest = largest_client_weight(cfg, partition_sizes)
     if sa.max_weight < 0 or not math.isfinite(sa.max_weight):
         raise ConfigError(f"secagg.max_weight must be >= 0 (0 = automatic), got {sa.max_weight}")
@@ -247,13 +276,19 @@ def plan_secagg(cfg: Config, partition_sizes: Sequence[int]) -> SecAggPlan:
             f"secagg.max_weight = {sa.max_weight:g} is below {what} ({largest}): Flower's SecAgg+ would overflow; "
             f"set it to at least {largest}, or 0 for automatic"
         )
-    weights = [1] * n if cfg.privacy.mode == "client" else [int(s) for s in partition_sizes]
+    weights = [1] * cfg.data.num_clients if cfg.privacy.mode == "client" else [int(s) for s in partition_sizes]
     smallest = min(weights)
-    if weight_factor(smallest, max_weight, q) <= 0:
+    if weight_factor(smallest, max_weight, sa.quantization_range) <= 0:
         raise ConfigError(
             f"secagg.max_weight = {max_weight:g} is so large that a client with {smallest} examples gets weight 0 "
-            f"at quantization_range = {q}; lower max_weight (0 = automatic)"
+            f"at quantization_range = {sa.quantization_range}; lower max_weight (0 = automatic)"
         )
+    return max_weight, weights
+
+
+def _check_dropout_safety(sa: SecAggConfig) -> None:
+    """Bell et al. 2020's threshold > num_shares / 2, unless the user trusts the server about dropouts."""
+    t, shares = sa.reconstruction_threshold, sa.num_shares
     if 2 * t <= shares:
         why = (
             f"secagg.reconstruction_threshold = {t} is at most half of num_shares = {shares}: a server that lies about "
@@ -266,19 +301,6 @@ def plan_secagg(cfg: Config, partition_sizes: Sequence[int]) -> SecAggPlan:
                 "to accept a server trusted not to lie about dropouts"
             )
         log.warning("%s; accepted because secagg.allow_low_threshold = true", why)
-    return SecAggPlan(
-        num_shares=shares,
-        reconstruction_threshold=t,
-        clipping_range=float(sa.clipping_range),
-        quantization_range=q,
-        modulus_range=MODULUS_RANGE,
-        max_weight=max_weight,
-        max_weight_auto=sa.max_weight == 0,
-        timeout=float(sa.timeout) if sa.timeout > 0 else None,
-        sampled_clients=k,
-        partition_sizes=tuple(int(s) for s in partition_sizes),
-        client_weights=tuple(weights),
-    )
 
 
 def clipped_tensor(arrays: Sequence[np.ndarray], factor: float, clipping_range: float) -> tuple[int, float] | None:
