@@ -411,8 +411,34 @@ def train_centralized(
         _save_last(setup, cfg, out, history, best_epoch)
         if cb.on_epoch:
             cb.on_epoch(_clean(record), is_best)
-
     chosen = _test_chosen(setup, dataset.info, out, best_epoch)
+    return _results(
+        cfg,
+        dataset,
+        setup,
+        out,
+        history=history,
+        best_epoch=best_epoch,
+        chosen=chosen,
+        select=select,
+        wall_start=wall_start,
+    )
+
+
+def _results(
+    cfg: Config,
+    dataset: Dataset,
+    setup: _Setup,
+    out: Path,
+    *,
+    history: list[dict[str, Any]],
+    best_epoch: int,
+    chosen: dict[str, Any],
+    select: str,
+    wall_start: float,
+) -> dict[str, Any]:
+    """The JSON-safe results record of :func:`train_centralized` (see its Returns)."""
+    t = cfg.train
     train_seconds = sum(h["train_seconds"] for h in history)
     return _clean(
         {
