@@ -217,3 +217,26 @@ def test_delta_at_least_one_over_n_is_refused_and_above_a_tenth_warns() -> None:
     with pytest.warns(PrivacyWarning, match=r"times n = 100 records is 0\.5 > 0\.1"):
         check_delta(0.005, dataset_size=100)
     assert delta_warning(0.005, 100) is not None and delta_warning(1e-3, 100) is None
+
+
+def test_a_shared_and_a_per_group_mechanism_compose_tighter_than_their_sum() -> None:
+    """HF-GAN's case: every real image trains D (σ 1.0, q 0.054, 600 steps), then its client's DP-SGD classifier.
+    The composed ε matches dp-accounting's RDP and PLD composition of the same events, is below the sum of the two
+    ε's, and is above each alone."""
+    from privmed.privacy.accounting import epsilon_composed
+
+    shared = [(1.0, 0.054, 600)]
+    groups = {"0": [(2.37, 1.0, 20)], "1": [(1.05, 0.1, 200)]}
+    out = epsilon_composed(shared, groups, delta=1e-5)
+    for name, (sigma, q, steps) in {"0": groups["0"][0], "1": groups["1"][0]}.items():
+        rdp, pld = RdpAccountant(), PLDAccountant(value_discretization_interval=1e-4)
+        for ref in (rdp, pld):
+            ref.compose(_event(1.0, 0.054, 600))
+            ref.compose(_event(sigma, q, steps))
+        assert out["rdp"]["per_group"][name] == pytest.approx(rdp.get_epsilon(1e-5), rel=0.01)
+        assert out["prv"]["per_group"][name] == pytest.approx(pld.get_epsilon(1e-5), rel=0.02)
+        alone = epsilon_for(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant="rdp")
+        d_alone = epsilon_for(noise_multiplier=1.0, sample_rate=0.054, steps=600, delta=1e-5, accountant="rdp")
+        assert max(alone, d_alone) < out["rdp"]["per_group"][name] < out["sum"]["per_group"][name]
+        assert out["sum"]["per_group"][name] == pytest.approx(alone + d_alone)
+    assert out["rdp"]["max"] == max(out["rdp"]["per_group"].values())
