@@ -219,6 +219,10 @@ def test_distributed_secagg_run_weighted_mean_and_ledger(tmp_path: Path) -> None
     expected_eps = _rdp_epsilon(details["noise_multiplier"], details["sample_rate"], gan.rounds, cfg.privacy.delta)
     assert results["epsilon_discriminator"] == pytest.approx(expected_eps, rel=0.01)
     assert results["epsilon_synthetic_images"] == results["epsilon_discriminator"]
+    ledger = [tuple(e) for e in details["ledger"]["history"]]  # what a later mechanism composes with
+    assert sum(e[2] for e in ledger) == gan.rounds and {e[:2] for e in ledger} == {
+        (details["noise_multiplier"], details["sample_rate"])
+    }
     saved = json.loads((out / "results.json").read_text())
     assert saved["epsilon_discriminator"] == results["epsilon_discriminator"]
     _check_wire(tmp_path / "wire", cfg, out)  # the real weights rode inside SecAgg+'s masked vectors

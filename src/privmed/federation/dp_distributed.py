@@ -273,6 +273,9 @@ class DistributedDP(ServerLedgerDP):
             "sampled_clients": self.m,
             "planned_steps": self.rounds,
             "epsilon_planned": self.epsilon_planned,
+            # (σ actually added, q, steps): public, and what composes with a later mechanism on the same
+            # examples (privmed.privacy.epsilon_composed), e.g. HF-GAN's D with the augmented classifier
+            "ledger": self.ledger.to_dict(),
             "randomness": self.randomness,
             "warnings": list(self.warnings),
         }
