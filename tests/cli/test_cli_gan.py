@@ -45,10 +45,16 @@ def test_store_of_a_previous_run_is_not_overwritten(tmp_path: Path, capsys: pyte
 @pytest.mark.slow
 def test_gan_smoke_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert main(["gan", "gan-smoke", "--out", str(out)]) == 0
+    assert main(["gan", "gan-smoke", "--out", str(out), "--classifier"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["kind"] == "hfgan" and len(results["rounds"]) == 6
     assert 0 < results["epsilon_synthetic_images"] <= 10.0 * 1.0001
+    # a real image went through D and the augmented DP classifier: composed, its epsilon lies above D's alone
+    # and below the sum of the two (the classifier's own ledger is in its results)
+    total = results["classifier"]["epsilon_real_image"]
+    clf_eps = json.loads((out / "classifier" / "results.json").read_text())["rounds"][-1]["epsilon"]
+    assert results["epsilon_discriminator"] < total["rdp"]["max"] < results["epsilon_discriminator"] + clf_eps
+    assert total["sum"]["max"] == pytest.approx(results["epsilon_discriminator"] + clf_eps, rel=1e-6)
     ev = results["evaluation"]
     assert "not Inception" in ev["features"] and ev["fid"] >= 0 and 1.0 <= ev["is"] <= 2.0 + 1e-6
     assert 0.0 <= ev["tstr"]["accuracy"] <= 1.0

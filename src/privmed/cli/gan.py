@@ -62,11 +62,22 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.classifier or gan.classifier:
         from privmed.gan.augment import run_augmented_federated
+        from privmed.gan.ledger import real_image_epsilon
 
         clf = run_augmented_federated(cfg, gan, store_dir(gan, out), out_dir=out / "classifier")
         test = (clf.get("final") or {}).get("test") or {}
-        results["classifier"] = {"results": str(out / "classifier" / "results.json"), "final_test": test}
+        total = real_image_epsilon(results, clf)
+        results["classifier"] = {
+            "results": str(out / "classifier" / "results.json"),
+            "final_test": test,
+            "epsilon_real_image": total,
+        }
         con.print(f"federated classifier with synthetic images: test accuracy {test.get('accuracy', float('nan')):.3f}")
+        if total is not None:
+            con.print(
+                f"a real image's epsilon over D and the classifier: {total['rdp']['max']:.3f} (RDP), "
+                f"{total['prv']['max']:.3f} (PRV) composed; {total['sum']['max']:.3f} summed"
+            )
     write_json_atomic(out / "results.json", results)
     plot_curves(results, out / "gan_rounds.png")
     eps = results["epsilon_synthetic_images"]

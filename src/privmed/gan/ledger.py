@@ -1,0 +1,58 @@
+"""The ε of a real image over HF-GAN's D *and* the classifier trained with G_i's images.
+
+A real image of client i is used twice: in D's DP training (every round it may enter D's batch: the run's
+ledger, ``results["privacy_details"]["ledger"]``) and in the DP classifier's training at its client (client i's
+DP-SGD steps, reported as public metrics). The synthetic images are post-processing of D (they add nothing), so
+the image's ε is the composition of the two mechanisms. Composed in one accountant (RDP, Mironov 2017; PRV, Gopi
+et al. 2021) it is tighter than the sum of the two ε's (basic composition, Dwork & Roth 2014, Thm 3.16), which
+is reported beside it. Threat model: whoever sees D's releases (the server; under SecAgg+ only the noised
+aggregate) and the classifier's (the server and anyone given the final model).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from privmed.privacy import epsilon_composed
+
+
+def _classifier_histories(clf: dict[str, Any]) -> dict[str, list[tuple[float, float, int]]] | None:
+    """Per client ``[(σ, q, steps)]`` of the classifier run, from public information only (None: unsupported)."""
+    mode = clf.get("privacy")
+    if mode == "none":
+        return {}
+    if mode == "sample":  # each client's own DP-SGD ledger, as its public metrics report it
+        last = clf["rounds"][-1].get("clients", []) if clf.get("rounds") else []
+        return {
+            str(r["partition_id"]): [(float(r["noise_multiplier"]), float(r["sample_rate"]), int(r["dp_steps"]))]
+            for r in last
+            if "dp_steps" in r
+        }
+    ledger = (clf.get("privacy_details") or {}).get("ledger")
+    if mode == "distributed" and ledger:  # one run-wide ledger: every example alike
+        return {"all": [tuple(e) for e in ledger["history"]]}
+    return None
+
+
+def real_image_epsilon(gan_results: dict[str, Any], clf_results: dict[str, Any]) -> dict[str, Any] | None:
+    """ε of a real image over D's training and the classifier's, or ``None`` when either ledger is not known.
+
+    Returns
+    -------
+    dict or None
+        ``{"delta", "rdp", "prv", "sum", "note"}``; each accountant's entry is ``{"per_group", "max"}``
+        (:func:`privmed.privacy.epsilon_composed`), the groups being the classifier's clients.
+    """
+    details = gan_results.get("privacy_details") or {}
+    ledger = details.get("ledger")
+    histories = _classifier_histories(clf_results)
+    if not ledger or histories is None:
+        return None
+    delta = float(gan_results["delta"])
+    out = epsilon_composed([tuple(e) for e in ledger["history"]], histories or {"all": []}, delta=delta)
+    return {
+        "delta": delta,
+        **out,
+        "note": "a real image's epsilon over D's training and the classifier's, composed in each accountant "
+        "(sum: basic composition, for reference); the synthetic images are post-processing of D",
+    }
