@@ -525,7 +525,8 @@ def markdown(payload: dict[str, Any]) -> str:
         for label in labels + tuple(extra for extra in (CONTROL_DP, *WARM_ROWS) if extra in rows):
             r = rows.get(label)
             if r is None:
-                lines.append(f"| {label} | not run (out of time) |  |  |  |  |  |  |  |  |  |")
+                missing = "not in this run (--only)" if a.get("only") else "not run (out of time)"
+                lines.append(f"| {label} | {missing} |  |  |  |  |  |  |  |  |  |")
                 continue
             if "error" in r:
                 lines.append(f"| {label} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
