@@ -77,8 +77,7 @@ def test_cli_mismatched_model_exits_2_before_any_work(tmp_path: Path, capsys: py
         '[data]\nname = "phantom"\noptions = { classes = 2, n_train = 240, n_val = 60, n_test = 60 }\n'
         'partitioner = "iid"\nnum_clients = 3\nmin_examples = 20\n[federation]\nrounds = 1\nmin_fit_clients = 2\n'
     )
-    init = f"model.init_from='{tmp_path}/wide'"
-    code = main(["federate", str(config), "--out", str(tmp_path / "out"), "--set", init])
+    code = main(["federate", str(config), "--out", str(tmp_path / "out"), "--init-from", str(tmp_path / "wide")])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "model.init_from" in err and "same [model]" in err
