@@ -33,6 +33,16 @@ EMA 0.8 of the global model, batch 64, 20 rounds)::
         federation.server_momentum=0.9 federation.ema_decay=0.8 privacy.grad_sample_mode='bk'
 
 (``(c) + DP`` needs a ``gan DP`` row in the table file: its ``store`` is the DP generators' client store.)
+
+The synthetic warm start (``bench/results/hfgan-warm.md``): phase 1, ``--warm-rounds`` rounds of non-private FedAvg
+on images of the DP G_i alone at uniform labels (``gan.augment_mode = "synthetic-only"``: post-processing of D, so
+epsilon_D and nothing more), then the DP classifier rows' recipe started from phase 1's final weights
+(``model.init_from``); its control repeats both phases with untrained G_i::
+
+    python bench/hfgan.py --datasets pneumoniamnist --clf-rounds 20 --name hfgan-warm --work /tmp/privmed-warm \
+        --dp-store /tmp/privmed-tstr-fed-fix600/gan-dp/client-store --warm-rounds 5 --warm-ratio 2 \
+        --only "(c') phase 1: synthetic only, no DP" "(c') warm start + DP" "(c') warm start + HF-GAN + DP" \
+        "(c0') phase 1: untrained G_i, no DP" "(c0') warm start from untrained G_i + DP" --set <the DP recipe above>
 """
 
 from __future__ import annotations
@@ -65,6 +75,26 @@ log = logging.getLogger("bench.hfgan")
 #: every client's G_i at its initialisation). It separates what HF-GAN's training adds from what relabelling adds.
 CONTROL = "(c0) + untrained G_i (control)"
 CONTROL_DP = "(c0) + DP"
+#: The synthetic warm start (issue 11, "(c) + DP" goal): phase 1, non-private FedAvg on images of the DP G_i alone at
+#: uniform labels (``gan.augment_mode = "synthetic-only"``: costs epsilon_D, nothing more); phase 2, the DP
+#: classifier run started from phase 1's final weights (``model.init_from``), without or with the "add" augmentation.
+WARM = "(c') phase 1: synthetic only, no DP"
+WARM_DP = "(c') warm start + DP"
+WARM_AUG_DP = "(c') warm start + HF-GAN + DP"
+#: its control: the same two phases with *untrained* G_i (an empty store), separating what the DP generators' images
+#: teach from what any non-private pretraining (a start other than the random one) gives
+WARM0 = "(c0') phase 1: untrained G_i, no DP"
+WARM0_DP = "(c0') warm start from untrained G_i + DP"
+WARM_ROWS = (WARM, WARM_DP, WARM_AUG_DP, WARM0, WARM0_DP)
+#: phase 1's recipe: plain SGD without the DP recipe's large step (lr 0.5 is for clipped, noised gradients), no
+#: server momentum, no EMA; ``--warm-set`` adds to it
+WARM_RECIPE = (
+    "train.lr=0.05",
+    "train.lr_schedule='constant'",
+    "federation.strategy='fedavg'",
+    "federation.server_momentum=0.0",
+    "federation.ema_decay=0.0",
+)
 
 
 def gan_row(cfg: Config, gan: GanConfig, out: Path, *, private: bool, epsilon: float) -> dict[str, Any]:
@@ -161,9 +191,11 @@ def classifier_row(
         results = run_federated(clf, out_dir=out)
     else:
         results = run_augmented_federated(clf, gan, store, out_dir=out)
-    test = results["final"]["test"]
+    test, val = results["final"]["test"], results["final"]["val"] or {}
     return {
         **classifier_epsilons(results),
+        "val_macro_f1": val.get("macro_f1"),
+        "val_auc": val.get("auc"),
         "accuracy": test["accuracy"],
         "macro_f1": test["macro_f1"],
         "auc": test["auc"],
@@ -224,6 +256,42 @@ def dp_generators(args: argparse.Namespace) -> dict[str, Any]:
     return {"generators": {"store": args.dp_store, "epsilon_D": eps, "evaluated_in": "bench/results/hfgan_tstr.md"}}
 
 
+def warm_phase1(cfg: Config, gan: GanConfig, args: argparse.Namespace, store: str, out: Path) -> dict[str, Any]:
+    """Phase 1 of the warm start: ``--warm-rounds`` rounds of non-private FedAvg, every client on images of its G_i
+    in ``store`` alone (``round(warm_ratio · n)`` at uniform labels). Its updates are post-processing of D: ε_D."""
+    over = [*WARM_RECIPE, *args.warm_set, f"federation.rounds={args.warm_rounds}"]
+    phase1 = with_overrides(cfg, over)
+    warm_gan = dataclasses.replace(
+        gan, augment_mode="synthetic-only", class_balance=False, augment_ratio=args.warm_ratio
+    )
+    row = classifier_row(phase1, warm_gan, out, augment=False, store=store, epsilon=None)
+    return {**row, "phase1_dir": str(out), "phase1_overrides": over, "warm_ratio": args.warm_ratio}
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with ``section.key=value`` overrides (TOML values) applied, checked like a config file's keys."""
+    import tomllib
+
+    from privmed.config import from_dict
+
+    raw = cfg.to_dict()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        raw[section][name] = tomllib.loads(f"v = {value.strip()}")["v"]
+    return from_dict(raw, source=cfg.source)
+
+
+def warm_dp_row(
+    cfg: Config, gan: GanConfig, args: argparse.Namespace, phase1: str, out: Path, *, store: str | None
+) -> dict[str, Any]:
+    """Phase 2: the DP classifier (the (a) + DP recipe, epsilon_clf) from phase 1's final weights (``phase1``, a run
+    folder), with the images of the G_i in ``store`` added as in (c) + DP, or without (``None``)."""
+    warm = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=phase1))
+    row = classifier_row(warm, gan, out, augment=False, store=store, epsilon=args.epsilon_c)
+    return {**row, "init_from": phase1}
+
+
 def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], save: Any) -> None:
     cfg, gan = load_gan_config(
         PRESETS[name],
@@ -277,6 +345,28 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
                 cfg, gan, root / "c0-dp", augment=False, store=str(root / "untrained"), epsilon=args.epsilon_c
             ),
         ),
+        (
+            WARM,
+            lambda: {**warm_phase1(cfg, gan, args, dp_store(args, rows), root / "warm-phase1"), **dp_generators(args)},
+        ),
+        (
+            WARM_DP,
+            lambda: {
+                **warm_dp_row(cfg, gan, args, str(root / "warm-phase1"), root / "warm-dp", store=None),
+                **dp_generators(args),
+            },
+        ),
+        (
+            WARM_AUG_DP,
+            lambda: {
+                **warm_dp_row(
+                    cfg, gan, args, str(root / "warm-phase1"), root / "warm-aug-dp", store=dp_store(args, rows)
+                ),
+                **dp_generators(args),
+            },
+        ),
+        (WARM0, lambda: warm_phase1(cfg, gan, args, str(root / "untrained"), root / "warm0-phase1")),
+        (WARM0_DP, lambda: warm_dp_row(cfg, gan, args, str(root / "warm0-phase1"), root / "warm0-dp", store=None)),
     ]
     for label in args.rerun:  # rows of an earlier run that this run replaces
         rows["rows"].pop(label, None)
@@ -432,10 +522,11 @@ def markdown(payload: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         labels = ("(a) FedAvg", "(b) + classic aug.", "(c) + HF-GAN", CONTROL, "(a) + DP", "(b) + DP", "(c) + DP")
-        for label in labels + ((CONTROL_DP,) if CONTROL_DP in rows else ()):
+        for label in labels + tuple(extra for extra in (CONTROL_DP, *WARM_ROWS) if extra in rows):
             r = rows.get(label)
             if r is None:
-                lines.append(f"| {label} | not run (out of time) |  |  |  |  |  |  |  |  |  |")
+                missing = "not in this run (--only)" if a.get("only") else "not run (out of time)"
+                lines.append(f"| {label} | {missing} |  |  |  |  |  |  |  |  |  |")
                 continue
             if "error" in r:
                 lines.append(f"| {label} | failed: {r['error'][:80]} |  |  |  |  |  |  |  |  |  |")
@@ -576,6 +667,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rerun", nargs="+", default=[], metavar="ROW", help="drop these rows of an earlier run first, then run them"
     )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more config overrides")
+    parser.add_argument("--warm-rounds", type=int, default=5, help="rounds of the warm start's phase 1")
+    parser.add_argument("--warm-ratio", type=float, default=2.0, help="phase 1: synthetic images per real image")
+    parser.add_argument(
+        "--warm-set", nargs="+", default=[], metavar="KEY=VALUE", help="phase 1: overrides after its recipe"
+    )
     parser.add_argument("--notes", default="", help="notes for the table file (what this run is, what it is not)")
     parser.add_argument(
         "--merge", nargs="+", default=[], metavar="NAME", help="only merge bench/results/<NAME>.json into --name"

@@ -44,6 +44,9 @@ class ModelConfig:
 
     name: str = "cnn"
     width: int | None = None
+    #: start a federated run from another run's weights instead of a fresh initialisation: a run folder (its last
+    #: complete checkpoint) or a weights ``.npz`` file (:mod:`privmed.federation.init_from`); "" = fresh
+    init_from: str = ""
 
 
 @dataclass

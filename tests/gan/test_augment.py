@@ -38,3 +38,41 @@ def test_server_epsilon_of_augmented_clients_from_public_sizes() -> None:
             accountant=real.accountant,
         )
         assert mirror > 1.05 * eps[str(pid)]
+
+
+def test_synthetic_only_labels_are_uniform_whatever_the_client_holds() -> None:
+    """A synthetic-only client's updates leave it un-noised: its labels must not follow its histogram."""
+    from privmed.data import Split
+    from privmed.gan.augment import AUGMENT_MODES
+    from privmed.gan.hfgan import new_gan
+
+    cfg, gan = load_gan_config("gan-smoke", overrides=["gan.augment_mode='synthetic-only'", "gan.class_balance=false"])
+    info = task.load_federated_data(cfg)[0].info
+    gan.augment_ratio = 2.0
+    g = new_gan(cfg, gan, info)[0].eval()
+    images = np.zeros((30, cfg.data.size, cfg.data.size), dtype=np.uint8)
+    per_class = []
+    for held in (np.zeros(30), np.ones(30), np.r_[np.zeros(29), np.ones(1)]):  # skewed either way
+        split = Split(images, held.astype(np.int64).reshape(-1, 1))
+        build = AUGMENT_MODES[gan.augment_mode].build
+        out, added = build(split, info, g, gan, seed=0)
+        assert len(out) == AUGMENT_MODES[gan.augment_mode].size(30, 2.0) == 60  # a public size, no real image
+        assert not np.array_equal(out.images[:30], images)
+        per_class.append(added["synthetic_per_class"])
+    assert per_class == [[30, 30]] * 3  # the same for every histogram: uniform
+    histogram = synthetic_labels(np.zeros(30, dtype=np.int64), 2, ratio=2.0, class_balance=False)
+    assert np.bincount(histogram, minlength=2).tolist() == [60, 0]  # what following the histogram would give
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["gan.augment_mode='synthetic-only'"], "set gan.class_balance = false"),
+        (["gan.augment_mode='replace'"], "augment_mode = 'replace'"),
+    ],
+)
+def test_bad_augment_mode_settings_are_refused(overrides: list[str], message: str) -> None:
+    from privmed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_gan_config("gan-smoke", overrides=overrides)

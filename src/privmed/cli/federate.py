@@ -15,6 +15,7 @@ SuperNodes) see ``docs/deployment.md``.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write update records (what the server received) for these rounds and partitions to <out>/records, "
         "e.g. --record 1,2 or --record 1-3:0,4 (privmed attack reads them)",
     )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="RUN",
+        help="start from another run's final global weights (a run folder or a weights .npz; sets model.init_from), "
+        "e.g. a synthetic warm start before a DP run",
+    )
     parser.set_defaults(func=run)
 
 
@@ -79,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.record:
         rounds, _, clients = args.record.partition(":")
         extra += [f'federation.record="{rounds}"', f'federation.record_clients="{clients}"']
+    if args.init_from:
+        extra.append(f"model.init_from={json.dumps(str(Path(args.init_from).resolve()))}")
     cfg = load_run_config(args, extra=extra)
     out = check_out_dir(args.out or default_out(args, cfg), resume=args.resume, overwrite=args.overwrite)
     # bad input fails here, before the progress bar and Ray

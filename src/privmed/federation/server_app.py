@@ -384,7 +384,9 @@ def check_settings(cfg: Config) -> None:
     """
     task.training_wrapper(cfg)
     build_fit_workflow(cfg)
-    task.load_federated_data(cfg)
+    dataset, _ = task.load_federated_data(cfg)
+    if cfg.model.init_from:  # another run's weights: refused here, before any client starts, if they do not fit
+        task.initial_weights(cfg, dataset.info)
     build_strategy(cfg, initial_weights=[np.zeros(1, np.float32)])
 
 

@@ -186,9 +186,15 @@ def round_model(cfg: Config, info: DatasetInfo, instructions: Mapping[str, Any] 
 
 
 def initial_weights(cfg: Config, info: DatasetInfo) -> list[np.ndarray]:
-    """The global model's starting weights, deterministic in ``train.seed``."""
+    """The global model's starting weights: deterministic in ``train.seed``, or another run's (``model.init_from``,
+    :func:`privmed.federation.init_from.warm_start`, checked against the configured model)."""
     set_seed(cfg.train.seed)
-    return get_weights(new_model(cfg, info))
+    fresh = get_weights(new_model(cfg, info))
+    if not cfg.model.init_from:
+        return fresh
+    from privmed.federation.init_from import warm_start
+
+    return warm_start(cfg.model.init_from, fresh, model=f"{cfg.model.name}, width {cfg.model.width or 'default'}")
 
 
 def round_seed(base: int, server_round: int, partition_id: int) -> int:

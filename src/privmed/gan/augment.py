@@ -13,6 +13,21 @@ the real partition sizes and so over-states ε for augmented clients (a larger q
 The augmented size is public, ``n + round(ratio · n)`` (:func:`augmented_size`: the class balance changes the
 synthetic labels, never their number), so :func:`server_epsilons` recomputes the server's view from public
 information only (the augmented sizes and the steps the clients report); ``results["augmentation"]`` carries it.
+
+``gan.augment_mode`` (:data:`AUGMENT_MODES`) chooses what a client trains on:
+
+- ``"add"``: its real images plus ``round(ratio · n)`` images of G_i (labels as above);
+- ``"synthetic-only"``: ``round(ratio · n)`` images of G_i alone, at **uniform** labels (equal counts per class,
+  whatever the client holds; ``gan.class_balance`` is refused there). Such a client's update is a function of
+  D's DP outputs (through G_i), of public information (its partition size, the number of classes) and of its own
+  randomness only, so it may leave the client un-noised: a whole non-private federated run on it costs ε_D and
+  nothing more (post-processing, Dwork & Roth 2014, Prop. 2.1). Labels drawn from the client's histogram would
+  break that (the update would reveal the histogram without noise). This is the first phase of a **synthetic
+  warm start**: its final weights start a DP classifier run (``model.init_from``,
+  :mod:`privmed.federation.init_from`), public pretraining in the sense of Tramèr & Boneh (ICLR 2021) and De
+  et al. (2022), with "public" data whose cost is ε_D. A real image then spends ε_D + ε_clf (sequential
+  composition). Threat model: an honest-but-curious server and anyone who sees the global models, as for D
+  (:mod:`privmed.gan.hfgan`); partition sizes are public metadata by assumption.
 """
 
 from __future__ import annotations
@@ -21,7 +36,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -57,7 +72,7 @@ def server_epsilons(cfg: Config, gan: GanConfig, results: dict[str, Any]) -> dic
     steps = {int(row["partition_id"]): int(row["dp_steps"]) for row in last if "dp_steps" in row}
     out = {}
     for pid, n_steps in sorted(steps.items()):
-        plan = client_plan(cfg, augmented_size(int(parts[pid].size), gan.augment_ratio))
+        plan = client_plan(cfg, AUGMENT_MODES[gan.augment_mode].size(int(parts[pid].size), gan.augment_ratio))
         out[str(pid)] = epsilon_for(
             noise_multiplier=plan.noise_multiplier,
             sample_rate=plan.sample_rate,
@@ -117,6 +132,17 @@ def concat(a: Split, b: Split) -> Split:
     return Split(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]))
 
 
+def uniform_synthetic_labels(n: int, n_classes: int, *, ratio: float) -> np.ndarray:
+    """Labels of the ``round(ratio · n)`` images of a synthetic-only client: equal counts per class (the first
+    ``count mod n_classes`` classes one more), a function of public sizes only, never of the client's labels."""
+    count = max(0, round(ratio * n))
+    return np.sort(np.arange(count) % n_classes).astype(np.int64)
+
+
+def _added(labels: np.ndarray, n_classes: int) -> dict[str, Any]:
+    return {"synthetic": len(labels), "synthetic_per_class": np.bincount(labels, minlength=n_classes).tolist()}
+
+
 def augment_split(
     split: Split, info: DatasetInfo, g: Generator, gan: GanConfig, *, seed: int
 ) -> tuple[Split, dict[str, Any]]:
@@ -125,8 +151,32 @@ def augment_split(
         split.class_labels, info.n_labels, ratio=gan.augment_ratio, class_balance=gan.class_balance
     )
     synthetic = generate(g, labels, info, seed=seed)
-    added = np.bincount(labels, minlength=info.n_labels).tolist()
-    return concat(split, synthetic), {"synthetic": len(labels), "synthetic_per_class": added}
+    return concat(split, synthetic), _added(labels, info.n_labels)
+
+
+def synthetic_only_split(
+    split: Split, info: DatasetInfo, g: Generator, gan: GanConfig, *, seed: int
+) -> tuple[Split, dict[str, Any]]:
+    """Images of G_i alone, ``round(ratio · n)`` at uniform labels, in place of the client's real split.
+
+    Only ``len(split)`` (a public partition size) is read from the real split: its labels never are.
+    """
+    labels = uniform_synthetic_labels(len(split), info.n_labels, ratio=gan.augment_ratio)
+    return generate(g, labels, info, seed=seed), _added(labels, info.n_labels)
+
+
+class AugmentMode(NamedTuple):
+    """What a client trains on (``build``) and that set's size from its public partition size (``size``)."""
+
+    build: Callable[..., tuple[Split, dict[str, Any]]]
+    size: Callable[[int, float], int]
+
+
+#: ``gan.augment_mode`` -> how a client's training set is made from its split and its G_i.
+AUGMENT_MODES: dict[str, AugmentMode] = {
+    "add": AugmentMode(augment_split, augmented_size),
+    "synthetic-only": AugmentMode(synthetic_only_split, lambda n, ratio: max(0, round(ratio * n))),
+}
 
 
 def make_augmented_client_app(flat: dict[str, Any], cfg: Config, gan: GanConfig, store: str | Path) -> ClientApp:
@@ -140,7 +190,8 @@ def make_augmented_client_app(flat: dict[str, Any], cfg: Config, gan: GanConfig,
         store_i = GeneratorStore(store)
         status = store_i.load(pid, cfg, gan, client.info)[2]
         g = store_i.released(pid, cfg, gan, client.info)
-        client.split, added = augment_split(client.split, client.info, g, gan, seed=task.round_seed(0, 0, pid))
+        build = AUGMENT_MODES[gan.augment_mode].build
+        client.split, added = build(client.split, client.info, g, gan, seed=task.round_seed(0, 0, pid))
         log.info("client %d: + %s synthetic images (G stopped: %s)", pid, added, status.get("stopped"))
         return client.to_client()
 
@@ -181,7 +232,12 @@ def run_augmented_federated(cfg: Config, gan: GanConfig, store: str | Path, *, o
     )
     results = json.loads((out / "results.json").read_text())
     results["timing"]["total_seconds"] = time.perf_counter() - started
-    results["augmentation"] = {"store": str(store), "ratio": gan.augment_ratio, "class_balance": gan.class_balance}
+    results["augmentation"] = {
+        "store": str(store),
+        "mode": gan.augment_mode,
+        "ratio": gan.augment_ratio,
+        "class_balance": gan.class_balance,
+    }
     accounting = SERVER_ACCOUNTING.get(cfg.privacy.mode)
     if accounting is not None:  # the mirror's ε in the round records planned with the real sizes
         eps = accounting(cfg, gan, results)

@@ -65,6 +65,10 @@ class GanConfig:
     augment_ratio: float = 1.0
     #: draw the synthetic labels so that real + synthetic is class-balanced on each client (against label skew)
     class_balance: bool = True
+    #: what an augmented client trains on (:data:`privmed.gan.augment.AUGMENT_MODES`): "add" (its real images plus
+    #: images of G_i) or "synthetic-only" (images of G_i alone at uniform labels, class_balance = false: the
+    #: phase 1 of a synthetic warm start, whose updates may leave the client un-noised at no cost beyond ε_D)
+    augment_mode: str = "add"
     #: synthetic images per class for FID / IS / TSTR and the sample grids (TSTR wants at least as many images
     #: as the real training split holds: 2,000+ per class for PneumoniaMNIST's 4,708)
     eval_samples: int = 2500
@@ -108,10 +112,28 @@ def check_names(gan: GanConfig, *, source: str) -> None:
             raise ConfigError(
                 f"[gan] {key} = {value!r} in {source} is not known; choose one of {', '.join(sorted(choices))}"
             )
+    check_augment_mode(gan, source=source)
     if gan.g_norm == "batch" and min(gan.g_batch, gan.fake_batch) < 2:
         raise ConfigError(
             f"[gan] g_norm = 'batch' in {source} needs g_batch and fake_batch >= 2 (got {gan.g_batch}, "
             f"{gan.fake_batch}): BatchNorm normalises over the batch; raise them or set g_norm = 'group'"
+        )
+
+
+def check_augment_mode(gan: GanConfig, *, source: str) -> None:
+    """Refuse an unknown ``augment_mode``, and ``class_balance`` with ``"synthetic-only"`` (why: below)."""
+    from privmed.gan.augment import AUGMENT_MODES
+
+    if gan.augment_mode not in AUGMENT_MODES:
+        raise ConfigError(
+            f"[gan] augment_mode = {gan.augment_mode!r} in {source} is not known; choose one of "
+            f"{', '.join(sorted(AUGMENT_MODES))}"
+        )
+    if gan.augment_mode == "synthetic-only" and gan.class_balance:
+        raise ConfigError(
+            f"[gan] augment_mode = 'synthetic-only' in {source} draws uniform labels, and class_balance would draw "
+            "them from the client's label histogram, which its un-noised updates would then reveal; set "
+            "gan.class_balance = false"
         )
 
 

@@ -1,0 +1,113 @@
+"""Start a federated run from another run's weights (``model.init_from``): warm starts and public pretraining.
+
+``model.init_from = "<run folder or weights file>"`` makes the global model of round 1 the given weights
+instead of a fresh initialisation (:func:`privmed.federation.task.initial_weights`). The source is
+
+- a run folder of ``privmed federate`` (or of any run with ``checkpoints/``): the global model of its last
+  complete round (``checkpoints/round-<R>/weights.npz``, the model training continued from; with
+  ``federation.ema_decay`` the evaluated average lives beside it in ``strategy.npz`` and is not used), or
+- a ``.npz`` file of arrays ``arr_0, arr_1, ...`` in the model's ``state_dict`` order (the checkpoint layout).
+
+The weights are checked against the configured model before any client starts: a different architecture,
+width or number of classes is one error naming both shapes and the fix (exit code 2).
+
+Privacy: loading weights is post-processing of whatever produced them, so a run started from them spends
+exactly the ε of its own mechanism; what the loaded weights cost is the source run's ledger (e.g. weights
+trained non-privately on the images of DP generators cost ε_D of their discriminator and nothing more:
+:mod:`privmed.gan.augment`). This is the "public pretraining" lever of DP-SGD (Tramèr & Boneh, ICLR 2021;
+De et al. 2022, "Unlocking High-Accuracy Differentially Private Image Classification through Scale") with
+weights whose privacy cost is stated by their source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from privmed.errors import ConfigError
+from privmed.federation import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def _read_npz(path: Path) -> list[np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = sorted((k for k in npz.files if k.startswith("arr_")), key=lambda k: int(k[4:]))
+            return [npz[k] for k in keys]
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"model.init_from = {str(path)!r} is not a readable weights file ({exc}); give a run folder or the "
+            "weights.npz of one of its checkpoints"
+        ) from None
+
+
+def _source_model(folder: Path) -> str:
+    """``model.name`` / ``model.width`` of the run that wrote ``folder`` (for error messages), or ``""``."""
+    state = folder / "state.json"
+    if not state.is_file():
+        return ""
+    config = json.loads(state.read_text()).get("config", {})
+    return f" (that run's model: {config.get('model.name', '?')}, width {config.get('model.width') or 'default'})"
+
+
+def load_init_weights(source: str) -> tuple[list[np.ndarray], str]:
+    """The arrays of ``source`` (a run folder or a ``.npz`` file) and a note naming where they came from.
+
+    Raises
+    ------
+    ConfigError
+        ``source`` does not exist, holds no complete checkpoint, or is not a readable weights file.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        rounds = checkpoint.complete_rounds(path)
+        if not rounds:
+            raise ConfigError(
+                f"model.init_from = {source!r} holds no complete checkpoint (checkpoints/round-*/state.json); "
+                "give the folder of a finished run or a weights .npz file"
+            )
+        folder = path / "checkpoints" / f"round-{rounds[-1]:04d}"
+        return _read_npz(folder / "weights.npz"), f"round {rounds[-1]} of {path}{_source_model(folder)}"
+    if path.is_file():
+        return _read_npz(path), str(path)
+    raise ConfigError(
+        f"model.init_from = {source!r} does not exist; give the folder of a finished run or a weights .npz file"
+    )
+
+
+def check_compatible(loaded: list[np.ndarray], fresh: list[np.ndarray], *, note: str, model: str) -> None:
+    """Refuse weights that do not fit the configured model (count, shapes, dtypes kinds), naming the first misfit.
+
+    Raises
+    ------
+    ConfigError
+        One message naming the mismatch and the fix (same ``[model]`` and dataset as the source run).
+    """
+    fix = (
+        f"start from a run with the same [model] (here {model}) and the same dataset (channels, classes), "
+        "or unset model.init_from"
+    )
+    if len(loaded) != len(fresh):
+        raise ConfigError(
+            f"model.init_from: {note} holds {len(loaded)} tensors, the configured model has {len(fresh)}; {fix}"
+        )
+    for i, (a, b) in enumerate(zip(loaded, fresh, strict=True)):
+        if a.shape != b.shape or a.dtype.kind != b.dtype.kind:
+            raise ConfigError(
+                f"model.init_from: tensor {i} of {note} has shape {a.shape} ({a.dtype}), the configured model's "
+                f"has {b.shape} ({b.dtype}); {fix}"
+            )
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+            raise ConfigError(f"model.init_from: tensor {i} of {note} holds NaN or inf; start from another run")
+
+
+def warm_start(source: str, fresh: list[np.ndarray], *, model: str) -> list[np.ndarray]:
+    """The weights of ``source`` in place of ``fresh`` (a new model's), checked and cast to its dtypes."""
+    loaded, note = load_init_weights(source)
+    check_compatible(loaded, fresh, note=note, model=model)
+    log.info("initial global model from %s", note)
+    return [np.ascontiguousarray(a, dtype=b.dtype) for a, b in zip(loaded, fresh, strict=True)]
