@@ -11,7 +11,8 @@ Columns: test accuracy, macro-F1, AUC of the federated classifier (last round); 
 trained only on the synthetic images, on the real test split) and its ratio to the same CNN trained on the real
 training split; IS and FID with a **domain feature extractor** (a small CNN trained on the real training split,
 not Inception: not comparable with published numbers); epsilon of D (= of the synthetic images), of the
-classifier, and their sum (sequential composition) for rows that use both; wall time per GAN round on this CPU
+classifier, and a real image's total: the two ledgers composed in RDP (privmed.gan.ledger) for rows that use
+both; wall time per GAN round on this CPU
 (median of rounds 2..R). A centralised, non-private DCGAN (same G and D, same D:G ratio, same number of D steps,
 plain torch) gives the FID reference of the goal "private federated FID <= 2x centralised".
 
@@ -65,6 +66,7 @@ from privmed.config import Config
 from privmed.federation import task
 from privmed.gan.config import GanConfig, load_gan_config
 from privmed.gan.hfgan import GeneratorStore, adam, d_loss, new_gan, train_generator, uniform_labels
+from privmed.gan.ledger import classifier_histories, compose_with_d
 from privmed.results import machine, write_json_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -194,6 +196,7 @@ def classifier_row(
     test, val = results["final"]["test"], results["final"]["val"] or {}
     return {
         **classifier_epsilons(results),
+        "classifier_ledgers": classifier_histories(results),
         "val_macro_f1": val.get("macro_f1"),
         "val_auc": val.get("auc"),
         "accuracy": test["accuracy"],
@@ -380,12 +383,23 @@ def run_dataset(name: str, args: argparse.Namespace, payload: dict[str, Any], sa
             continue
         started, load = time.perf_counter(), os.getloadavg()[0]
         try:
-            rows["rows"][label] = {**fn(), "wall_seconds": time.perf_counter() - started}
+            rows["rows"][label] = with_real_image_epsilon({**fn(), "wall_seconds": time.perf_counter() - started})
         except Exception as exc:  # a failed row is recorded, not hidden, and the others still run
             log.exception("%s / %s failed", name, label)
             rows["rows"][label] = {"error": repr(exc), "wall_seconds": time.perf_counter() - started}
         rows["rows"][label].update(load_average_1min=[load, os.getloadavg()[0]], session=payload["command"])
         save()
+
+
+def with_real_image_epsilon(row: dict[str, Any]) -> dict[str, Any]:
+    """A row whose classifier is DP and whose images came from DP generators gets ``epsilon_real_image``: D's
+    ledger and each client's classifier ledger composed in RDP and PRV (privmed.gan.ledger), not their sum."""
+    store = (row.get("generators") or {}).get("store")
+    ledgers = row.get("classifier_ledgers")
+    gan_json = Path(store).parent / "results.json" if store else None
+    if not ledgers or gan_json is None or not gan_json.is_file():
+        return row
+    return {**row, "epsilon_real_image": compose_with_d(json.loads(gan_json.read_text()), ledgers)}
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -500,7 +514,9 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         f"{FEATURES_NOTE}. TSTR: accuracy of a small CNN trained only on synthetic images, tested on the real test "
         "split (ratio: / the same CNN trained on the real training split). For rows with DP on both D and the "
-        "classifier, a real image's total epsilon is the sum (sequential composition). Rows marked † come from an "
+        "classifier, a real image's total epsilon is D's and the classifier's ledgers composed in RDP "
+        "(privmed.gan.ledger; the JSON keeps PRV and the plain sum) where the row recorded both ledgers, else the "
+        "sum (sequential composition, an upper bound). Rows marked † come from an "
         "earlier run of this file (same partitions, seed and classifier rounds; its settings are each row's "
         "`carried_args` in the JSON): (a), (b), (c0) and their DP versions do not use the trained GAN, so they "
         "compare directly with this run's (c) rows; a carried (c) row is that earlier run's GAN.",
@@ -535,7 +551,8 @@ def markdown(payload: dict[str, Any]) -> str:
             g = r.get("generators") or (gdp if label == "(c) + DP" else gnp if label == "(c) + HF-GAN" else None)
             eps_d = g.get("epsilon_D") if g else None
             eps_c = r.get("epsilon_classifier")
-            total = (eps_d or 0) + (eps_c or 0) if (eps_d or eps_c) else None
+            composed = (r.get("epsilon_real_image") or {}).get("rdp", {}).get("max")
+            total = composed if composed is not None else (eps_d or 0) + (eps_c or 0) if (eps_d or eps_c) else None
             tstr = f"{_f(g['tstr']['accuracy'])} ({_f(g['tstr_ratio'], 2)})" if g and "tstr" in g else "—"
             lines.append(
                 f"| {label}{mark} | {_f(r['accuracy'])} | {_f(r['macro_f1'])} | {_f(r['auc'])} | {tstr} | "

@@ -39,3 +39,14 @@ def test_distributed_and_non_private_classifiers() -> None:
 def test_unknown_ledgers_give_none() -> None:
     assert real_image_epsilon({"delta": 1e-5, "privacy_details": {}}, _clf("sample")) is None  # an older D run
     assert real_image_epsilon(GAN, {"privacy": "client"}) is None
+
+
+def test_older_d_runs_are_read_from_their_plan_only_when_no_round_lost_noise() -> None:
+    from privmed.gan.ledger import d_history
+
+    rounds = [{"clients": 10, "round_failed": False}] * 5
+    old = {"delta": 1e-5, "privacy_details": {"noise_multiplier": 1.0, "sample_rate": 0.05, "sampled_clients": 10}}
+    assert d_history({**old, "rounds": rounds}) == [(1.0, 0.05, 5)]
+    dropped = [*rounds[:4], {"clients": 9, "round_failed": False}]  # a dropout: less noise than planned
+    assert d_history({**old, "rounds": dropped}) is None
+    assert real_image_epsilon({**old, "rounds": dropped}, _clf("sample")) is None

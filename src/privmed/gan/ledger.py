@@ -16,7 +16,7 @@ from typing import Any
 from privmed.privacy import epsilon_composed
 
 
-def _classifier_histories(clf: dict[str, Any]) -> dict[str, list[tuple[float, float, int]]] | None:
+def classifier_histories(clf: dict[str, Any]) -> dict[str, list[tuple[float, float, int]]] | None:
     """Per client ``[(σ, q, steps)]`` of the classifier run, from public information only (None: unsupported)."""
     mode = clf.get("privacy")
     if mode == "none":
@@ -34,8 +34,28 @@ def _classifier_histories(clf: dict[str, Any]) -> dict[str, list[tuple[float, fl
     return None
 
 
-def real_image_epsilon(gan_results: dict[str, Any], clf_results: dict[str, Any]) -> dict[str, Any] | None:
-    """ε of a real image over D's training and the classifier's, or ``None`` when either ledger is not known.
+def d_history(gan_results: dict[str, Any]) -> list[tuple[float, float, int]] | None:
+    """D's ledger ``[(σ, q, steps)]`` of an HF-GAN run (None: non-private or not known).
+
+    Runs made before the ledger was written to ``privacy_details`` are read from their plan (σ, q) and their
+    rounds, but only when every round completed with every sampled client (no dropout lowered the noise).
+    """
+    details = gan_results.get("privacy_details") or {}
+    if details.get("ledger"):
+        return [tuple(e) for e in details["ledger"]["history"]]
+    rounds = gan_results.get("rounds") or []
+    sampled = details.get("sampled_clients")
+    if "noise_multiplier" not in details or not rounds or sampled is None:
+        return None
+    if any(r.get("round_failed") or r.get("clients") != sampled for r in rounds):
+        return None
+    return [(float(details["noise_multiplier"]), float(details["sample_rate"]), len(rounds))]
+
+
+def compose_with_d(
+    gan_results: dict[str, Any], histories: dict[str, list[tuple[float, float, int]]] | None
+) -> dict[str, Any] | None:
+    """ε of a real image over D's ledger and its client's classifier ledger (``histories``; None: not known).
 
     Returns
     -------
@@ -43,16 +63,19 @@ def real_image_epsilon(gan_results: dict[str, Any], clf_results: dict[str, Any])
         ``{"delta", "rdp", "prv", "sum", "note"}``; each accountant's entry is ``{"per_group", "max"}``
         (:func:`privmed.privacy.epsilon_composed`), the groups being the classifier's clients.
     """
-    details = gan_results.get("privacy_details") or {}
-    ledger = details.get("ledger")
-    histories = _classifier_histories(clf_results)
-    if not ledger or histories is None:
+    shared = d_history(gan_results)
+    if shared is None or histories is None:
         return None
     delta = float(gan_results["delta"])
-    out = epsilon_composed([tuple(e) for e in ledger["history"]], histories or {"all": []}, delta=delta)
+    out = epsilon_composed(shared, histories or {"all": []}, delta=delta)
     return {
         "delta": delta,
         **out,
         "note": "a real image's epsilon over D's training and the classifier's, composed in each accountant "
         "(sum: basic composition, for reference); the synthetic images are post-processing of D",
     }
+
+
+def real_image_epsilon(gan_results: dict[str, Any], clf_results: dict[str, Any]) -> dict[str, Any] | None:
+    """:func:`compose_with_d` with the ledgers of a classifier run's results (``privmed gan --classifier``)."""
+    return compose_with_d(gan_results, classifier_histories(clf_results))
