@@ -102,11 +102,12 @@ def split_gan_table(raw: dict[str, Any], *, source: str) -> tuple[dict[str, Any]
 
 
 def check_names(gan: GanConfig, *, source: str) -> None:
-    """Refuse a ``g_norm`` / ``d_head`` that names no registered choice (one message naming the valid ones), and
-    a BatchNorm G asked to train on batches of one image (its batch statistics need two or more)."""
+    """Refuse a ``g_norm`` / ``d_head`` / ``augment_mode`` that names no registered choice (one message naming the
+    valid ones), and a BatchNorm G asked to train on batches of one image (its batch statistics need two or more)."""
+    from privmed.gan.augment import AUGMENT_MODES
     from privmed.models.dcgan import D_HEADS, G_NORMS
 
-    for key, choices in (("g_norm", G_NORMS), ("d_head", D_HEADS)):
+    for key, choices in (("g_norm", G_NORMS), ("d_head", D_HEADS), ("augment_mode", AUGMENT_MODES)):
         value = getattr(gan, key)
         if value not in choices:
             raise ConfigError(
@@ -121,14 +122,7 @@ def check_names(gan: GanConfig, *, source: str) -> None:
 
 
 def check_augment_mode(gan: GanConfig, *, source: str) -> None:
-    """Refuse an unknown ``augment_mode``, and ``class_balance`` with ``"synthetic-only"`` (why: below)."""
-    from privmed.gan.augment import AUGMENT_MODES
-
-    if gan.augment_mode not in AUGMENT_MODES:
-        raise ConfigError(
-            f"[gan] augment_mode = {gan.augment_mode!r} in {source} is not known; choose one of "
-            f"{', '.join(sorted(AUGMENT_MODES))}"
-        )
+    """Refuse ``class_balance`` with ``augment_mode = "synthetic-only"`` (why: in the message)."""
     if gan.augment_mode == "synthetic-only" and gan.class_balance:
         raise ConfigError(
             f"[gan] augment_mode = 'synthetic-only' in {source} draws uniform labels, and class_balance would draw "
