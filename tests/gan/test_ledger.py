@@ -50,3 +50,10 @@ def test_older_d_runs_are_read_from_their_plan_only_when_no_round_lost_noise() -
     dropped = [*rounds[:4], {"clients": 9, "round_failed": False}]  # a dropout: less noise than planned
     assert d_history({**old, "rounds": dropped}) is None
     assert real_image_epsilon({**old, "rounds": dropped}, _clf("sample")) is None
+
+
+def test_a_client_left_out_of_the_last_round_keeps_its_ledger() -> None:
+    """Reading only the final round would drop client 1 and under-state the worst client's ε."""
+    clf = _clf("sample")
+    clf["rounds"].append({"clients": [clf["rounds"][0]["clients"][0]]})  # round 2: client 0 only
+    assert real_image_epsilon(GAN, clf)["rdp"]["per_group"].keys() == {"0", "1"}

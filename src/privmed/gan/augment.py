@@ -48,28 +48,34 @@ from privmed.data import DatasetInfo, Split
 from privmed.federation import task
 from privmed.gan.config import GanConfig
 from privmed.gan.hfgan import GeneratorStore
+from privmed.gan.ledger import latest_client_reports
 from privmed.models.dcgan import Generator
 
 log = logging.getLogger(__name__)
 
 
+def synthetic_size(n: int, ratio: float) -> int:
+    """How many images of G_i a client with ``n`` real images draws: ``round(ratio · n)`` (a public number)."""
+    return max(0, round(ratio * n))
+
+
 def augmented_size(n: int, ratio: float) -> int:
-    """A client's training-set size after augmentation: its ``n`` real images plus ``round(ratio · n)``."""
-    return n + max(0, round(ratio * n))
+    """A client's training-set size after augmentation: its ``n`` real images plus :func:`synthetic_size`."""
+    return n + synthetic_size(n, ratio)
 
 
 def server_epsilons(cfg: Config, gan: GanConfig, results: dict[str, Any]) -> dict[str, float]:
     """ε per client of a DP-SGD (``"sample"``) run on augmented clients, from public information only.
 
     Each client's plan (σ, q) for its augmented size (:func:`augmented_size` of the public partition size) and
-    the DP-SGD steps it reported last (a public metric); the server's answer to the clients' own ledgers.
+    the DP-SGD steps it reported last, in whichever round that was (a public metric); the server's answer to
+    the clients' own ledgers.
     """
     from privmed.federation.dp import client_plan
     from privmed.privacy import epsilon_for
 
     _, parts = task.load_federated_data(cfg)
-    last = results["rounds"][-1].get("clients", []) if results.get("rounds") else []
-    steps = {int(row["partition_id"]): int(row["dp_steps"]) for row in last if "dp_steps" in row}
+    steps = {pid: int(row["dp_steps"]) for pid, row in latest_client_reports(results).items()}
     out = {}
     for pid, n_steps in sorted(steps.items()):
         plan = client_plan(cfg, AUGMENT_MODES[gan.augment_mode].size(int(parts[pid].size), gan.augment_ratio))
@@ -97,7 +103,7 @@ def synthetic_labels(labels: np.ndarray, n_classes: int, *, ratio: float, class_
     balanced as the budget allows; otherwise they follow the client's own label histogram.
     """
     n = len(labels)
-    budget = augmented_size(n, ratio) - n
+    budget = synthetic_size(n, ratio)
     counts = np.bincount(labels, minlength=n_classes).astype(float)
     if budget <= 0:
         return np.zeros(0, dtype=np.int64)
@@ -135,7 +141,7 @@ def concat(a: Split, b: Split) -> Split:
 def uniform_synthetic_labels(n: int, n_classes: int, *, ratio: float) -> np.ndarray:
     """Labels of the ``round(ratio · n)`` images of a synthetic-only client: equal counts per class (the first
     ``count mod n_classes`` classes one more), a function of public sizes only, never of the client's labels."""
-    count = max(0, round(ratio * n))
+    count = synthetic_size(n, ratio)
     return np.sort(np.arange(count) % n_classes).astype(np.int64)
 
 
@@ -175,7 +181,7 @@ class AugmentMode(NamedTuple):
 #: ``gan.augment_mode`` -> how a client's training set is made from its split and its G_i.
 AUGMENT_MODES: dict[str, AugmentMode] = {
     "add": AugmentMode(augment_split, augmented_size),
-    "synthetic-only": AugmentMode(synthetic_only_split, lambda n, ratio: max(0, round(ratio * n))),
+    "synthetic-only": AugmentMode(synthetic_only_split, synthetic_size),
 }
 
 

@@ -16,17 +16,26 @@ from typing import Any
 from privmed.privacy import epsilon_composed
 
 
+def latest_client_reports(results: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Per partition, the DP metrics of the last round it reported them in (a client left out of the final
+    round keeps the ledger of its last round, not none)."""
+    out: dict[int, dict[str, Any]] = {}
+    for rnd in results.get("rounds") or []:
+        for row in rnd.get("clients", []):
+            if "dp_steps" in row:
+                out[int(row["partition_id"])] = row
+    return out
+
+
 def classifier_histories(clf: dict[str, Any]) -> dict[str, list[tuple[float, float, int]]] | None:
     """Per client ``[(σ, q, steps)]`` of the classifier run, from public information only (None: unsupported)."""
     mode = clf.get("privacy")
     if mode == "none":
         return {}
-    if mode == "sample":  # each client's own DP-SGD ledger, as its public metrics report it
-        last = clf["rounds"][-1].get("clients", []) if clf.get("rounds") else []
+    if mode == "sample":  # each client's own DP-SGD ledger, as its public metrics last reported it
         return {
-            str(r["partition_id"]): [(float(r["noise_multiplier"]), float(r["sample_rate"]), int(r["dp_steps"]))]
-            for r in last
-            if "dp_steps" in r
+            str(pid): [(float(r["noise_multiplier"]), float(r["sample_rate"]), int(r["dp_steps"]))]
+            for pid, r in latest_client_reports(clf).items()
         }
     ledger = (clf.get("privacy_details") or {}).get("ledger")
     if mode == "distributed" and ledger:  # one run-wide ledger: every example alike
