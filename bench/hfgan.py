@@ -273,16 +273,9 @@ def warm_phase1(cfg: Config, gan: GanConfig, args: argparse.Namespace, store: st
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """``cfg`` with ``section.key=value`` overrides (TOML values) applied, checked like a config file's keys."""
-    import tomllib
+    from privmed.config import apply_overrides, from_dict
 
-    from privmed.config import from_dict
-
-    raw = cfg.to_dict()
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section, _, name = key.strip().partition(".")
-        raw[section][name] = tomllib.loads(f"v = {value.strip()}")["v"]
-    return from_dict(raw, source=cfg.source)
+    return from_dict(apply_overrides(cfg.to_dict(), overrides), source=cfg.source)
 
 
 def warm_dp_row(

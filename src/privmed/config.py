@@ -320,14 +320,20 @@ def load_config(name_or_path: str | Path, *, overrides: list[str] | None = None)
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix the line it names") from None
-    for item in overrides or []:
+    return from_dict(apply_overrides(raw, overrides or []), source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], *, example: str = "train.epochs=3") -> dict[str, Any]:
+    """``raw`` (a config as nested dicts) with ``section.key=value`` overrides (TOML values; a bare word is taken
+    as a string) set in place; returns it. A malformed override is one error naming ``example``."""
+    for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.strip().partition(".")
         if not sep or not dot:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. {example}")
         try:
             parsed = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             parsed = value.strip()  # a bare word is taken as a string
         raw.setdefault(section, {})[name] = parsed
-    return from_dict(raw, source=str(path))
+    return raw

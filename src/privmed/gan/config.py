@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from privmed.config import Config, _coerce, from_dict, resolve_path
+from privmed.config import Config, _coerce, apply_overrides, from_dict, resolve_path
 from privmed.errors import ConfigError
 
 
@@ -138,15 +138,6 @@ def load_gan_config(name_or_path: str, *, overrides: list[str] | None = None) ->
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix the line it names") from None
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. gan.rounds=50")
-        try:
-            parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed = value.strip()
-        raw.setdefault(section, {})[name] = parsed
+    apply_overrides(raw, overrides or [], example="gan.rounds=50")
     raw, gan = split_gan_table(raw, source=str(path))
     return from_dict(raw, source=str(path)), gan
