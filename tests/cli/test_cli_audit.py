@@ -20,6 +20,8 @@ from privmed.cli.audit import bound_line
         (["--set", 'audit.sweep={ key = "privacy.epsilon", values = [4] }'], "at least two values"),
         (["--set", 'audit.sweep={ key = "privacy.epsilon", values = [0.0001, 4] }'], "epsilon"),
         (["--resume", "--overwrite"], "give one of them"),
+        (["--set", "audit.example_canaries"], "must look like section.key=value"),
+        (["--set", "epochs=3"], "must look like section.key=value"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(

@@ -72,19 +72,12 @@ def _config(args: argparse.Namespace) -> tuple[Config, GanConfig | None]:
 
 def _quickstart(overrides: list[str]) -> Config:
     from privmed.audit.pipeline import quickstart_config
-    from privmed.config import from_dict
+    from privmed.config import apply_overrides, from_dict
 
     base = quickstart_config()
     if not overrides:
         return base
-    raw = base.to_dict()
-    for item in overrides:  # the same syntax as load_config's overrides
-        key, _, value = item.partition("=")
-        section, _, name = key.strip().partition(".")
-        try:
-            raw.setdefault(section, {})[name] = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            raw.setdefault(section, {})[name] = value.strip()
+    raw = apply_overrides(base.to_dict(), overrides)
     return from_dict(raw, source="quickstart")
 
 
