@@ -551,7 +551,8 @@ def markdown(p: dict[str, Any]) -> str:
     trtr_acc = p["trtr"]["accuracy"]
     loads = ", ".join(f"{r['load_start']:.1f}-{r.get('load_end', r['load_start']):.1f}" for r in p["runs"])
     lines = [
-        "# HF-GAN TSTR at epsilon_D = 10: the protocol, the recipe (centralised) and HF-GAN (PneumoniaMNIST 28x28)",
+        "# HF-GAN TSTR at epsilon_D = 10: the protocol, the recipe (centralised) and HF-GAN "
+        f"(preset {p.get('preset', 'pneumonia-hfgan')}, 28x28)",
         "",
         f"Machine: {p['machine'].get('platform', '')}, 2 CPUs shared with other engineers' jobs (1-min load average "
         f"at each run's start-end: {loads}), torch {p['machine'].get('torch', '')}, 1 thread, under nice. Seed 0 "
