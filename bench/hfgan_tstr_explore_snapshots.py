@@ -56,7 +56,8 @@ def snapshot(store: GeneratorStore, pid: int, rnd: int, cfg: Any, gan: Any, info
 
 
 def mixtures(path: str, cfg: Any, gan: Any, info: Any) -> dict[str, dict[Any, Any]]:
-    """name -> {key: generator} (integer keys: hfgan_tstr.synthetic_set seeds each by its key): the EMA (released), the last raw G_i, and EMA + last-half snapshots."""
+    """name -> {key: generator}: the EMA (released), the last raw G_i, and EMA + last-half snapshots (integer keys:
+    hfgan_tstr.synthetic_set seeds each generator by its key)."""
     store = GeneratorStore(path)
     ema = store.generators(cfg, gan, info)
     out: dict[str, dict[Any, Any]] = {"ema": ema, "raw last": {}, "ema + last-half snapshots": dict(ema)}
