@@ -29,8 +29,9 @@ at ``path_beta`` (the Newton or global homotopy, Allgower & Georg 1990, "Numeric
 ch. 1; here in the least-squares sense). Model (i), batch 4, records k0-k2: 18.9-19.1 dB mean (22.4 on k0)
 where the β stages alone give 15.1, against a 16.2 dB floor (``bench/results/attack_image_batch4.md``).
 ``init = "public"`` gives each image of the batch its own public image as a start (images of one label do not
-start alike), and ``combine = "mean"`` averages the runs from several starts image to image: 20.2 dB mean on
-the same records with the mean start and three public-image starts (``docs/attacks-batch.md``).
+start alike). With the mean start and three public-image starts, keeping the one with the lowest loss after
+the first stage gives 20.36 dB mean on the same records, and ``combine = "mean"`` (the four runs averaged
+image to image) 20.2 dB (``docs/attacks-batch.md``); the goal there, 25 dB, is not met.
 By default (``combine = "best"``) restarts are screened by their matching loss after the first stage
 (Geiping et al. 2020, "Inverting Gradients", NeurIPS: the restart with the lowest matching loss is kept).
 Labels come from the last layer's gradient (:mod:`privmed.attacks.labels`). The server knows the
