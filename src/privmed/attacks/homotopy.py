@@ -194,7 +194,8 @@ class ReluHomotopy(Attack):
     combine
         ``"best"``: every start runs the first stage, and only the one with the lowest loss there goes on.
         ``"mean"``: every start runs the whole schedule; the results are matched image to image to the one with
-        the lowest ReLU matching loss (within each label) and averaged: an ensemble whose members stall in
+        the lowest matching loss at the last stage (the ReLU network's when ``final_steps > 0``; within each
+        label) and averaged: an ensemble whose members stall in
         different places, so that their errors partly cancel (``bench/results/attack_image_batch4.md``).
     init
         The start: ``"randn"`` (Gaussian noise of ``init_scale``), ``"prior"`` (the mean of public images of
@@ -420,8 +421,8 @@ def _best(
 def _mean(
     screened: list[Screened], rest: Sequence[tuple[float, int]], stage: Stage, labels: Tensor
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Every start goes on; the results, matched within each label to the one with the lowest ReLU matching
-    loss, are averaged (an ensemble, as ``multiscale``'s ``ensemble``)."""
+    """Every start goes on; the results, matched within each label to the one with the lowest matching loss at
+    the last stage, are averaged (an ensemble, as ``multiscale``'s ``ensemble``)."""
     runs = [_rest(x, rest, stage, loss) for x, _, loss in screened]
     ref = int(np.argmin([r[2][-1] for r in runs]))
     members = [x[align_images(runs[ref][0], x, labels)] for x, _, _ in runs]
