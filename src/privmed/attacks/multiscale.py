@@ -62,7 +62,7 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from privmed.attacks.base import Attack, Reconstruction, register_attack
-from privmed.attacks.homotopy import SmoothReLU, lbfgs_budget, smooth_relus
+from privmed.attacks.homotopy import SmoothReLU, align_images, lbfgs_budget, smooth_relus
 from privmed.attacks.labels import check_batch_size, recover_labels
 from privmed.attacks.optimization import OBJECTIVES, as_double, one_gradient
 from privmed.attacks.public import public_set
@@ -213,16 +213,6 @@ OPTIMIZERS: dict[str, Callable[[Stage, Tensor, int], tuple[Tensor, int]]] = {
     "lbfgs": lbfgs_stage,
     "search": search_stage,
 }
-
-
-def _align(ref: Tensor, x: Tensor, labels: Tensor) -> Tensor:
-    """The permutation of ``x`` closest to ``ref`` (squared distance), images of different labels never paired."""
-    from scipy.optimize import linear_sum_assignment
-
-    cost = (ref.flatten(1)[:, None] - x.flatten(1)[None]).pow(2).sum(-1)
-    cost = cost + 1e9 * (labels[:, None] != labels[None]).double()
-    _, order = linear_sum_assignment(cost.numpy())
-    return torch.as_tensor(order, dtype=torch.long)
 
 
 def _as_list(value: Any, n: int, name: str, cast: Callable[[Any], Any]) -> list[Any]:
@@ -380,7 +370,7 @@ class Multiscale(Attack):
         runs = [self.invert(target, relus, labels, public, first + 1000 * r)
                 for r in range(int(self.settings["ensemble"]))]  # fmt: skip
         ref, info = runs[0]
-        aligned = [ref] + [x[_align(ref, x, labels)] for x, _ in runs[1:]]
+        aligned = [ref] + [x[align_images(ref, x, labels)] for x, _ in runs[1:]]
         info["evaluations"] = info["iterations"] = sum(i["evaluations"] for _, i in runs)
         info["run_losses"] = [i["matching_loss"] for _, i in runs]
         return torch.stack(aligned).mean(0), info
