@@ -1,0 +1,47 @@
+"""Exploration (issue 11, fourth session): how much of a TSTR number is the TSTR classifier's own seed?
+
+Trains the TSTR CNN (hfgan_tstr.py's protocol: up to 10 epochs, epoch chosen on a held-out tenth of its training
+set) with seeds 0-4 on the real training split (TRTR) and on the same 2,000-per-class synthetic set of each
+600-round DP store (seeds 0/1/2 of hfgan_tstr.md; paths under /tmp are those runs), tested on the real test split.
+Output: bench/results/hfgan_tstr_explore_cnn_seeds.json; reading in bench/results/hfgan_tstr.md.
+"""
+
+# ruff: noqa: E402 (the bench folder on sys.path before its import)
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import torch
+
+torch.set_num_threads(1)
+import hfgan_tstr as H
+
+from privmed.federation import task
+from privmed.gan.config import load_gan_config
+from privmed.gan.hfgan import GeneratorStore
+from privmed.metrics.generative import tstr_selected
+
+OUT = Path(__file__).parent / "results" / "hfgan_tstr_explore_cnn_seeds.json"
+STORES = {
+    "600 s0": "/tmp/privmed-tstr-fed-fix600/gan-dp/client-store",
+    "600 s1": "/tmp/privmed-tstr-fed-fix600-s1/gan-dp/client-store",
+    "600 s2": "/tmp/privmed-tstr-fed-fix600-s2/gan-dp/client-store",
+}
+SEEDS = range(5)
+
+os.environ.setdefault("PRIVMED_DATA_DIR", "/work/shared/data/medmnist")
+cfg, gan = load_gan_config("pneumonia-hfgan", overrides=[])
+dataset, _ = task.load_federated_data(cfg)
+info = dataset.info
+out = {"load_start": os.getloadavg()[0], "cnn_seeds": list(SEEDS)}
+out["trtr"] = [tstr_selected(dataset.train, dataset.test, info, epochs=10, seed=s)["accuracy"] for s in SEEDS]
+print("trtr", out["trtr"], flush=True)
+for name, path in STORES.items():
+    syn = H.synthetic_set(GeneratorStore(path).generators(cfg, gan, info), info, 2000, seed=1)
+    out[name] = [tstr_selected(syn, dataset.test, info, epochs=10, seed=s)["accuracy"] for s in SEEDS]
+    print(name, out[name], flush=True)
+out["load_end"] = os.getloadavg()[0]
+OUT.write_text(json.dumps(out, indent=1))
