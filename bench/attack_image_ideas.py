@@ -341,10 +341,10 @@ the load shown, so they compare only with rows of similar load.
   (`attack_image.md`), so the path is a setting for batch 4, not a new default.
 - **Batch 8** (80 steps, k0 and k1; k2 not run): 15.5 and 15.9 dB against floors of 15.2 and 16.6, so at
   the floor (breaching with TV: 15.7 and 13.8). The path does not carry over to batch 8 at this length.
-  The 4-start average (`ens4-path40`, record k0 only, 637 s at load 2-2.8) reaches 17.4 dB, 2.2 dB above
-  the floor and 1.7 above breaching (per image 14.1-20.2), about what `multiscale` reaches at batch 8
-  (17.5 dB mean, `attack_image_multiscale.md`). The goal (22 dB) is not met; k1 and k2 were not run (the
-  deadline).
+  The 4-start average (`ens4-path40`, 590-640 s a record at load 1-2.8) reaches 17.4 / 17.6 / 17.9 dB on
+  k0 / k1 / k2, **mean 17.6 dB** against floors of 15.2 / 16.6 / 16.6 (mean 16.1) and breaching's 15.5 mean on
+  the same records: 1.0-2.2 dB above the floor on every record, about what `multiscale` reaches at batch 8
+  (17.5 dB mean, `attack_image_multiscale.md`). The goal (22 dB) is not met.
 """
 
 
