@@ -34,7 +34,7 @@ import hfgan_tstr as H
 
 from privmed.federation import task
 from privmed.gan.config import load_gan_config
-from privmed.gan.hfgan import GeneratorStore, new_gan
+from privmed.gan.hfgan import GeneratorStore
 from privmed.metrics.generative import tstr_selected
 
 log = logging.getLogger("explore-snapshots")
@@ -49,12 +49,6 @@ STORES = {
 }
 
 
-def snapshot(store: GeneratorStore, pid: int, rnd: int, cfg: Any, gan: Any, info: Any) -> Any:
-    g = new_gan(cfg, gan, info)[0]
-    g.load_state_dict(torch.load(store.snapshot_path(pid, rnd)))
-    return g.eval()
-
-
 def mixtures(path: str, cfg: Any, gan: Any, info: Any) -> dict[str, dict[Any, Any]]:
     """name -> {key: generator}: the EMA (released), the last raw G_i, and EMA + last-half snapshots (integer keys:
     hfgan_tstr.synthetic_set seeds each generator by its key)."""
@@ -63,9 +57,9 @@ def mixtures(path: str, cfg: Any, gan: Any, info: Any) -> dict[str, dict[Any, An
     out: dict[str, dict[Any, Any]] = {"ema": ema, "raw last": {}, "ema + last-half snapshots": dict(ema)}
     for pid in ema:
         rounds = store.snapshot_rounds(pid)
-        out["raw last"][pid] = snapshot(store, pid, rounds[-1], cfg, gan, info)
+        out["raw last"][pid] = store.load_snapshot(pid, rounds[-1], cfg, gan, info)
         for rnd in rounds[len(rounds) // 2 :]:
-            out["ema + last-half snapshots"][pid * 10_000 + rnd] = snapshot(store, pid, rnd, cfg, gan, info)
+            out["ema + last-half snapshots"][pid * 10_000 + rnd] = store.load_snapshot(pid, rnd, cfg, gan, info)
     return out
 
 

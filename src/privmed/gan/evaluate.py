@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from privmed.config import Config
 from privmed.federation import task
 from privmed.gan.augment import concat, generate
 from privmed.gan.config import GanConfig
-from privmed.gan.hfgan import GeneratorStore, new_gan
+from privmed.gan.hfgan import GeneratorStore
 from privmed.metrics.generative import (
     FEATURES_NOTE,
     class_rows,
@@ -70,12 +69,10 @@ def fid_curve(cfg: Config, gan: GanConfig, store: Path, domain: Any, *, seed: in
     for rnd in rounds:
         fakes = []
         for pid in range(cfg.data.num_clients):
-            path = gs.snapshot_path(pid, rnd)
-            if not path.is_file():
+            if not gs.snapshot_path(pid, rnd).is_file():
                 continue
-            g = new_gan(cfg, gan, info)[0]
-            g.load_state_dict(torch.load(path))
-            fakes.append(generate(g.eval(), np.repeat(np.arange(info.n_labels), share), info, seed=seed * 1000 + pid))
+            g = gs.load_snapshot(pid, rnd, cfg, gan, info)
+            fakes.append(generate(g, np.repeat(np.arange(info.n_labels), share), info, seed=seed * 1000 + pid))
         pooled = fakes[0]
         for extra in fakes[1:]:
             pooled = concat(pooled, extra)

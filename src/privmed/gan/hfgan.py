@@ -214,6 +214,14 @@ class GeneratorStore:
         """Keep a copy of G_i's weights as they are after ``server_round`` (FID per round)."""
         torch.save(g.state_dict(), self.snapshot_path(partition_id, server_round))
 
+    def load_snapshot(
+        self, partition_id: int, server_round: int, cfg: Config, gan: GanConfig, info: DatasetInfo
+    ) -> Generator:
+        """G_i's weights as :meth:`snapshot` kept them after ``server_round``, in eval mode."""
+        g = new_gan(cfg, gan, info)[0]
+        g.load_state_dict(torch.load(self.snapshot_path(partition_id, server_round)))
+        return g.eval()
+
     def snapshot_rounds(self, partition_id: int) -> list[int]:
         names = self.path(partition_id).parent.glob("generator-r*.pt")
         return sorted(int(p.stem.removeprefix("generator-r")) for p in names)
