@@ -85,12 +85,17 @@ def test_target_path_starts_from_the_public_mean_and_moves_towards_the_observed_
 
 
 def test_prior_start_refuses_the_training_split() -> None:
-    """``init = "prior"`` is the mean of *public* images: the training split (the clients' images) is refused."""
+    """``init = "prior"`` / ``"public"`` start from *public* images: the training split (the clients' images) is
+    refused."""
     from privmed.attacks.optimization import public_mean
 
     with pytest.raises(ConfigError, match="training split"):
         public_mean("phantom:train", (1, 28, 28))
     assert public_mean("phantom:val", (1, 28, 28)).shape == (1, 28, 28)
+    case = make_case("convnet-small", batch_size=2, **PHANTOM)
+    for init in ("prior", "public"):  # the attack's own loader (public_set), before any optimisation
+        with pytest.raises(ConfigError, match="training split"):
+            get_attack("relu-homotopy", init=init, prior="phantom:train").run(case.record, seed=0)
 
 
 def test_public_start_draws_a_different_public_image_for_each_image() -> None:
