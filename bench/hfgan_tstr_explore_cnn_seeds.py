@@ -23,6 +23,7 @@ from privmed.federation import task
 from privmed.gan.config import load_gan_config
 from privmed.gan.hfgan import GeneratorStore
 from privmed.metrics.generative import tstr_selected
+from privmed.results import machine
 
 OUT = Path(__file__).parent / "results" / "hfgan_tstr_explore_cnn_seeds.json"
 STORES = {
@@ -37,6 +38,8 @@ cfg, gan = load_gan_config("pneumonia-hfgan", overrides=[])
 dataset, _ = task.load_federated_data(cfg)
 info = dataset.info
 out = {"load_start": os.getloadavg()[0], "cnn_seeds": list(SEEDS)}
+out["machine"] = machine()
+out["config"] = {"preset": "pneumonia-hfgan", "tstr_epochs": 10, "per_class": 2000, "synthetic_seed": 1}
 out["trtr"] = [tstr_selected(dataset.train, dataset.test, info, epochs=10, seed=s)["accuracy"] for s in SEEDS]
 print("trtr", out["trtr"], flush=True)
 for name, path in STORES.items():

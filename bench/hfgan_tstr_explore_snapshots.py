@@ -36,6 +36,7 @@ from privmed.federation import task
 from privmed.gan.config import load_gan_config
 from privmed.gan.hfgan import GeneratorStore
 from privmed.metrics.generative import tstr_selected
+from privmed.results import machine
 
 log = logging.getLogger("explore-snapshots")
 OUT = Path(__file__).parent / "results" / "hfgan_tstr_explore_snapshots.json"
@@ -71,6 +72,8 @@ def main() -> None:
     info = dataset.info
     payload: dict[str, Any] = json.loads(OUT.read_text()) if OUT.is_file() else {"rows": {}}
     payload["load_start"] = os.getloadavg()[0]
+    config = {"preset": "pneumonia-hfgan", "tstr_epochs": 10, "tstr_seed": 0, "synthetic_seed": 1}
+    payload.update(machine=machine(), config=config)
     if "trtr" not in payload:
         payload["trtr"] = tstr_selected(dataset.train, dataset.test, info, epochs=10, seed=0)
     for label, path in STORES.items():
