@@ -59,6 +59,7 @@ from privmed.attacks.public import public_set
 from privmed.attacks.record import UpdateRecord
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
+from privmed.metrics.matching import align
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +106,6 @@ def _noise(shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator) -
 
 #: ``init`` name -> ``(shape, low, high, generator, init_scale, public images (N, C, H, W) or None) -> start``
 STARTS: dict[str, Callable[..., Tensor]] = {"randn": _randn_start, "prior": _prior_start, "public": _public_start}
-
-
-def align_images(ref: Tensor, x: Tensor, labels: Tensor) -> Tensor:
-    """The permutation of ``x`` closest to ``ref`` (squared distance), images of different labels never paired
-    (Hungarian assignment: ensembles of reconstructions are averaged image to image)."""
-    from scipy.optimize import linear_sum_assignment
-
-    cost = (ref.flatten(1)[:, None] - x.flatten(1)[None]).pow(2).sum(-1)
-    cost = cost + 1e9 * (labels[:, None] != labels[None]).double()
-    _, order = linear_sum_assignment(cost.numpy())
-    return torch.as_tensor(order, dtype=torch.long)
 
 
 class SmoothReLU(nn.Module):
@@ -425,7 +415,7 @@ def _mean(
     the last stage, are averaged (an ensemble, as ``multiscale``'s ``ensemble``)."""
     runs = [_rest(x, rest, stage, loss) for x, _, loss in screened]
     ref = int(np.argmin([r[2][-1] for r in runs]))
-    members = [x[align_images(runs[ref][0], x, labels)] for x, _, _ in runs]
+    members = [x[align(x, runs[ref][0], labels)] for x, _, _ in runs]
     return torch.stack(members).mean(0), {
         "evaluations": sum(r[1] for r in runs),
         "stage_loss": runs[ref][2],

@@ -62,13 +62,14 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from privmed.attacks.base import Attack, Reconstruction, register_attack
-from privmed.attacks.homotopy import SmoothReLU, align_images, lbfgs_budget, smooth_relus
+from privmed.attacks.homotopy import SmoothReLU, lbfgs_budget, smooth_relus
 from privmed.attacks.labels import check_batch_size, recover_labels
 from privmed.attacks.optimization import OBJECTIVES, as_double, one_gradient
 from privmed.attacks.public import public_set
 from privmed.attacks.record import UpdateRecord
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
+from privmed.metrics.matching import align
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +371,7 @@ class Multiscale(Attack):
         runs = [self.invert(target, relus, labels, public, first + 1000 * r)
                 for r in range(int(self.settings["ensemble"]))]  # fmt: skip
         ref, info = runs[0]
-        aligned = [ref] + [x[align_images(ref, x, labels)] for x, _ in runs[1:]]
+        aligned = [ref] + [x[align(x, ref, labels)] for x, _ in runs[1:]]
         info["evaluations"] = info["iterations"] = sum(i["evaluations"] for _, i in runs)
         info["run_losses"] = [i["matching_loss"] for _, i in runs]
         return torch.stack(aligned).mean(0), info

@@ -1,7 +1,7 @@
 """How close a reconstruction is to the images behind an update, with the floor every result is read against.
 
 Order is lost in a batch's gradient, so reconstructed images are first matched to the true ones by the
-assignment of least total MSE (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``; as in
+assignment of least total MSE (:func:`privmed.metrics.matching.match`: the Hungarian algorithm, as in
 Geiping et al.'s breaching and Yin et al. 2021). Then, per image, on the ``[0, 1]`` scale:
 
 - PSNR, ``10 log10(1 / MSE)`` (the mean over images is reported, with the min and max);
@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torchmetrics.functional.image import structural_similarity_index_measure
+
+from privmed.metrics.matching import match
 
 
 def to_unit(images: np.ndarray, input_range: Sequence[float]) -> np.ndarray:
@@ -31,17 +32,6 @@ def to_unit(images: np.ndarray, input_range: Sequence[float]) -> np.ndarray:
     lo, hi = float(input_range[0]), float(input_range[1])
     out = (np.asarray(images, dtype=np.float64) - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0)
-
-
-def match(reconstructed: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Index into ``reconstructed`` for each true image minimising the total MSE (unit-scale arrays)."""
-    rec = reconstructed.reshape(len(reconstructed), -1)
-    tru = truth.reshape(len(truth), -1)
-    cost = ((tru[:, None, :] - rec[None, :, :]) ** 2).mean(-1)
-    rows, cols = linear_sum_assignment(cost)
-    order = np.empty(len(truth), dtype=np.int64)
-    order[rows] = cols
-    return order
 
 
 def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """How well a table or series was reconstructed: FMSE, cosine similarity, binary and categorical accuracy.
 
 A batch's order is lost in its gradient, so :func:`match` first pairs every reconstruction with a true
-example (the assignment of least squared error, Kuhn 1955 via SciPy's ``linear_sum_assignment``). Then, on
+example (the assignment of least squared error: :func:`privmed.metrics.matching.match`). Then, on
 model-space values (continuous columns standardised, binary and one-hot columns 0/1):
 
 - FMSE: the feature-wise mean squared error, mean over examples, steps and features (the poster's FMSE);
@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from privmed.errors import DataError
+from privmed.metrics.matching import match as match_rows
 
 
 def _check(recon: np.ndarray, truth: np.ndarray) -> None:
@@ -30,10 +30,7 @@ def _check(recon: np.ndarray, truth: np.ndarray) -> None:
 def match(recon: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Indices ``perm`` such that ``recon[perm[i]]`` is paired with ``truth[i]`` (least total squared error)."""
     _check(recon, truth)
-    r, t = recon.reshape(len(recon), -1), truth.reshape(len(truth), -1)
-    cost = ((t[:, None, :] - r[None, :, :]) ** 2).mean(-1)
-    rows, cols = linear_sum_assignment(cost)
-    return cols[np.argsort(rows)]
+    return match_rows(recon, truth)
 
 
 def fmse(recon: np.ndarray, truth: np.ndarray) -> float:
