@@ -71,6 +71,17 @@ from privmed.results import machine, write_json_atomic
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench.hfgan_tstr")
 
+#: the epsilon_D = 10 DP runs behind the rows of hfgan_tstr*.md (``--federate dp --work PATH``, outside the repo;
+#: seeds 0/1/2 of 600 and 1,000 rounds); the explorations re-read their generator stores
+DP_RUNS: dict[str, str] = {
+    "600 s0": "/tmp/privmed-tstr-fed-fix600/gan-dp",
+    "600 s1": "/tmp/privmed-tstr-fed-fix600-s1/gan-dp",
+    "600 s2": "/tmp/privmed-tstr-fed-fix600-s2/gan-dp",
+    "1000 s0": "/tmp/privmed-tstr-fed-r1000-s0/gan-dp",
+    "1000 s1": "/tmp/privmed-tstr-fed-r1000-s1/gan-dp",
+    "1000 s2": "/tmp/privmed-tstr-fed-r1000-s2/gan-dp",
+}
+
 #: Recipes by name: ``[gan]`` overrides plus ``dp`` (simulate the DP D step centrally) and ``steps`` (D steps).
 #: The first version's architecture (GroupNorm G, mean-pooled D): every recipe without ``g_norm`` / ``d_head`` ran
 #: with it before the fix (rows of earlier runs carry no such key: they are LEGACY); it collapsed G (fix below).

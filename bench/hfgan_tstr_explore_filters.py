@@ -1,7 +1,7 @@
 """Exploration (issue 11, third session): post-processing filters of G_i's samples by the final DP D (free: D is
 released to every client) and latent truncation, against the 600-round stores' TSTR. ``dtop`` keeps the top half
 of each class by D(x, y), ``margin`` by D(x, y) - D(x, y'), ``trunc`` draws z at temperature 0.7. Kept as it ran
-(store paths under /tmp are the runs of hfgan_tstr.md / _seed1 / _seed2); usage ``VARIANTS SEEDS``, e.g.
+(the stores are hfgan_tstr.DP_RUNS' 600-round runs, under /tmp); usage ``VARIANTS SEEDS``, e.g.
 ``base,dtop,margin,trunc s1,s2,s0``; output bench/results/hfgan_tstr_explore_filters.json, reading in
 bench/results/hfgan_tstr.md."""
 
@@ -11,11 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, "/work/main/bench")
+sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np
 import torch
 
 torch.set_num_threads(1)
+import hfgan_tstr as H
+
 from privmed.data import Split
 from privmed.federation import task
 from privmed.gan.augment import generate
@@ -28,11 +30,7 @@ dataset, _ = task.load_federated_data(cfg)
 info = dataset.info
 variants = sys.argv[1].split(",") if len(sys.argv) > 1 else ["base", "dtop", "margin", "trunc"]
 seeds = sys.argv[2].split(",") if len(sys.argv) > 2 else ["s0", "s1", "s2"]
-paths = {
-    "s0": "/tmp/privmed-tstr-fed-fix600/gan-dp",
-    "s1": "/tmp/privmed-tstr-fed-fix600-s1/gan-dp",
-    "s2": "/tmp/privmed-tstr-fed-fix600-s2/gan-dp",
-}
+paths = {f"s{i}": H.DP_RUNS[f"600 s{i}"] for i in range(3)}
 
 
 def scores(d, split):

@@ -64,11 +64,7 @@ dataset, _ = task.load_federated_data(cfg)
 info = dataset.info
 out = {"trtr": run(dataset.train, dataset.test, info)}
 print("trtr", json.dumps(out["trtr"]), flush=True)
-for name, path in [
-    ("s0", "/tmp/privmed-tstr-fed-fix600/gan-dp/client-store"),
-    ("s1", "/tmp/privmed-tstr-fed-fix600-s1/gan-dp/client-store"),
-    ("s2", "/tmp/privmed-tstr-fed-fix600-s2/gan-dp/client-store"),
-]:
+for name, path in [(f"s{i}", f"{H.DP_RUNS[f'600 s{i}']}/client-store") for i in range(3)]:
     gs = GeneratorStore(path).generators(cfg, gan, info)
     syn = H.synthetic_set(gs, info, 2000, seed=1)
     out[name] = run(syn, dataset.test, info)

@@ -40,14 +40,7 @@ from privmed.results import machine
 
 log = logging.getLogger("explore-snapshots")
 OUT = Path(__file__).parent / "results" / "hfgan_tstr_explore_snapshots.json"
-STORES = {
-    "600 s0": "/tmp/privmed-tstr-fed-fix600/gan-dp/client-store",
-    "600 s1": "/tmp/privmed-tstr-fed-fix600-s1/gan-dp/client-store",
-    "600 s2": "/tmp/privmed-tstr-fed-fix600-s2/gan-dp/client-store",
-    "1000 s0": "/tmp/privmed-tstr-fed-r1000-s0/gan-dp/client-store",
-    "1000 s1": "/tmp/privmed-tstr-fed-r1000-s1/gan-dp/client-store",
-    "1000 s2": "/tmp/privmed-tstr-fed-r1000-s2/gan-dp/client-store",
-}
+STORES = {name: f"{run}/client-store" for name, run in H.DP_RUNS.items()}
 
 
 def mixtures(path: str, cfg: Any, gan: Any, info: Any) -> dict[str, dict[Any, Any]]:
