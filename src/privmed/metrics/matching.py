@@ -12,9 +12,6 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-#: added to the cost of pairing rows of different labels: larger than any squared distance of real data
-_APART = 1e12
-
 
 def match(reconstructed: np.ndarray, truth: np.ndarray, *, labels: np.ndarray | None = None) -> np.ndarray:
     """Index into ``reconstructed`` for each row of ``truth``, minimising the total squared error.
@@ -37,7 +34,8 @@ def match(reconstructed: np.ndarray, truth: np.ndarray, *, labels: np.ndarray | 
     cost = ((tru[:, None, :] - rec[None, :, :]) ** 2).mean(-1)
     if labels is not None:
         lab = np.asarray(labels)
-        cost = cost + _APART * (lab[:, None] != lab[None, :])
+        apart = cost.sum() + 1.0  # more than any assignment of same-label pairs costs in total
+        cost = cost + apart * (lab[:, None] != lab[None, :])
     rows, cols = linear_sum_assignment(cost)
     order = np.empty(len(tru), dtype=np.int64)
     order[rows] = cols
