@@ -101,13 +101,17 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
 FAMILIES = {"ig": variants, "homotopy": homotopy_variants, "batch": batch_variants}
 
 
-def truth_loss(case: Any) -> float:
-    """The relative L2 matching loss of the true images (float64): how close to 0 the objective's minimum is."""
+def matching_loss(case: Any, x: torch.Tensor) -> float:
+    """The relative L2 matching loss of images ``x`` against the case's record (float64, the ReLU network)."""
     target = as_double(target_from_record(case.record))
     labels = torch.as_tensor(case.labels, dtype=torch.long)
-    x = torch.as_tensor(case.inputs, dtype=torch.float64)
     norm = sum(float(o.pow(2).sum()) for o in target.observed)
-    return float(l2_distance(one_gradient(target, x, labels), target.observed).detach()) / norm
+    return float(l2_distance(one_gradient(target, x.double(), labels), target.observed).detach()) / norm
+
+
+def truth_loss(case: Any) -> float:
+    """The relative L2 matching loss of the true images: how close to 0 the objective's minimum is."""
+    return matching_loss(case, torch.as_tensor(case.inputs, dtype=torch.float64))
 
 
 def run_one(batch: int, index: int, settings: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 import torch.nn.functional as F
-from attack_image_ideas import batch_variants
+from attack_image_ideas import batch_variants, matching_loss
 from torch import Tensor
 
 from privmed.attacks import get_attack
@@ -59,15 +59,6 @@ def forward(params: list[Tensor], x: Tensor, masks: Masks | None = None) -> tupl
         used.append(m)
         h = m * z
     return h.flatten(1) @ wl.T + bl, (used[0], used[1], used[2])
-
-
-def relative_loss(params: list[Tensor], x: Tensor, y: Tensor, observed: list[Tensor]) -> float:
-    """The true (ReLU) network's relative L2 gradient distance: what the attacker sees."""
-    p = [q.clone().requires_grad_(True) for q in params]
-    grads = torch.autograd.grad(F.cross_entropy(forward(p, x)[0], y), p)
-    return float(
-        sum(((g - o) ** 2).sum() for g, o in zip(grads, observed, strict=True)) / sum(o.pow(2).sum() for o in observed)
-    )
 
 
 def frozen_system(params: list[Tensor], x: Tensor, y: Tensor, masks: Masks) -> tuple[Tensor, Tensor]:
@@ -141,7 +132,7 @@ def main() -> None:
     sv = torch.linalg.svdvals(jac)
     out["true_pattern"] = {
         "psnr_of_solve": psnr(solve(params, truth, y, observed, true_masks)),
-        "truth_loss": relative_loss(params, truth, y, observed),
+        "truth_loss": matching_loss(case, truth),
         "singular_max": float(sv[0]),
         "singular_min": float(sv[-1]),
         "condition": float(sv[0] / sv[-1]),
@@ -156,12 +147,12 @@ def main() -> None:
             "noise_sd": sd,
             "flips": flips(params, x, truth),
             "psnr": [psnr(x)],
-            "loss": [relative_loss(params, x, y, observed)],
+            "loss": [matching_loss(case, x)],
         }
         for _ in range(4):
             x = solve(params, x, y, observed, forward(params, x)[1])
             row["psnr"].append(psnr(x))
-            row["loss"].append(relative_loss(params, x, y, observed))
+            row["loss"].append(matching_loss(case, x))
         out["iteration"].append(row)
         print("iteration", row, flush=True)
 
@@ -177,7 +168,7 @@ def main() -> None:
     out["reconstruction"] = {
         "variant": "best4-path40",
         "psnr": psnr(x),
-        "loss": relative_loss(params, x, y, observed),
+        "loss": matching_loss(case, x),
         "flips": flips(params, x, truth),
         "oracle_solves": {k: psnr(solve(params, x, y, observed, m)) for k, m in oracle.items()},
     }
