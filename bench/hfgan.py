@@ -261,14 +261,25 @@ def dp_generators(args: argparse.Namespace) -> dict[str, Any]:
 
 def warm_phase1(cfg: Config, gan: GanConfig, args: argparse.Namespace, store: str, out: Path) -> dict[str, Any]:
     """Phase 1 of the warm start: ``--warm-rounds`` rounds of non-private FedAvg, every client on images of its G_i
-    in ``store`` alone (``round(warm_ratio · n)`` at uniform labels). Its updates are post-processing of D: ε_D."""
+    in ``store`` alone (``--warm-per-client`` of them, else ``round(warm_ratio · n)``, at uniform labels). Its
+    updates are post-processing of D: ε_D."""
     over = [*WARM_RECIPE, *args.warm_set, f"federation.rounds={args.warm_rounds}"]
     phase1 = with_overrides(cfg, over)
     warm_gan = dataclasses.replace(
-        gan, augment_mode="synthetic-only", class_balance=False, augment_ratio=args.warm_ratio
+        gan,
+        augment_mode="synthetic-only",
+        class_balance=False,
+        augment_ratio=args.warm_ratio,
+        synthetic_per_client=args.warm_per_client,
     )
     row = classifier_row(phase1, warm_gan, out, augment=False, store=store, epsilon=None)
-    return {**row, "phase1_dir": str(out), "phase1_overrides": over, "warm_ratio": args.warm_ratio}
+    return {
+        **row,
+        "phase1_dir": str(out),
+        "phase1_overrides": over,
+        "warm_ratio": args.warm_ratio,
+        "warm_per_client": args.warm_per_client,
+    }
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -679,6 +690,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more config overrides")
     parser.add_argument("--warm-rounds", type=int, default=5, help="rounds of the warm start's phase 1")
     parser.add_argument("--warm-ratio", type=float, default=2.0, help="phase 1: synthetic images per real image")
+    parser.add_argument(
+        "--warm-per-client",
+        type=int,
+        default=0,
+        help="phase 1: images of G_i per client whatever its size (equal FedAvg weights; 0: --warm-ratio)",
+    )
     parser.add_argument(
         "--warm-set", nargs="+", default=[], metavar="KEY=VALUE", help="phase 1: overrides after its recipe"
     )

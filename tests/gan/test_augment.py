@@ -56,7 +56,7 @@ def test_synthetic_only_labels_are_uniform_whatever_the_client_holds() -> None:
         split = Split(images, held.astype(np.int64).reshape(-1, 1))
         build = AUGMENT_MODES[gan.augment_mode].build
         out, added = build(split, info, g, gan, seed=0)
-        assert len(out) == AUGMENT_MODES[gan.augment_mode].size(30, 2.0) == 60  # a public size, no real image
+        assert len(out) == AUGMENT_MODES[gan.augment_mode].size(30, gan) == 60  # a public size, no real image
         assert not np.array_equal(out.images[:30], images)
         per_class.append(added["synthetic_per_class"])
     assert per_class == [[30, 30]] * 3  # the same for every histogram: uniform
@@ -64,11 +64,35 @@ def test_synthetic_only_labels_are_uniform_whatever_the_client_holds() -> None:
     assert np.bincount(histogram, minlength=2).tolist() == [60, 0]  # what following the histogram would give
 
 
+def test_synthetic_per_client_gives_every_client_the_same_count() -> None:
+    """With gan.synthetic_per_client, a synthetic-only client's set size is that constant whatever its own size
+    (equal FedAvg weights: phase 1 then approaches training on the pool of every G_i)."""
+    from privmed.data import Split
+    from privmed.gan.augment import AUGMENT_MODES
+    from privmed.gan.hfgan import new_gan
+
+    overrides = ["gan.augment_mode='synthetic-only'", "gan.class_balance=false", "gan.synthetic_per_client=17"]
+    cfg, gan = load_gan_config("gan-smoke", overrides=overrides)
+    info = task.load_federated_data(cfg)[0].info
+    g = new_gan(cfg, gan, info)[0].eval()
+    mode = AUGMENT_MODES[gan.augment_mode]
+    for n in (3, 30, 300):
+        split = Split(np.zeros((n, cfg.data.size, cfg.data.size), dtype=np.uint8), np.zeros((n, 1), dtype=np.int64))
+        out, added = mode.build(split, info, g, gan, seed=0)
+        assert len(out) == mode.size(n, gan) == 17
+        assert added["synthetic_per_class"] == [9, 8]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["gan.augment_mode='synthetic-only'"], "set gan.class_balance = false"),
         (["gan.augment_mode='replace'"], "augment_mode = 'replace'"),
+        (["gan.synthetic_per_client=100"], "applies to augment_mode = 'synthetic-only' only"),
+        (
+            ["gan.augment_mode='synthetic-only'", "gan.class_balance=false", "gan.synthetic_per_client=-1"],
+            "must be 0 or a positive count",
+        ),
     ],
 )
 def test_bad_augment_mode_settings_are_refused(overrides: list[str], message: str) -> None:

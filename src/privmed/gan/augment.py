@@ -78,7 +78,7 @@ def server_epsilons(cfg: Config, gan: GanConfig, results: dict[str, Any]) -> dic
     steps = {pid: int(row["dp_steps"]) for pid, row in latest_client_reports(results).items()}
     out = {}
     for pid, n_steps in sorted(steps.items()):
-        plan = client_plan(cfg, AUGMENT_MODES[gan.augment_mode].size(int(parts[pid].size), gan.augment_ratio))
+        plan = client_plan(cfg, AUGMENT_MODES[gan.augment_mode].size(int(parts[pid].size), gan))
         out[str(pid)] = epsilon_for(
             noise_multiplier=plan.noise_multiplier,
             sample_rate=plan.sample_rate,
@@ -138,10 +138,20 @@ def concat(a: Split, b: Split) -> Split:
     return Split(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]))
 
 
-def uniform_synthetic_labels(n: int, n_classes: int, *, ratio: float) -> np.ndarray:
-    """Labels of the ``round(ratio · n)`` images of a synthetic-only client: equal counts per class (the first
-    ``count mod n_classes`` classes one more), a function of public sizes only, never of the client's labels."""
-    count = synthetic_size(n, ratio)
+def add_mode_size(n: int, gan: GanConfig) -> int:
+    """An "add" client's training-set size: :func:`augmented_size` at ``gan.augment_ratio``."""
+    return augmented_size(n, gan.augment_ratio)
+
+
+def synthetic_only_size(n: int, gan: GanConfig) -> int:
+    """How many images of G_i a synthetic-only client with ``n`` real images trains on: ``gan.synthetic_per_client``
+    when set, else :func:`synthetic_size` (both public: a constant, or the public partition size)."""
+    return gan.synthetic_per_client or synthetic_size(n, gan.augment_ratio)
+
+
+def uniform_synthetic_labels(count: int, n_classes: int) -> np.ndarray:
+    """Labels of the ``count`` images of a synthetic-only client: equal counts per class (the first
+    ``count mod n_classes`` classes one more), a function of public numbers only, never of the client's labels."""
     return np.sort(np.arange(count) % n_classes).astype(np.int64)
 
 
@@ -163,25 +173,27 @@ def augment_split(
 def synthetic_only_split(
     split: Split, info: DatasetInfo, g: Generator, gan: GanConfig, *, seed: int
 ) -> tuple[Split, dict[str, Any]]:
-    """Images of G_i alone, ``round(ratio · n)`` at uniform labels, in place of the client's real split.
+    """Images of G_i alone, :func:`synthetic_only_size` of them at uniform labels, in place of the client's real
+    split.
 
     Only ``len(split)`` (a public partition size) is read from the real split: its labels never are.
     """
-    labels = uniform_synthetic_labels(len(split), info.n_labels, ratio=gan.augment_ratio)
+    labels = uniform_synthetic_labels(synthetic_only_size(len(split), gan), info.n_labels)
     return generate(g, labels, info, seed=seed), _added(labels, info.n_labels)
 
 
 class AugmentMode(NamedTuple):
-    """What a client trains on (``build``) and that set's size from its public partition size (``size``)."""
+    """What a client trains on (``build``) and that set's size from its public partition size and the [gan]
+    settings (``size``)."""
 
     build: Callable[..., tuple[Split, dict[str, Any]]]
-    size: Callable[[int, float], int]
+    size: Callable[[int, GanConfig], int]
 
 
 #: ``gan.augment_mode`` -> how a client's training set is made from its split and its G_i.
 AUGMENT_MODES: dict[str, AugmentMode] = {
-    "add": AugmentMode(augment_split, augmented_size),
-    "synthetic-only": AugmentMode(synthetic_only_split, synthetic_size),
+    "add": AugmentMode(augment_split, add_mode_size),
+    "synthetic-only": AugmentMode(synthetic_only_split, synthetic_only_size),
 }
 
 

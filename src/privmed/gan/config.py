@@ -69,6 +69,11 @@ class GanConfig:
     #: images of G_i) or "synthetic-only" (images of G_i alone at uniform labels, class_balance = false: the
     #: phase 1 of a synthetic warm start, whose updates may leave the client un-noised at no cost beyond ε_D)
     augment_mode: str = "add"
+    #: "synthetic-only": images of G_i per client whatever the client's size (0: ``round(augment_ratio · n)``).
+    #: Equal counts give every client the same FedAvg weight and the same local steps, so phase 1 approaches
+    #: training on the pool of all G_i: one G_i alone teaches far less than the pool (bench/results/hfgan-warm-pool.md).
+    #: A public constant, like the ratio.
+    synthetic_per_client: int = 0
     #: synthetic images per class for FID / IS / TSTR and the sample grids (TSTR wants at least as many images
     #: as the real training split holds: 2,000+ per class for PneumoniaMNIST's 4,708)
     eval_samples: int = 2500
@@ -122,7 +127,14 @@ def check_names(gan: GanConfig, *, source: str) -> None:
 
 
 def check_augment_mode(gan: GanConfig, *, source: str) -> None:
-    """Refuse ``class_balance`` with ``augment_mode = "synthetic-only"`` (why: in the message)."""
+    """Refuse ``class_balance`` with ``augment_mode = "synthetic-only"``, and ``synthetic_per_client`` below 0 or
+    outside that mode (why: in the messages)."""
+    if gan.synthetic_per_client < 0 or (gan.synthetic_per_client and gan.augment_mode != "synthetic-only"):
+        raise ConfigError(
+            f"[gan] synthetic_per_client = {gan.synthetic_per_client} in {source}: it must be 0 or a positive count, "
+            "and it applies to augment_mode = 'synthetic-only' only (in 'add' mode the count follows each client's "
+            "size, augment_ratio · n, to keep its real-to-synthetic ratio); set it to 0 or change augment_mode"
+        )
     if gan.augment_mode == "synthetic-only" and gan.class_balance:
         raise ConfigError(
             f"[gan] augment_mode = 'synthetic-only' in {source} draws uniform labels, and class_balance would draw "
