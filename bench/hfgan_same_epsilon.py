@@ -3,7 +3,7 @@
 Reads the rows that ``bench/hfgan.py`` runs wrote (one file per independent draw of the DP noise and sampling, all
 from OS entropy), composes D's ledger with the warm start's classifier ledgers (``privmed.gan.ledger``; the ε a
 real image of (c') actually spends) and writes ``bench/results/hfgan-same-epsilon.json`` and the table part of
-``hfgan-same-epsilon.md`` (its hand-written ``## Reading`` section is kept)::
+``hfgan-same-epsilon.md`` (``--name``; its hand-written ``## Reading`` section is kept)::
 
     bench/hfgan_same_epsilon.py --ab hfgan-eps15 hfgan-eps15-r2 ... --warm hfgan-warm hfgan-warm-repeat ... \\
         --d-run /tmp/privmed-tstr-fed-fix600/gan-dp
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ab", nargs="+", required=True, help="result names holding (a) + DP and (b) + DP rows")
     parser.add_argument("--warm", nargs="+", required=True, help=f"result names holding {WARM_DP!r} rows")
     parser.add_argument("--d-run", required=True, help="the HF-GAN run folder of the DP generators (results.json)")
+    parser.add_argument("--name", default=NAME, help="output bench/results/NAME.json and .md")
     args = parser.parse_args(argv)
     ab = draws(args.ab, "(a) + DP")
     warm = draws(args.warm, WARM_DP)
@@ -95,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
     }
     payload["epsilon_ab"] = round(max(payload["a"]["epsilon_classifier"]), 2)
-    write_json_atomic(RESULTS / f"{NAME}.json", payload)
-    md = RESULTS / f"{NAME}.md"
-    text = md.read_text()
+    write_json_atomic(RESULTS / f"{args.name}.json", payload)
+    md = RESULTS / f"{args.name}.md"
+    text = md.read_text() if md.is_file() else f"# {args.name}\n\n## Reading\n\n(to be written)\n"
     head, _, rest = text.partition("## Macro-F1 on the test split")
     _, _, reading = rest.partition("## Reading")
     md.write_text(

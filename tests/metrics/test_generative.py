@@ -57,3 +57,21 @@ def test_class_spread_sees_a_collapsed_class() -> None:
     assert 0.15 < spread["class_0"] < 0.25 and 0.15 < spread["class_1"] < 0.25  # pixel sd 25 / 127.5 ≈ 0.2
     after = class_spread(collapsed, info)
     assert after["class_1"] < 1e-9 and after["class_0"] == spread["class_0"]
+
+
+def test_augment_reaches_the_training_loop() -> None:
+    """Classes that differ only by which half is bright: random horizontal flips (``augment=True``) make the two
+    classes the same distribution, so the augmented classifier cannot learn them; the plain one does."""
+    rng = np.random.default_rng(0)
+
+    def halves(n: int) -> Split:
+        labels = rng.integers(0, 2, n)
+        images = rng.normal(60, 20, (n, 28, 28))
+        images[:, :, 14:] += 120 * labels[:, None, None]
+        images[:, :, :14] += 120 * (1 - labels[:, None, None])
+        return Split(images.clip(0, 255).astype(np.uint8), labels.reshape(-1, 1))
+
+    info, train, test = _info(), halves(400), halves(200)
+    plain = tstr_selected(train, test, info, epochs=2, seed=0)["accuracy"]
+    flipped = tstr_selected(train, test, info, epochs=2, seed=0, augment=True)["accuracy"]
+    assert plain > 0.9 and flipped < 0.75

@@ -132,11 +132,19 @@ def holdout_split(split: Split, *, fraction: float, seed: int) -> tuple[Split, S
 
 
 def train_selected(
-    split: Split, info: DatasetInfo, *, epochs: int, seed: int = 0, holdout: float = 0.1, batch_size: int = 64
+    split: Split,
+    info: DatasetInfo,
+    *,
+    epochs: int,
+    seed: int = 0,
+    holdout: float = 0.1,
+    batch_size: int = 64,
+    augment: bool = False,
 ) -> tuple[SmallCNN, dict[str, float]]:
     """The small CNN trained on ``split`` for up to ``epochs`` epochs, kept at the epoch of best accuracy on a
     stratified ``holdout`` of ``split`` itself (Bie et al., TMLR 2023: model selection on held-out *training*
-    images, synthetic for TSTR and real for TRTR, so the test split is never used to pick the model)."""
+    images, synthetic for TSTR and real for TRTR, so the test split is never used to pick the model).
+    ``augment`` trains on random flips and shifts (:func:`privmed.train.augment_batch`)."""
     fit, held = holdout_split(split, fraction=holdout, seed=seed)
     set_seed(seed)
     model = SmallCNN(info.n_channels, info.n_labels)
@@ -147,7 +155,7 @@ def train_selected(
     loss_fn = make_loss(info)
     best, best_state, best_epoch = -1.0, None, 0
     for epoch in range(1, epochs + 1):
-        train_epoch(model, loader, optimizer, loss_fn)
+        train_epoch(model, loader, optimizer, loss_fn, augment=augment)
         acc = evaluate(model, held_loader, info)["accuracy"]
         if acc > best:
             best, best_epoch = acc, epoch
@@ -158,11 +166,18 @@ def train_selected(
 
 
 def tstr_selected(
-    train: Split, test: Split, info: DatasetInfo, *, epochs: int = 10, seed: int = 0, holdout: float = 0.1
+    train: Split,
+    test: Split,
+    info: DatasetInfo,
+    *,
+    epochs: int = 10,
+    seed: int = 0,
+    holdout: float = 0.1,
+    augment: bool = False,
 ) -> dict[str, float]:
     """TSTR (or, given the real training split, TRTR) with model selection on a held-out tenth of ``train``:
     the same protocol for synthetic and real training sets, so their ratio compares like with like."""
-    model, selection = train_selected(train, info, epochs=epochs, seed=seed, holdout=holdout)
+    model, selection = train_selected(train, info, epochs=epochs, seed=seed, holdout=holdout, augment=augment)
     metrics = evaluate(model, make_loader(test, info, batch_size=256, shuffle=False), info)
     return {**metrics, **selection, "train_images": float(len(train))}
 
