@@ -72,7 +72,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench.hfgan_tstr")
 
 #: the epsilon_D = 10 DP runs behind the rows of hfgan_tstr*.md (``--federate dp --work PATH``, outside the repo;
-#: seeds 0/1/2 of 600 and 1,000 rounds); the explorations re-read their generator stores
+#: seeds 0/1/2 of 600 and 1,000 rounds at D:G 1, and of 1,200 rounds at D:G 2); the explorations re-read their
+#: generator stores
 DP_RUNS: dict[str, str] = {
     "600 s0": "/tmp/privmed-tstr-fed-fix600/gan-dp",
     "600 s1": "/tmp/privmed-tstr-fed-fix600-s1/gan-dp",
@@ -80,6 +81,9 @@ DP_RUNS: dict[str, str] = {
     "1000 s0": "/tmp/privmed-tstr-fed-r1000-s0/gan-dp",
     "1000 s1": "/tmp/privmed-tstr-fed-r1000-s1/gan-dp",
     "1000 s2": "/tmp/privmed-tstr-fed-r1000-s2/gan-dp",
+    "dg2 s0": "/tmp/privmed-tstr-fed-dg2-s0/gan-dp",
+    "dg2 s1": "/tmp/privmed-tstr-fed-dg2-s1/gan-dp",
+    "dg2 s2": "/tmp/privmed-tstr-fed-dg2-s2/gan-dp",
 }
 
 #: Recipes by name: ``[gan]`` overrides plus ``dp`` (simulate the DP D step centrally) and ``steps`` (D steps).
