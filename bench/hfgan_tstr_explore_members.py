@@ -5,8 +5,8 @@ For each epsilon_D = 10 store of ``hfgan_tstr.DP_RUNS`` (default: the three 600-
 class of each G_i alone (EMA, the released generator) and on 1,000 per class of the pool (equal shares of every
 G_i), and tested on the real test split. Why it matters: phase 1 of the synthetic warm start trains each client
 on its own G_i only, and FedAvg weighted by client size leans on a few G_i; ``gan.synthetic_per_client`` gives every
-client the same weight so the average approaches the pool (hfgan-warm-pool.md).
-Output: bench/results/hfgan_tstr_explore_members.json (``--name``); reading in bench/results/hfgan-same-epsilon-pool.md.
+client the same weight so the average approaches the pool (hfgan-same-epsilon-pool.md).
+Output: bench/results/hfgan_tstr_explore_members.json (``--name``); reading in bench/results/hfgan_tstr.md.
 """
 
 # ruff: noqa: E402 (the bench folder on sys.path before its import)

@@ -17,18 +17,18 @@ information only (the augmented sizes and the steps the clients report); ``resul
 ``gan.augment_mode`` (:data:`AUGMENT_MODES`) chooses what a client trains on:
 
 - ``"add"``: its real images plus ``round(ratio · n)`` images of G_i (labels as above);
-- ``"synthetic-only"``: ``round(ratio · n)`` images of G_i alone, at **uniform** labels (equal counts per class,
-  whatever the client holds; ``gan.class_balance`` is refused there). Such a client's update is a function of
-  D's DP outputs (through G_i), of public information (its partition size, the number of classes) and of its own
-  randomness only, so it may leave the client un-noised: a whole non-private federated run on it costs ε_D and
-  nothing more (post-processing, Dwork & Roth 2014, Prop. 2.1). Labels drawn from the client's histogram would
-  break that (the update would reveal the histogram without noise). This is the first phase of a **synthetic
-  warm start**: its final weights start a DP classifier run (``model.init_from``,
-  :mod:`privmed.federation.init_from`), public pretraining in the sense of Tramèr & Boneh (ICLR 2021) and De
-  et al. (2022), with "public" data whose cost is ε_D. A real image then spends ε_D + ε_clf (sequential
-  composition). Threat model: an honest-but-curious server and anyone who sees the global models, as for D
-  (:mod:`privmed.gan.hfgan`); partition sizes are public metadata by assumption.
-"""
+- ``"synthetic-only"``: ``round(ratio · n)`` images of G_i alone (or ``gan.synthetic_per_client``, the same number
+  on every client: equal FedAvg weights, so the average approaches the pool of all G_i), at **uniform** labels
+  (equal counts per class, whatever the client holds; ``gan.class_balance`` is refused there). Such a client's
+  update is a function of D's DP outputs (through G_i), of public information (its partition size, the number of
+  classes) and of its own randomness only, so it may leave the client un-noised: a whole non-private federated run
+  on it costs ε_D and nothing more (post-processing, Dwork & Roth 2014, Prop. 2.1). Labels drawn from the client's
+  histogram would break that (the update would reveal the histogram without noise). This is the first phase of a
+  **synthetic warm start**: its final weights start a DP classifier run (``model.init_from``,
+  :mod:`privmed.federation.init_from`), public pretraining in the sense of Tramèr & Boneh (ICLR 2021) and De et al.
+  (2022), with "public" data whose cost is ε_D. A real image then spends ε_D + ε_clf (sequential composition).
+  Threat model: an honest-but-curious server and anyone who sees the global models, as for D
+  (:mod:`privmed.gan.hfgan`); partition sizes are public metadata by assumption."""
 
 from __future__ import annotations
 

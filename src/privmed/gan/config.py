@@ -71,8 +71,8 @@ class GanConfig:
     augment_mode: str = "add"
     #: "synthetic-only": images of G_i per client whatever the client's size (0: ``round(augment_ratio · n)``).
     #: Equal counts give every client the same FedAvg weight and the same local steps, so phase 1 approaches
-    #: training on the pool of all G_i: one G_i alone teaches far less than the pool (bench/results/hfgan-warm-pool.md).
-    #: A public constant, like the ratio.
+    #: training on the pool of all G_i: one G_i alone teaches far less than the pool
+    #: (bench/results/hfgan-same-epsilon-pool.md). A public constant, like the ratio.
     synthetic_per_client: int = 0
     #: synthetic images per class for FID / IS / TSTR and the sample grids (TSTR wants at least as many images
     #: as the real training split holds: 2,000+ per class for PneumoniaMNIST's 4,708)
