@@ -44,6 +44,9 @@ epsilon_D and nothing more), then the DP classifier rows' recipe started from ph
         --dp-store /tmp/privmed-tstr-fed-fix600/gan-dp/client-store --warm-rounds 5 --warm-ratio 2 \
         --only "(c') phase 1: synthetic only, no DP" "(c') warm start + DP" "(c') warm start + HF-GAN + DP" \
         "(c0') phase 1: untrained G_i, no DP" "(c0') warm start from untrained G_i + DP" --set <the DP recipe above>
+
+The pooled phase 1 (``bench/results/hfgan-same-epsilon-pool.md``): ``--warm-rounds 40 --warm-per-client 256`` (every
+client the same 256 images of its G_i: equal FedAvg weights, so the average approaches the pool of all G_i).
 """
 
 from __future__ import annotations
