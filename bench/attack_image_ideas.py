@@ -97,6 +97,9 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
                          "budget": 10650},
         "best8-path40": {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 8,
                          "budget": 21300},
+        "best4-path40-polish": {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 4,
+                                "betas": [300.0, 500.0, 1000.0, 3000.0], "steps": 300, "final_steps": 300,
+                                "budget": 12000},
     }  # fmt: skip
 
 
@@ -317,7 +320,9 @@ lowest-loss run's within labels (`--set "init=[prior, public]" --set restarts=4 
 evaluations; `member_losses` in the JSON are the 4 runs' ReLU matching losses, the row's matching loss is the
 average's). `best4-path40` runs the same 4 paths and keeps the one with the lowest ReLU matching loss after
 the first β stage (300), the attack's `combine=best` (10,650 evaluations); `best8-path40` the same with 8 starts
-(the public mean and 7 sets of public images, 21,300 evaluations). The floor is
+(the public mean and 7 sets of public images, 21,300 evaluations); `best4-path40-polish` the same 4 paths
+followed by a longer polish, β 300, 500, 1000, 3000 x 300 evaluations + 300 on the ReLU network (screened after
+its first, 300-evaluation β = 300 stage; 12,000 evaluations). The floor is
 the mean training image's PSNR. Breaching's rows are its Inverting Gradients as the main benchmark ran it
 (batch 4: 300 iterations, TV 0; batch 8: 900 iterations, TV 0.2), not re-run here. Seconds are wall time at
 the load shown, so they compare only with rows of similar load.
@@ -344,6 +349,14 @@ the load shown, so they compare only with rows of similar load.
   On k1 a new public start's loss after the β = 300 stage (6.7e-3) undercut the start four had kept (6.9e-3)
   and ended 1.8 dB lower: a loss gap of 3 % does not rank the runs, and more starts give the screening more
   chances to be fooled. The loss at that stage is not a sharp enough criterion for a wider search.
+- **A longer polish after the four paths does not help either** (`best4-path40-polish`, seventh session, on a
+  new machine of the same kind, load 3-5, 270-320 s a record): k0 21.31, k1 20.57, k2 16.04, **mean 19.31 dB**
+  against 20.36 for `best4-path40`. On k0 and k1 it kept the same start as `best4-path40` and ended 0.2 / 0.4 dB
+  lower; on k2 the longer first stage ranked the public-mean start first (loss 6.7e-4 against 7.2e-4 for the start
+  `best4-path40` kept) and ended 2.5 dB lower. The screening is fooled again by a 7 % loss gap. (On this machine
+  `prior-path40` gives k0 20.67 dB, not 21.52: `bench/results/attack_image_lastlayer.md`; float64 L-BFGS is not
+  bit-reproducible across CPUs, so differences below ~1 dB between sessions are not evidence.) The scratch
+  +0.8 dB of a longer polish on k0 (docs/attacks-batch.md) does not carry over.
 - Path length: 80 steps beat 40 on k0 and k1 (22.4 against 21.5, 19.9 against 19.5), not on k2 (14.6
   against 16.2); the three-record means (18.9 and 19.1 dB) do not separate them. 160 steps of 30
   evaluations are worse than 80 of 60 on k0 (19.9): each step must be solved, not just started.
