@@ -35,9 +35,15 @@ def test_client_smaller_than_its_batch_share_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("gan.aux_weight=-1.0", r"gan\.aux_weight must be >= 0"), ("gan.tstr_epochs=0", r"gan\.tstr_epochs must be >= 1")],
+    [
+        ("gan.aux_weight=-1.0", r"gan\.aux_weight must be >= 0"),
+        ("gan.tstr_epochs=0", r"gan\.tstr_epochs must be >= 1"),
+        ("gan.tstr_seeds=0", r"gan\.tstr_seeds must be >= 1"),
+    ],
 )
-def test_negative_aux_weight_and_no_tstr_epochs_are_refused(tmp_path: Path, override: str, message: str) -> None:
+def test_negative_aux_weight_and_no_tstr_epochs_or_seeds_are_refused(
+    tmp_path: Path, override: str, message: str
+) -> None:
     cfg, gan = load_gan_config("gan-smoke", overrides=[override])
     with pytest.raises(ConfigError, match=message):
         check_hfgan(discriminator_config(cfg, gan), gan, tmp_path / "out")

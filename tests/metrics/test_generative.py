@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from privmed.data import Split
 from privmed.federation import task
 from privmed.gan.config import load_gan_config
-from privmed.metrics.generative import class_spread, holdout_split, label_agreement, train_selected, tstr_selected
+from privmed.metrics.generative import (
+    class_spread,
+    holdout_split,
+    label_agreement,
+    train_selected,
+    tstr_over_seeds,
+    tstr_selected,
+)
 
 
 def _bright_vs_dark(n: int, seed: int) -> Split:
@@ -75,3 +83,24 @@ def test_augment_reaches_the_training_loop() -> None:
     plain = tstr_selected(train, test, info, epochs=2, seed=0)["accuracy"]
     flipped = tstr_selected(train, test, info, epochs=2, seed=0, augment=True)["accuracy"]
     assert plain > 0.9 and flipped < 0.75
+
+
+def test_tstr_over_seeds_is_the_mean_of_its_seeds() -> None:
+    """Each seed's run is :func:`tstr_selected` with that seed, and the reported metrics are their means; the
+    sd is of the per-seed accuracies (0 for one seed)."""
+    info, train, test = _info(), _bright_vs_dark(200, 0), _bright_vs_dark(80, 1)
+    # a hard task (labels independent of the images) so that seeds give different accuracies
+    noise = Split(train.images, np.random.default_rng(2).integers(0, 2, (len(train), 1)))
+    runs = [tstr_selected(noise, test, info, epochs=1, seed=s) for s in (3, 4)]
+    both = tstr_over_seeds(noise, test, info, epochs=1, seeds=(3, 4))
+    assert both["seeds"] == [3, 4]
+    assert both["accuracy_per_seed"] == [r["accuracy"] for r in runs]
+    assert both["accuracy"] == pytest.approx(np.mean([r["accuracy"] for r in runs]))
+    assert both["macro_f1"] == pytest.approx(np.mean([r["macro_f1"] for r in runs]))
+    assert both["accuracy_sd"] == pytest.approx(np.std([r["accuracy"] for r in runs], ddof=1))
+    one = tstr_over_seeds(train, test, info, epochs=1, seeds=(0,))
+    assert (
+        one["accuracy_sd"] == 0.0 and one["accuracy"] == tstr_selected(train, test, info, epochs=1, seed=0)["accuracy"]
+    )
+    with pytest.raises(ValueError, match="at least one classifier seed"):
+        tstr_over_seeds(train, test, info, seeds=())

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         ev = results["evaluation"]
         con.print(
             f"synthetic images: FID {ev['fid']:.2f}, IS {ev['is']:.3f} (domain features, not Inception); TSTR "
-            f"accuracy {ev['tstr']['accuracy']:.3f} vs {ev['trtr']['accuracy']:.3f} trained on real"
+            f"accuracy {ev['tstr']['accuracy']:.3f} vs {ev['trtr']['accuracy']:.3f} trained on real "
+            f"(mean of {len(ev['tstr']['seeds'])} classifier seed(s))"
         )
     if args.classifier or gan.classifier:
         from privmed.gan.augment import run_augmented_federated

@@ -84,6 +84,9 @@ class GanConfig:
     #: most epochs of the TSTR and TRTR classifiers (each kept at its best epoch on a held-out tenth of its own
     #: training images: Bie et al., TMLR 2023)
     tstr_epochs: int = 10
+    #: classifier seeds of TSTR and TRTR (train.seed, train.seed + 1, ...): the ratio is of their means, since one
+    #: seed's accuracy moves by several points (hfgan_tstr.md)
+    tstr_seeds: int = 1
     #: the client-side store of the generators ("" = ``<out>/client-store``); in a deployment each client's
     #: own disk: the server never reads it
     store: str = ""

@@ -54,6 +54,8 @@ def check_hfgan(cfg: Config, gan: GanConfig, out_dir: Path) -> dict[str, Any]:
             raise ConfigError(f"gan.{name} must be >= 0, got {getattr(gan, name)}")
     if gan.tstr_epochs < 1:
         raise ConfigError(f"gan.tstr_epochs must be >= 1 (the TSTR classifier's most epochs), got {gan.tstr_epochs}")
+    if gan.tstr_seeds < 1:
+        raise ConfigError(f"gan.tstr_seeds must be >= 1 (TSTR's classifier seeds), got {gan.tstr_seeds}")
     dataset, parts = task.load_federated_data(cfg)
     if dataset.info.multilabel:
         raise ConfigError(f"{dataset.info.name} is multi-label; HF-GAN's conditional G and D take one class per image")
