@@ -78,6 +78,8 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
     hom = {"attack": "relu-homotopy", "steps": 150, "final_steps": 150}
     prior = {**hom, "init": "prior", "prior": "breastmnist:val"}
     path = {"path_beta": 100.0, "path_evals": 60, "betas": [300.0, 1000.0]}
+    # the 40-step path from four starts: the public mean, then three sets of public images
+    starts4 = {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 4}
     return {
         "default": {**hom, "budget": 2250},
         "prior": {**prior, "betas": [30.0, 100.0, 300.0, 1000.0], "budget": 750},
@@ -91,17 +93,12 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
         "prior-path40-b30": {**prior, **path, "path_steps": 40, "path_beta": 30.0, "budget": 2850},
         "prior-path40-b300": {**prior, **path, "path_steps": 40, "path_beta": 300.0, "betas": [1000.0],
                               "budget": 2700},
-        "ens4-path40": {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 4,
-                        "combine": "mean", "budget": 11400},
-        "best4-path40": {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 4,
-                         "budget": 10650},
-        "best8-path40": {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 8,
-                         "budget": 21300},
-        "best4-path40-polish": {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 4,
-                                "betas": [300.0, 500.0, 1000.0, 3000.0], "steps": 300, "final_steps": 300,
+        "ens4-path40": {**starts4, "combine": "mean", "budget": 11400},
+        "best4-path40": {**starts4, "budget": 10650},
+        "best8-path40": {**starts4, "restarts": 8, "budget": 21300},
+        "best4-path40-polish": {**starts4, "betas": [300.0, 500.0, 1000.0, 3000.0], "steps": 300, "final_steps": 300,
                                 "budget": 12000},
-        "best4-path40-polish150": {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 4,
-                                   "betas": [300.0, 300.0, 500.0, 1000.0, 3000.0], "final_steps": 300,
+        "best4-path40-polish150": {**starts4, "betas": [300.0, 300.0, 500.0, 1000.0, 3000.0], "final_steps": 300,
                                    "budget": 11250},
     }  # fmt: skip
 
