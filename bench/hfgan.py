@@ -264,8 +264,9 @@ def dp_generators(args: argparse.Namespace) -> dict[str, Any]:
 
 def warm_phase1(cfg: Config, gan: GanConfig, args: argparse.Namespace, store: str, out: Path) -> dict[str, Any]:
     """Phase 1 of the warm start: ``--warm-rounds`` rounds of non-private FedAvg, every client on images of its G_i
-    in ``store`` alone (``--warm-per-client`` of them, else ``round(warm_ratio · n)``, at uniform labels). Its
-    updates are post-processing of D: ε_D."""
+    in ``store`` alone (``--warm-per-client`` of them, else ``round(warm_ratio · n)``, at uniform labels), with
+    classic augmentation of those images when ``--warm-set train.augment=true``. Its updates are post-processing of
+    D: ε_D."""
     over = [*WARM_RECIPE, *args.warm_set, f"federation.rounds={args.warm_rounds}"]
     phase1 = with_overrides(cfg, over)
     warm_gan = dataclasses.replace(
@@ -275,7 +276,7 @@ def warm_phase1(cfg: Config, gan: GanConfig, args: argparse.Namespace, store: st
         augment_ratio=args.warm_ratio,
         synthetic_per_client=args.warm_per_client,
     )
-    row = classifier_row(phase1, warm_gan, out, augment=False, store=store, epsilon=None)
+    row = classifier_row(phase1, warm_gan, out, augment=phase1.train.augment, store=store, epsilon=None)
     return {
         **row,
         "phase1_dir": str(out),
