@@ -14,6 +14,11 @@ Results go to ``bench/results/attack_image_ideas.parts/<worker>.json`` per run a
 
     python bench/attack_image_ideas.py --worker a --batches 1 --budget 300
     python bench/attack_image_ideas.py --report
+    python bench/attack_image_ideas.py --worker batch-ii --family batch --model ii --batches 4   # another model
+    python bench/attack_image_ideas.py --batch-report    # every ``batch*`` worker -> attack_image_batch4.*
+
+``--model`` takes the main benchmark's model keys (``attack_image.MODELS``: i, ii, iii-cnn, iii-dpresnet) and
+builds the same records; run one worker per process (a worker's part file is rewritten after every run).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from attack_image import MODELS
 
 from privmed.attacks import get_attack, load_families
 from privmed.attacks.cases import make_case
@@ -119,8 +125,10 @@ def truth_loss(case: Any) -> float:
     return matching_loss(case, torch.as_tensor(case.inputs, dtype=torch.float64))
 
 
-def run_one(batch: int, index: int, settings: dict[str, Any]) -> dict[str, Any]:
-    case = make_case("convnet-small", batch_size=batch, seed=0, batch_index=index)
+def run_one(batch: int, index: int, settings: dict[str, Any], model: str = "i") -> dict[str, Any]:
+    """One variant on record k = ``index`` of the main benchmark's ``model`` (a key of ``attack_image.MODELS``)."""
+    name, width, epochs, _ = MODELS[model]
+    case = make_case(name, batch_size=batch, seed=0, batch_index=index, width=width, trained_epochs=epochs)
     started = time.perf_counter()
     extra = dict(settings)
     attack = str(extra.pop("attack", "inverting-gradients"))
@@ -129,7 +137,7 @@ def run_one(batch: int, index: int, settings: dict[str, Any]) -> dict[str, Any]:
     rec = get_attack(attack, **extra).run(case.record, seed=index)
     seconds = time.perf_counter() - started
     m = score(rec.inputs, case.inputs, input_range=(-1, 1), mean_image=case.mean_image)
-    return {"batch": batch, "index": index, "settings": settings, "psnr": m["psnr"]["mean"],
+    return {"model": model, "batch": batch, "index": index, "settings": settings, "psnr": m["psnr"]["mean"],
             "floor": m["floor_psnr"]["mean"], "matching_loss": rec.info["matching_loss"],
             "truth_loss": truth_loss(case), "evaluations": rec.info["evaluations"], "seconds": seconds,
             "psnr_per_image": m["psnr_per_image"], "load": os.getloadavg(),
@@ -146,10 +154,10 @@ def run_worker(args: argparse.Namespace) -> None:
             for name, settings in FAMILIES[args.family](args.budget).items():
                 settings = dict(settings)
                 budget = int(settings.pop("budget", args.budget))
-                key = f"b{batch}/k{index}/{name}/{budget}"
+                key = ("" if args.model == "i" else f"{args.model}/") + f"b{batch}/k{index}/{name}/{budget}"
                 if key in state["runs"] or (args.variants and name not in args.variants):
                     continue
-                state["runs"][key] = {"variant": name, "budget": budget, **run_one(batch, index, settings)}
+                state["runs"][key] = {"variant": name, "budget": budget, **run_one(batch, index, settings, args.model)}
                 state["machine"], state["load"] = machine(), os.getloadavg()
                 write_json_atomic(path, state)
                 print(key, f"{state['runs'][key]['psnr']:.2f} dB", file=sys.stderr, flush=True)
@@ -250,24 +258,31 @@ An L-BFGS evaluation is one float64 candidate gradient; an Inverting Gradients i
 """
 
 
-def _breaching(batch: int, index: int) -> dict[str, Any] | None:
+def _breaching(model: str, batch: int, index: int) -> dict[str, Any] | None:
     """Breaching 0.1.2's PSNR on the same record, from the main benchmark (``attack_image.json``; not re-run)."""
     path = RESULTS / "attack_image.json"
-    cell = json.loads(path.read_text())["cells"].get(f"synthetic/i/b{batch}/k{index}") if path.is_file() else None
+    key = f"synthetic/{model}/b{batch}/k{index}"
+    cell = json.loads(path.read_text())["cells"].get(key) if path.is_file() else None
     if not cell or not isinstance(cell.get("breaching"), dict):
         return None
     b = cell["breaching"]
     return {"psnr": b["psnr"]["mean"], "iterations": b["iterations"], "tv": b["tv"], "seconds": b["seconds"]}
 
 
-def write_batch_report(worker: str = "batch") -> None:
-    """``attack_image_batch4.json`` + ``.md``: the ``batch`` family's runs at batch 4 and 8, per record."""
-    state = json.loads((PARTS / f"{worker}.json").read_text())
-    runs = sorted(state["runs"].values(), key=lambda r: (r["batch"], r["variant"], r["index"]))
+def write_batch_report() -> None:
+    """``attack_image_batch4.json`` + ``.md``: the ``batch`` family's runs (every worker named ``batch*``), per
+    record; runs before the ``model`` field are model (i)'s."""
+    states = [json.loads(p.read_text()) for p in sorted(PARTS.glob("batch*.json"))]
+    runs = sorted(
+        (run for state in states for run in state["runs"].values()),
+        key=lambda r: (r.get("model", "i"), r["batch"], r["variant"], r["index"]),
+    )
     for run in runs:
-        run["breaching"] = _breaching(run["batch"], run["index"])
-    write_json_atomic(RESULTS / "attack_image_batch4.json", {"runs": runs, "machine": state.get("machine")})
-    m = state.get("machine") or {}
+        run.setdefault("model", "i")
+        run["breaching"] = _breaching(run["model"], run["batch"], run["index"])
+    main_part = PARTS / "batch.json"
+    m = (json.loads(main_part.read_text()) if main_part.is_file() else states[0]).get("machine") or {}
+    write_json_atomic(RESULTS / "attack_image_batch4.json", {"runs": runs, "machine": m})
     lines = [
         "# `relu-homotopy` at batch 4 and 8 (one batch-2 check) on model (i), BreastMNIST, honest-but-curious server",
         "",
@@ -279,31 +294,32 @@ def write_batch_report(worker: str = "batch") -> None:
         "batch index k (the main benchmark's); attack seed = k. Breaching 0.1.2 (Inverting Gradients) on the same "
         "records is not re-run: its numbers are read from `attack_image.json` (the main benchmark's cells).",
         "",
-        "| batch | variant | k | PSNR dB | per image | matching loss | evaluations | seconds | load (1 min) | floor dB "
-        "| breaching dB (iterations, TV) |",
-        "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "| model | batch | variant | k | PSNR dB | per image | matching loss | evaluations | seconds | load (1 min) "
+        "| floor dB | breaching dB (iterations, TV) |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         b = r["breaching"]
         lines.append(
-            f"| {r['batch']} | {r['variant']} | {r['index']} | {r['psnr']:.2f} | "
+            f"| {r['model']} | {r['batch']} | {r['variant']} | {r['index']} | {r['psnr']:.2f} | "
             f"{', '.join(f'{v:.1f}' for v in r.get('psnr_per_image', []))} | {r['matching_loss']:.1e} | "
             f"{r['evaluations']} | {r['seconds']:.0f} | {r.get('load', [math.nan])[0]:.1f} | {r['floor']:.2f} | "
             + (f"{b['psnr']:.2f} ({b['iterations']}, {b['tv']}) |" if b else "- |")
         )
     lines += [
         "",
-        "| batch | variant | n | PSNR dB mean [min, max] | floor dB mean | breaching dB mean |",
-        "|---:|---|---:|---|---:|---:|",
+        "| model | batch | variant | n | PSNR dB mean [min, max] | floor dB mean | breaching dB mean |",
+        "|---|---:|---|---:|---|---:|---:|",
     ]
-    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["batch"], r["variant"]), []).append(r)
-    for (batch, variant), group in sorted(groups.items()):
+        groups.setdefault((r["model"], r["batch"], r["variant"]), []).append(r)
+    for (model, batch, variant), group in sorted(groups.items()):
         p = [r["psnr"] for r in group]
         br = [r["breaching"]["psnr"] for r in group if r["breaching"]]
         lines.append(
-            f"| {batch} | {variant} | {len(group)} | {statistics.fmean(p):.2f} [{min(p):.2f}, {max(p):.2f}] | "
+            f"| {model} | {batch} | {variant} | {len(group)} | "
+            f"{statistics.fmean(p):.2f} [{min(p):.2f}, {max(p):.2f}] | "
             f"{statistics.fmean(r['floor'] for r in group):.2f} | {statistics.fmean(br) if br else math.nan:.2f} |"
         )
     (RESULTS / "attack_image_batch4.md").write_text("\n".join(lines) + "\n" + BATCH_NOTES)
@@ -390,6 +406,7 @@ def main() -> None:
     parser.add_argument("--family", choices=list(FAMILIES), default="ig", help="which variants to run")
     parser.add_argument("--indices", nargs="+", type=int, help="batch indices k to run (default: 0 .. count-1)")
     parser.add_argument("--variants", nargs="+", help="run only these variants of the family")
+    parser.add_argument("--model", default="i", choices=list(MODELS), help="the main benchmark's model key")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--batch-report", action="store_true", help="write attack_image_batch4.{json,md}")
     args = parser.parse_args()
