@@ -211,7 +211,12 @@ NOTES = [
     "above breaching's for (ii) (13.56 against 13.46 dB, higher on 2/3 records), the (iii) cnn (11.81 against "
     "10.30, 2/3) and the slim dpresnet (11.04 against 10.77, 2/3), but every one of these rows, for both tools, "
     "is below the 16.2 dB floor: neither tool recovers images there, so 'better than breaching' at batch 4 is a "
-    "win between two failures.",
+    "win between two failures. `relu-homotopy` with the public-mean start and the target path "
+    "(`attack_image_batch4.md`, eighth session) changes that for (ii): `best4-path40` 21.74 / 20.59 / 19.54 dB, "
+    "mean 20.62 (`prior-path40` 20.11) against breaching's 13.46 and a 16.17 dB floor, above both on 3/3 records. "
+    "On the (iii) cnn and slim dpresnet `prior-path40` stays at its public-mean start (15.6-15.7 dB mean, "
+    "per-image PSNRs within 0.3 dB across the two models; matching loss 4e-2 to 4e-1): above breaching's 10.3 / "
+    "10.8 by the start alone, below the floor.",
     "- **Per iteration privmed and breaching cost the same** (both: one double backward through the model); the "
     "0.22-0.30x time ratios of the unlabelled rows are the 1/3 iteration budget.",
     "- **Fewer than 3 batches** where the deadline cut a row (said in the reading above); the parts file keeps "
