@@ -398,7 +398,9 @@ the load shown, so they compare only with rows of similar load.
   PSNRs within 0.3 dB of each other across the two models, matching losses 4e-2 to 4e-1 (model (i)'s and (ii)'s
   runs end at 5e-4 to 6e-3). So their lead over breaching (10.30 / 10.77) is the public-mean start's, and both
   stay below the 16.17 dB floor. Both (iii) models normalise every block with GroupNorm and average-pool to 2x2
-  before the linear head; the path at β = 100 and 60 evaluations a step does not follow their gradients.
+  before the linear head; the path at β = 100 and 60 evaluations a step does not follow their gradients. The
+  attack's defaults (β stages from a random start, `default`) on the cnn: 15.55 / 17.22 / 13.36 (mean 15.38), at
+  or below the floor too, where at batch 1 they reach 21.4 dB (`attack_image.md`).
 - **Batch 2** (k0 only): `prior-path40` reaches 21.1 dB where the attack's defaults reach 40.1
   (`attack_image.md`), so the path is a setting for batch 4, not a new default.
 - **Batch 8** (80 steps, k0 and k1; k2 not run): 15.5 and 15.9 dB against floors of 15.2 and 16.6, so at
