@@ -278,12 +278,9 @@ def write_batch_report() -> None:
     """``attack_image_batch4.json`` + ``.md``: the ``batch`` family's runs (every worker named ``batch*``), per
     record; runs before the ``model`` field are model (i)'s."""
     states = [json.loads(p.read_text()) for p in sorted(PARTS.glob("batch*.json"))]
-    runs = sorted(
-        (run for state in states for run in state["runs"].values()),
-        key=lambda r: (r.get("model", "i"), r["batch"], r["variant"], r["index"]),
-    )
+    runs = [{"model": "i", **run} for state in states for run in state["runs"].values()]
+    runs.sort(key=lambda r: (r["model"], r["batch"], r["variant"], r["index"]))
     for run in runs:
-        run.setdefault("model", "i")
         run["breaching"] = _breaching(run["model"], run["batch"], run["index"])
     main_part = PARTS / "batch.json"
     m = (json.loads(main_part.read_text()) if main_part.is_file() else states[0]).get("machine") or {}

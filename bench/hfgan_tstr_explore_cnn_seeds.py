@@ -23,7 +23,7 @@ import hfgan_tstr as H
 from privmed.federation import task
 from privmed.gan.config import load_gan_config
 from privmed.gan.hfgan import GeneratorStore
-from privmed.metrics.generative import tstr_selected
+from privmed.metrics.generative import tstr_over_seeds
 from privmed.results import machine
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,11 +48,11 @@ out = {"load_start": os.getloadavg()[0], "cnn_seeds": list(SEEDS)}
 out["machine"] = machine()
 out["config"] = {"preset": "pneumonia-hfgan", "tstr_epochs": 10, "per_class": 2000, "synthetic_seed": 1}
 out["stores"] = STORES
-out["trtr"] = [tstr_selected(dataset.train, dataset.test, info, epochs=10, seed=s)["accuracy"] for s in SEEDS]
+out["trtr"] = tstr_over_seeds(dataset.train, dataset.test, info, epochs=10, seeds=SEEDS)["accuracy_per_seed"]
 print("trtr", out["trtr"], flush=True)
 for name, path in STORES.items():
     syn = H.synthetic_set(GeneratorStore(path).generators(cfg, gan, info), info, 2000, seed=1)
-    out[name] = [tstr_selected(syn, dataset.test, info, epochs=10, seed=s)["accuracy"] for s in SEEDS]
+    out[name] = tstr_over_seeds(syn, dataset.test, info, epochs=10, seeds=SEEDS)["accuracy_per_seed"]
     print(name, out[name], flush=True)
 out["load_end"] = os.getloadavg()[0]
 OUT.write_text(json.dumps(out, indent=1))
