@@ -215,7 +215,9 @@ def _build(cfg: Config, dataset: Dataset, ckpt: dict[str, Any] | None) -> _Setup
     """Model, optimizer, loss and loaders from ``cfg`` (seeded), a checkpoint's weights loaded when resuming."""
     t, info = cfg.train, dataset.info
     set_seed(t.seed)
-    model = build_model(cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width)
+    model = build_model(
+        cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width, size=info.size
+    )
     optimizer = make_optimizer(model, t)
     if ckpt is not None:  # into the plain model and optimizer, before any DP wrapper
         model.load_state_dict(ckpt["model"])

@@ -104,3 +104,28 @@ def test_a_real_run_starts_from_the_loaded_weights(tmp_path: Path) -> None:
         assert not all(np.array_equal(a, b) for a, b in zip(sent, fresh, strict=True))
     # and the initial evaluation is the first run's last round's model
     assert second["initial"]["val"]["loss"] == pytest.approx(first["final"]["val"]["loss"], rel=1e-5)
+
+
+def test_a_state_dict_file_loads_by_name_and_leaves_the_rest_fresh(tmp_path: Path) -> None:
+    """HF-GAN's discriminator.pt starts the ``dcgan-d`` classifier: its trunk by name, a fresh head."""
+    import torch
+
+    from privmed.models.dcgan import build_gan
+
+    info = task.load_federated_data(small_cfg())[0].info
+    _, d = build_gan(channels=info.n_channels, size=info.size, num_classes=info.n_labels, d_head="flatten")
+    torch.save(d.state_dict(), tmp_path / "discriminator.pt")
+    cfg = small_cfg(name="dcgan-d")
+    fresh = task.initial_weights(cfg, info)
+    loaded = task.initial_weights(small_cfg(name="dcgan-d", init_from=str(tmp_path / "discriminator.pt")), info)
+    names = list(task.new_model(cfg, info).state_dict())
+    for name, a, b in zip(names, loaded, fresh, strict=True):
+        if name.startswith("features."):
+            assert np.array_equal(a, d.state_dict()[name].numpy()), name
+        else:
+            assert np.array_equal(a, b), name  # the head is the fresh model's
+    with pytest.raises(ConfigError, match="by name and shape"):  # privmed's cnn shares no layer with D
+        task.initial_weights(small_cfg(init_from=str(tmp_path / "discriminator.pt")), info)
+    (tmp_path / "bad.pt").write_text("not torch")
+    with pytest.raises(ConfigError, match="not a readable torch state_dict"):
+        task.initial_weights(small_cfg(name="dcgan-d", init_from=str(tmp_path / "bad.pt")), info)

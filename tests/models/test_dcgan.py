@@ -81,3 +81,19 @@ def test_unknown_norm_or_head() -> None:
         Discriminator(head="sum")
     g, d = build_gan(channels=1, size=28, num_classes=2, g_norm="batch", d_head="flatten")
     assert g.norm == "batch" and d.head is D_HEADS["flatten"]
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 64)])
+def test_discriminator_classifier_shares_the_trunk_of_d_by_name(channels: int, size: int) -> None:
+    from privmed.models import build_model
+
+    _, d = build_gan(channels=channels, size=size, num_classes=3, d_head="flatten")
+    clf = build_model("dcgan-d", in_channels=channels, num_classes=3, size=size)
+    trunk = {k: v for k, v in d.state_dict().items() if k.startswith("features.")}
+    assert trunk and all(clf.state_dict()[k].shape == v.shape for k, v in trunk.items())
+    assert set(clf.state_dict()) - set(trunk) == {"fc.weight", "fc.bias"}
+    clf.load_state_dict(trunk, strict=False)
+    x = torch.rand(5, channels, size, size) * 2 - 1
+    assert torch.equal(clf.features(x), d.features(x))  # the same function of the image as D's trunk
+    assert clf(x).shape == (5, 3)
+    check_model(clf)  # Opacus-valid (GroupNorm only): raises otherwise

@@ -6,7 +6,11 @@ instead of a fresh initialisation (:func:`privmed.federation.task.initial_weight
 - a run folder of ``privmed federate`` (or of any run with ``checkpoints/``): the global model of its last
   complete round (``checkpoints/round-<R>/weights.npz``, the model training continued from; with
   ``federation.ema_decay`` the evaluated average lives beside it in ``strategy.npz`` and is not used), or
-- a ``.npz`` file of arrays ``arr_0, arr_1, ...`` in the model's ``state_dict`` order (the checkpoint layout).
+- a ``.npz`` file of arrays ``arr_0, arr_1, ...`` in the model's ``state_dict`` order (the checkpoint layout), or
+- a torch ``state_dict`` file (``.pt``/``.pth``, e.g. HF-GAN's ``discriminator.pt``), loaded **by name**: every
+  tensor whose name and shape the configured model shares is taken, the rest of the model stays fresh (as
+  ``load_state_dict(strict=False)``; the log names both sets). This is how the ``dcgan-d`` classifier starts
+  from a trained discriminator's trunk (its ``features.*``) with a fresh head.
 
 The weights are checked against the configured model before any client starts: a different architecture,
 width or number of classes is one error naming both shapes and the fix (exit code 2).
@@ -105,9 +109,54 @@ def check_compatible(loaded: list[np.ndarray], fresh: list[np.ndarray], *, note:
             raise ConfigError(f"model.init_from: tensor {i} of {note} holds NaN or inf; start from another run")
 
 
-def warm_start(source: str, fresh: list[np.ndarray], *, model: str) -> list[np.ndarray]:
-    """The weights of ``source`` in place of ``fresh`` (a new model's), checked and cast to its dtypes."""
-    loaded, note = load_init_weights(source)
+STATE_DICT_SUFFIXES = (".pt", ".pth")
+
+
+def _read_state_dict(path: Path) -> dict[str, np.ndarray]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file: one message names it
+        raise ConfigError(
+            f"model.init_from = {str(path)!r} is not a readable torch state_dict ({type(exc).__name__}); give a "
+            "state_dict file such as HF-GAN's discriminator.pt, a run folder or a weights .npz"
+        ) from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.init_from = {str(path)!r} holds a {type(state).__name__}, not a state_dict")
+    return {k: v.detach().numpy() for k, v in state.items() if hasattr(v, "detach")}
+
+
+def by_name(path: Path, fresh: list[np.ndarray], names: list[str], *, model: str) -> tuple[list[np.ndarray], str]:
+    """``fresh`` with every tensor ``path``'s state_dict shares by name and shape replaced; and a note.
+
+    Raises
+    ------
+    ConfigError
+        When no tensor matches (another architecture or image size).
+    """
+    state = _read_state_dict(path)
+    taken = [k for k, a in zip(names, fresh, strict=True) if k in state and state[k].shape == a.shape]
+    if not taken:
+        raise ConfigError(
+            f"model.init_from: no tensor of {path} fits the configured model ({model}) by name and shape; "
+            "start a model that shares its layers (e.g. model.name = 'dcgan-d' with gan.d_width for a "
+            "discriminator.pt, at the same image size) or unset model.init_from"
+        )
+    kept = [k for k in names if k not in taken]
+    out = [state[k] if k in taken else a for k, a in zip(names, fresh, strict=True)]
+    return out, f"{path} ({len(taken)} tensors by name; fresh: {', '.join(kept) or 'none'})"
+
+
+def warm_start(source: str, fresh: list[np.ndarray], *, model: str, names: list[str] | None = None) -> list[np.ndarray]:
+    """The weights of ``source`` in place of ``fresh`` (a new model's), checked and cast to its dtypes.
+
+    ``names`` (the model's ``state_dict`` keys, in order) lets a ``.pt`` state_dict load by name."""
+    path = Path(source).expanduser()
+    if path.suffix in STATE_DICT_SUFFIXES and path.is_file() and names is not None:
+        loaded, note = by_name(path, fresh, names, model=model)
+    else:
+        loaded, note = load_init_weights(source)
     check_compatible(loaded, fresh, note=note, model=model)
     log.info("initial global model from %s", note)
     return [np.ascontiguousarray(a, dtype=b.dtype) for a, b in zip(loaded, fresh, strict=True)]

@@ -94,6 +94,8 @@ class UpdateRecorder(StrategyWrapper):
         kwargs: dict[str, Any] = {"in_channels": info.n_channels, "num_classes": info.n_labels}
         if self.cfg.model.width is not None:
             kwargs["width"] = self.cfg.model.width
+        if getattr(type(model), "takes_size", False):
+            kwargs["size"] = info.size
         self.model = {"name": self.cfg.model.name.lower(), "kwargs": kwargs}
         self.data = {
             "dataset": info.name,

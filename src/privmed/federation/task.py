@@ -160,7 +160,9 @@ def client_partition(cfg: Config, partition_id: int, num_partitions: int) -> tup
 
 def new_model(cfg: Config, info: DatasetInfo) -> nn.Module:
     """The configured model for ``info``'s images and labels."""
-    return build_model(cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width)
+    return build_model(
+        cfg.model.name, in_channels=info.n_channels, num_classes=info.n_labels, width=cfg.model.width, size=info.size
+    )
 
 
 #: Fit-config key under which the server may send the architecture to train this round, a JSON model spec
@@ -189,12 +191,15 @@ def initial_weights(cfg: Config, info: DatasetInfo) -> list[np.ndarray]:
     """The global model's starting weights: deterministic in ``train.seed``, or another run's (``model.init_from``,
     :func:`privmed.federation.init_from.warm_start`, checked against the configured model)."""
     set_seed(cfg.train.seed)
-    fresh = get_weights(new_model(cfg, info))
+    model = new_model(cfg, info)
+    fresh = get_weights(model)
     if not cfg.model.init_from:
         return fresh
     from privmed.federation.init_from import warm_start
 
-    return warm_start(cfg.model.init_from, fresh, model=f"{cfg.model.name}, width {cfg.model.width or 'default'}")
+    names = list(model.state_dict())
+    label = f"{cfg.model.name}, width {cfg.model.width or 'default'}"
+    return warm_start(cfg.model.init_from, fresh, model=label, names=names)
 
 
 def round_seed(base: int, server_round: int, partition_id: int) -> int:

@@ -12,7 +12,7 @@ from torch import nn
 from privmed.errors import ConfigError
 from privmed.models.cnn import SmallCNN
 from privmed.models.convnet import MLP, ConvNetSmall
-from privmed.models.dcgan import GANS, Discriminator, Generator, build_gan
+from privmed.models.dcgan import GANS, Discriminator, DiscriminatorClassifier, Generator, build_gan
 from privmed.models.dpresnet import DPResNet
 from privmed.models.scatternet import ScatterNet
 from privmed.models.tabular import SeriesCNN, TabularMLP
@@ -23,6 +23,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "cnn": SmallCNN,
     "dpresnet": DPResNet,
     "scatternet": ScatterNet,
+    # HF-GAN's discriminator trunk with a classifier head (it can start from a trained D: model.init_from)
+    "dcgan-d": DiscriminatorClassifier,
     # tables and series: in_channels = features per row / per time step
     "tabular-mlp": TabularMLP,
     "series-cnn": SeriesCNN,
@@ -32,7 +34,9 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(name: str, *, in_channels: int, num_classes: int, width: int | None = None) -> nn.Module:
+def build_model(
+    name: str, *, in_channels: int, num_classes: int, width: int | None = None, size: int | None = None
+) -> nn.Module:
     """Build a model by name.
 
     Parameters
@@ -45,6 +49,9 @@ def build_model(name: str, *, in_channels: int, num_classes: int, width: int | N
         Number of outputs.
     width
         Base width; ``None`` takes the model's default (``SmallCNN``: 32, ``DPResNet``: 64, ``ScatterNet``: 32).
+    size
+        Image side, passed to the models whose shapes depend on it (``takes_size``, e.g. ``dcgan-d``); ``None``
+        takes their default (28). The other models run at any size and ignore it.
 
     Raises
     ------
@@ -57,7 +64,9 @@ def build_model(name: str, *, in_channels: int, num_classes: int, width: int | N
     if width is not None and width < 1:
         raise ConfigError(f"model width must be a positive integer, got {width}")
     cls = MODELS[key]
-    kwargs = {} if width is None else {"width": width}
+    kwargs: dict[str, int] = {} if width is None else {"width": width}
+    if size is not None and getattr(cls, "takes_size", False):
+        kwargs["size"] = size
     return cls(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
@@ -78,6 +87,7 @@ __all__ = [
     "ConvNetSmall",
     "DPResNet",
     "Discriminator",
+    "DiscriminatorClassifier",
     "Generator",
     "ImprintModel",
     "ScatterNet",

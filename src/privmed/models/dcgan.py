@@ -157,6 +157,17 @@ class Head:
 D_HEADS = {"mean": Head(_mean_pool, spatial=False, zero_embed=False), "flatten": Head(_flatten, True, True)}
 
 
+def discriminator_trunk(channels: int, size: int, num_classes: int, width: int) -> tuple[nn.Sequential, int]:
+    """D's convolutions (strided 4x4, LeakyReLU(0.2), GroupNorm after the first) and their output channels."""
+    downs = _check(size, channels, num_classes, width)
+    layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+    c = width
+    for _ in range(downs - 1):
+        layers += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GroupNorm(_groups(2 * c), 2 * c), nn.LeakyReLU(0.2)]
+        c *= 2
+    return nn.Sequential(*layers), c
+
+
 class Discriminator(nn.Module):
     """Projection discriminator ``D(x, y) -> one logit per image`` (real > 0), Opacus-compatible.
 
@@ -186,13 +197,7 @@ class Discriminator(nn.Module):
         head: str = "mean",
     ):
         super().__init__()
-        downs = _check(size, channels, num_classes, width)
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
-        c = width
-        for _ in range(downs - 1):
-            layers += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GroupNorm(_groups(2 * c), 2 * c), nn.LeakyReLU(0.2)]
-            c *= 2
-        self.features = nn.Sequential(*layers)
+        self.features, c = discriminator_trunk(channels, size, num_classes, width)
         if head not in D_HEADS:
             raise ConfigError(f"unknown discriminator head {head!r}; choose one of {', '.join(sorted(D_HEADS))}")
         self.head = D_HEADS[head]
@@ -209,6 +214,41 @@ class Discriminator(nn.Module):
         if not with_classes:
             return logit
         return logit, (self.classify(phi) if self.classify is not None else None)
+
+
+class DiscriminatorClassifier(nn.Module):
+    """D's trunk (:func:`discriminator_trunk`, the ``"flatten"`` head) with a linear classifier on top.
+
+    A classifier with the discriminator's architecture, so that HF-GAN's D can start it: ``model.init_from`` a
+    ``discriminator.pt`` loads the trunk (the ``features.*`` tensors share D's names) and leaves ``fc`` fresh
+    (:mod:`privmed.federation.init_from`). D's weights are a DP output (ε_D), so starting from them is public
+    pretraining at that price (Tramèr & Boneh, "Differentially Private Learning Needs Better Features (or Much
+    More Data)", ICLR 2021). As a classifier of synthetic images it also beat privmed's ``cnn`` from a fresh start
+    (``bench/results/hfgan-dclf.md``). GroupNorm only: Opacus-valid as is.
+
+    Parameters
+    ----------
+    in_channels
+        1 for grey, 3 for RGB images.
+    num_classes
+        Number of outputs.
+    width
+        Channels after the first convolution, as ``gan.d_width`` (each further strided convolution doubles them).
+    size
+        Image side (one of :data:`BASE_SIDE`); it sets the trunk's depth and the head's input length.
+    """
+
+    default_width = 32
+    #: :func:`privmed.models.build_model` passes the image side to models that set this
+    takes_size = True
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, *, size: int = 28) -> None:
+        super().__init__()
+        self.features, c = discriminator_trunk(in_channels, size, num_classes, width)
+        self.fc = nn.Linear(c * BASE_SIDE[size] ** 2, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x).flatten(1))
 
 
 def build_gan(
