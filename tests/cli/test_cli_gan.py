@@ -23,6 +23,7 @@ from privmed.cli import main
         (["--set", "secagg.enabled=false"], "without SecAgg+"),
         (["--set", "gan.roundz=3"], "unknown key 'roundz' in [gan]"),
         (["--set", "gan.rounds=0"], "gan.rounds must be >= 1"),
+        (["--set", "gan.classifier_from_d=true"], "gan.classifier_from_d starts the classifier from D's trunk"),
     ],
 )
 def test_bad_input_exit_2(extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -62,3 +63,20 @@ def test_gan_smoke_end_to_end(tmp_path: Path) -> None:
     assert (out / "samples.png").is_file()  # phantom data: synthetic, fine to look at
     assert (out / "gan_rounds.png").is_file()
     assert sorted(p.name for p in (out / "client-store").iterdir()) == ["client-0", "client-1", "client-2"]
+
+
+@pytest.mark.slow
+def test_synthetic_only_classifier_from_d_spends_epsilon_d_alone(tmp_path: Path) -> None:
+    """The classifier of G_i's images, started from D's trunk: no noise of its own, a real image spends ε_D."""
+    out = tmp_path / "out"
+    over = [
+        "gan.rounds=2", "gan.augment_mode='synthetic-only'", "gan.class_balance=false", "gan.synthetic_per_client=64",
+        "gan.classifier_from_d=true", "model.name='dcgan-d'", "model.width=16", "federation.rounds=1",
+    ]  # fmt: skip
+    args = ["gan", "gan-smoke", "--out", str(out), "--classifier", "--no-eval"]
+    assert main([*args, *(x for o in over for x in ("--set", o))]) == 0
+    results = json.loads((out / "results.json").read_text())
+    clf = json.loads((out / "classifier" / "results.json").read_text())
+    assert clf["privacy"] == "none" and clf["status"] == "complete"
+    total = results["classifier"]["epsilon_real_image"]
+    assert total["rdp"]["max"] == pytest.approx(results["epsilon_discriminator"], rel=1e-6)

@@ -100,3 +100,21 @@ def test_bad_augment_mode_settings_are_refused(overrides: list[str], message: st
 
     with pytest.raises(ConfigError, match=message):
         load_gan_config("gan-smoke", overrides=overrides)
+
+
+def test_classifier_config_drops_noise_for_synthetic_only_and_starts_from_d(tmp_path) -> None:
+    from privmed.errors import ConfigError
+    from privmed.gan.augment import check_classifier, classifier_config
+
+    over = ["gan.augment_mode='synthetic-only'", "gan.class_balance=false", "gan.classifier_from_d=true"]
+    cfg, gan = load_gan_config("gan-smoke", overrides=[*over, "model.name='dcgan-d'", "model.width=16"])
+    check_classifier(cfg, gan)
+    clf = classifier_config(cfg, gan, tmp_path)
+    assert cfg.privacy.mode == "distributed" and clf.privacy.mode == "none"  # images of G_i only: ε_D alone
+    assert clf.model.init_from == str(tmp_path / "discriminator.pt")
+    add_cfg, add_gan = load_gan_config("gan-smoke")
+    assert classifier_config(add_cfg, add_gan, tmp_path) == add_cfg  # real images in "add" mode: its own DP
+    for wrong in (["model.width=16"], ["model.name='dcgan-d'"]):  # privmed's cnn; D's width is 16, not 32
+        cfg, gan = load_gan_config("gan-smoke", overrides=[*over, *wrong])
+        with pytest.raises(ConfigError, match="classifier_from_d"):
+            check_classifier(cfg, gan)

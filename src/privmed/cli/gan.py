@@ -62,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
             f"(mean of {len(ev['tstr']['seeds'])} classifier seed(s))"
         )
     if args.classifier or gan.classifier:
-        from privmed.gan.augment import run_augmented_federated
+        from privmed.gan.augment import classifier_config, run_augmented_federated
         from privmed.gan.ledger import real_image_epsilon
 
-        clf = run_augmented_federated(cfg, gan, store_dir(gan, out), out_dir=out / "classifier")
+        clf_cfg = classifier_config(cfg, gan, out)
+        clf = run_augmented_federated(clf_cfg, gan, store_dir(gan, out), out_dir=out / "classifier")
         test = (clf.get("final") or {}).get("test") or {}
         total = real_image_epsilon(results, clf)
         results["classifier"] = {

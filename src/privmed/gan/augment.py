@@ -32,6 +32,7 @@ information only (the augmented sizes and the steps the clients report); ``resul
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from flwr.client import ClientApp
 
 from privmed.config import Config
 from privmed.data import DatasetInfo, Split
+from privmed.errors import ConfigError
 from privmed.federation import task
 from privmed.gan.config import GanConfig
 from privmed.gan.hfgan import GeneratorStore
@@ -195,6 +197,37 @@ AUGMENT_MODES: dict[str, AugmentMode] = {
     "add": AugmentMode(augment_split, add_mode_size),
     "synthetic-only": AugmentMode(synthetic_only_split, synthetic_only_size),
 }
+
+
+def check_classifier(cfg: Config, gan: GanConfig) -> None:
+    """Refuse ``gan.classifier_from_d`` with a classifier that cannot take D's trunk (why and the fix)."""
+    if not gan.classifier_from_d:
+        return
+    from privmed.models.dcgan import DiscriminatorClassifier
+
+    width = cfg.model.width or DiscriminatorClassifier.default_width
+    if cfg.model.name.lower() != "dcgan-d" or width != gan.d_width or cfg.model.init_from:
+        raise ConfigError(
+            f"gan.classifier_from_d starts the classifier from D's trunk, but [model] is {cfg.model.name!r} at width "
+            f"{width}{' with its own init_from' if cfg.model.init_from else ''}; set model.name = 'dcgan-d', "
+            f"model.width = {gan.d_width} (gan.d_width) and no model.init_from, or gan.classifier_from_d = false"
+        )
+
+
+def classifier_config(cfg: Config, gan: GanConfig, gan_out: Path) -> Config:
+    """The federated classifier's config after the HF-GAN run written to ``gan_out``.
+
+    ``"synthetic-only"`` trains on images of G_i alone: post-processing of D, so the classifier adds no DP noise
+    (``privacy.mode = "none"``; a real image spends ε_D and nothing more). ``gan.classifier_from_d`` starts it from
+    ``gan_out/discriminator.pt``. ``"add"`` mode keeps ``cfg`` as it is (its DP protects the real images).
+    """
+    if gan.augment_mode == "synthetic-only" and cfg.privacy.mode != "none":
+        log.info("synthetic-only: the classifier sees images of G_i only (post-processing of D), so it adds no noise")
+        cfg = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, mode="none"))
+    if gan.classifier_from_d:
+        init = str(Path(gan_out) / "discriminator.pt")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=init))
+    return cfg
 
 
 def make_augmented_client_app(flat: dict[str, Any], cfg: Config, gan: GanConfig, store: str | Path) -> ClientApp:

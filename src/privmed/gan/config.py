@@ -92,6 +92,10 @@ class GanConfig:
     store: str = ""
     #: also train the federated classifier with the synthetic images (privmed gan CONFIG --classifier)
     classifier: bool = False
+    #: start that classifier from this run's D (``model.init_from = <out>/discriminator.pt``: its trunk by name, a
+    #: fresh head); needs ``model.name = "dcgan-d"`` at ``gan.d_width``. D's weights are DP outputs (ε_D), so this
+    #: adds no privacy cost (bench/results/hfgan-dclf.md)
+    classifier_from_d: bool = False
 
 
 def split_gan_table(raw: dict[str, Any], *, source: str) -> tuple[dict[str, Any], GanConfig]:

@@ -26,6 +26,7 @@ from privmed.errors import ConfigError, DataError
 from privmed.federation import task
 from privmed.federation.registry import Mod
 from privmed.gan.app import GanServer, Progress, make_gan_client_app, make_gan_server_app
+from privmed.gan.augment import check_classifier
 from privmed.gan.config import GanConfig
 from privmed.gan.hfgan import build_strategy, discriminator_config
 from privmed.results import machine, write_json_atomic
@@ -56,6 +57,7 @@ def check_hfgan(cfg: Config, gan: GanConfig, out_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"gan.tstr_epochs must be >= 1 (the TSTR classifier's most epochs), got {gan.tstr_epochs}")
     if gan.tstr_seeds < 1:
         raise ConfigError(f"gan.tstr_seeds must be >= 1 (TSTR's classifier seeds), got {gan.tstr_seeds}")
+    check_classifier(cfg, gan)
     dataset, parts = task.load_federated_data(cfg)
     if dataset.info.multilabel:
         raise ConfigError(f"{dataset.info.name} is multi-label; HF-GAN's conditional G and D take one class per image")
