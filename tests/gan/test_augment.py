@@ -118,3 +118,25 @@ def test_classifier_config_drops_noise_for_synthetic_only_and_starts_from_d(tmp_
         cfg, gan = load_gan_config("gan-smoke", overrides=[*over, *wrong])
         with pytest.raises(ConfigError, match="classifier_from_d"):
             check_classifier(cfg, gan)
+
+
+def test_synthetic_preset_is_pneumonia_hfgan_with_the_measured_classifier(tmp_path) -> None:
+    """pneumonia-hfgan-synthetic trains the same D and G_i as pneumonia-hfgan (same D config, same [gan] apart from
+    the classifier's keys); its classifier sees G_i's images only, from D, with no noise of its own."""
+    import dataclasses
+
+    from privmed.gan.augment import check_classifier, classifier_config
+    from privmed.gan.hfgan import discriminator_config
+
+    cfg, gan = load_gan_config("pneumonia-hfgan-synthetic")
+    base_cfg, base_gan = load_gan_config("pneumonia-hfgan")
+    own = {"augment_mode", "class_balance", "synthetic_per_client", "classifier", "classifier_from_d", "augment_ratio"}
+    mine, base = dataclasses.asdict(gan), dataclasses.asdict(base_gan)
+    assert {k: v for k, v in mine.items() if k not in own} == {k: v for k, v in base.items() if k not in own}
+    d_cfg, base_d = discriminator_config(cfg, gan), discriminator_config(base_cfg, base_gan)
+    for section in ("data", "privacy", "secagg"):
+        assert getattr(d_cfg, section) == getattr(base_d, section), section
+    assert (d_cfg.train.batch_size, d_cfg.federation.rounds) == (base_d.train.batch_size, base_d.federation.rounds)
+    check_classifier(cfg, gan)
+    clf = classifier_config(cfg, gan, tmp_path)
+    assert clf.privacy.mode == "none" and clf.model.name == "dcgan-d" and gan.classifier
