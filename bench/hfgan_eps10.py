@@ -49,6 +49,7 @@ def epsilon(r: dict[str, Any]) -> float:
 def summarise(label: str, row: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     f1 = [r["macro_f1"] for r in rows]
     auc = [r["auc"] for r in rows]
+    val = [r["val_macro_f1"] for r in rows if r.get("val_macro_f1") is not None]
     return {
         "label": label,
         "row": row,
@@ -57,6 +58,7 @@ def summarise(label: str, row: str, rows: list[dict[str, Any]]) -> dict[str, Any
         "mean": statistics.mean(f1),
         "sd": statistics.stdev(f1) if len(f1) > 1 else None,
         "auc_mean": statistics.mean(auc),
+        "val_macro_f1_mean": statistics.mean(val) if val else None,
         "recall_per_class": [r.get("recall_per_class") for r in rows],
         "epsilon": max(epsilon(r) for r in rows),
         "phase1_overrides": rows[0].get("phase1_overrides"),
@@ -65,8 +67,9 @@ def summarise(label: str, row: str, rows: list[dict[str, Any]]) -> dict[str, Any
 
 def table(groups: list[dict[str, Any]], versus: list[str]) -> str:
     lines = [
-        "| setting | ε per real image | draws (file: macro-F1) | mean | sd | AUC mean | class-0 / class-1 recall |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| setting | ε per real image | draws (file: macro-F1) | mean | sd | AUC mean | validation macro-F1 mean "
+        "| class-0 / class-1 recall |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for g in groups:
         got = "; ".join(f"{f}: {v:.3f}" for f, v in zip(g["files"], g["macro_f1"], strict=True))
@@ -75,8 +78,8 @@ def table(groups: list[dict[str, Any]], versus: list[str]) -> str:
         name = f"**{g['label']}**" if g["label"] in versus else g["label"]
         lines.append(f"| {name} | {g['epsilon']:.2f} | {got} | {g['mean']:.3f} | {sd} | {g['auc_mean']:.3f} | {rec} |")
     lines.append("")
-    others = [g for g in groups if g["label"] not in versus]
     for g in (g for g in groups if g["label"] in versus):
+        others = [o for o in groups if o["row"] != g["row"]]  # the (a) / (b) groups, not (c)'s own variants
         diffs = ", ".join(f"{100 * (g['mean'] - o['mean']):+.1f} over {o['label']}" for o in others)
         lines.append(f"- {g['label']}: {diffs} (points of mean macro-F1).")
     return "\n".join(lines)
@@ -88,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         "--group", nargs="+", action="append", required=True, metavar="X",
         help="LABEL ROW FILE [FILE ...]: a table line from ROW of the named bench/results files",
     )  # fmt: skip
-    parser.add_argument("--versus", nargs="+", default=[], help="labels of the groups compared with all the others")
+    parser.add_argument(
+        "--versus", nargs="+", default=[], help="labels of groups compared with every group of another row"
+    )
     parser.add_argument("--name", required=True, help="output bench/results/NAME.json and .md")
     args = parser.parse_args(argv)
     if any(len(g) < 3 for g in args.group):
