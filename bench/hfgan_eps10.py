@@ -76,7 +76,9 @@ def table(groups: list[dict[str, Any]], versus: list[str]) -> str:
         rec = ", ".join("/".join(f"{x:.2f}" for x in r) if r else "—" for r in g["recall_per_class"])
         sd = f"{g['sd']:.3f}" if g["sd"] is not None else "—"
         name = f"**{g['label']}**" if g["label"] in versus else g["label"]
-        lines.append(f"| {name} | {g['epsilon']:.2f} | {got} | {g['mean']:.3f} | {sd} | {g['auc_mean']:.3f} | {rec} |")
+        val = f"{g['val_macro_f1_mean']:.3f}" if g["val_macro_f1_mean"] is not None else "—"
+        cells = [name, f"{g['epsilon']:.2f}", got, f"{g['mean']:.3f}", sd, f"{g['auc_mean']:.3f}", val, rec]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for g in (g for g in groups if g["label"] in versus):
         others = [o for o in groups if o["row"] != g["row"]]  # the (a) / (b) groups, not (c)'s own variants
