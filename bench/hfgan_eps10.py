@@ -17,26 +17,24 @@ sampling, all from OS entropy, or per generator store); this script only reads t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from privmed.results import machine, write_json_atomic
+sys.path.insert(0, str(Path(__file__).parent))
+from hfgan_same_epsilon import RESULTS, draws
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from privmed.results import machine, write_json_atomic
 
 
 def group_rows(row: str, files: list[str]) -> list[dict[str, Any]]:
     """``row`` of every file's pneumoniamnist table, with the file's name (a file without it is an error)."""
-    out = []
-    for f in files:
-        rows = json.loads((RESULTS / f"{f}.json").read_text())["datasets"]["pneumoniamnist"]["rows"]
-        if row not in rows or "error" in rows[row]:
-            raise SystemExit(f"{f}.json has no finished row {row!r}")
-        out.append({"file": f, **rows[row]})
-    return out
+    rows = draws(files, row)
+    missing = [f for f in files if f not in {r["file"] for r in rows}]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)}: no finished row {row!r}")
+    return rows
 
 
 def epsilon(r: dict[str, Any]) -> float:
