@@ -17,6 +17,7 @@ sampling, all from OS entropy, or per generator store); this script only reads t
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "groups": groups,
         "versus": args.versus,
-        "command": "bench/hfgan_eps10.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "bench/hfgan_eps10.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
     }
     write_json_atomic(RESULTS / f"{args.name}.json", payload)
