@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hfgan_same_epsilon import RESULTS, draws
+from hfgan_same_epsilon import draws, write_results
 
-from privmed.results import machine, write_json_atomic
+from privmed.results import machine
 
 
 def group_rows(row: str, files: list[str]) -> list[dict[str, Any]]:
@@ -109,15 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "bench/hfgan_eps10.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
     }
-    write_json_atomic(RESULTS / f"{args.name}.json", payload)
-    md = RESULTS / f"{args.name}.md"
-    text = md.read_text() if md.is_file() else f"# {args.name}\n\n## Reading\n\n(to be written)\n"
-    head, _, rest = text.partition("## Macro-F1 on the test split")
-    _, _, reading = rest.partition("## Reading")
-    md.write_text(
-        f"{head}## Macro-F1 on the test split (one row per independent draw)\n\n{table(groups, args.versus)}\n\n"
-        f"Command: `{payload['command']}`.\n\n## Reading{reading}"
-    )
+    write_results(args.name, payload, table(groups, args.versus), rows="one row per independent draw")
     return 0
 
 

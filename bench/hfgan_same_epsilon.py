@@ -96,16 +96,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
     }
     payload["epsilon_ab"] = round(max(payload["a"]["epsilon_classifier"]), 2)
-    write_json_atomic(RESULTS / f"{args.name}.json", payload)
-    md = RESULTS / f"{args.name}.md"
-    text = md.read_text() if md.is_file() else f"# {args.name}\n\n## Reading\n\n(to be written)\n"
+    write_results(args.name, payload, table(payload), rows="one row per independent DP draw")
+    return 0
+
+
+def write_results(name: str, payload: dict[str, Any], table_md: str, *, rows: str) -> None:
+    """``bench/results/NAME.json`` and the table part of ``NAME.md`` (its hand-written ``## Reading`` is kept)."""
+    write_json_atomic(RESULTS / f"{name}.json", payload)
+    md = RESULTS / f"{name}.md"
+    text = md.read_text() if md.is_file() else f"# {name}\n\n## Reading\n\n(to be written)\n"
     head, _, rest = text.partition("## Macro-F1 on the test split")
     _, _, reading = rest.partition("## Reading")
     md.write_text(
-        f"{head}## Macro-F1 on the test split (one row per independent DP draw)\n\n{table(payload)}\n\n"
+        f"{head}## Macro-F1 on the test split ({rows})\n\n{table_md}\n\n"
         f"Command: `{payload['command']}`.\n\n## Reading{reading}"
     )
-    return 0
 
 
 if __name__ == "__main__":
