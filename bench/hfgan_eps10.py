@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hfgan_same_epsilon import draws, write_results
+from hfgan_same_epsilon import draws, summary, write_results
 
 from privmed.results import machine
 
@@ -46,19 +46,14 @@ def epsilon(r: dict[str, Any]) -> float:
 
 
 def summarise(label: str, row: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    f1 = [r["macro_f1"] for r in rows]
-    auc = [r["auc"] for r in rows]
-    val = [r["val_macro_f1"] for r in rows if r.get("val_macro_f1") is not None]
+    """:func:`hfgan_same_epsilon.summary` of the rows, with the label, AUC, validation macro-F1 and ε per real image."""
+    val = [v for v in (r.get("val_macro_f1") for r in rows) if v is not None]
     return {
+        **summary(rows),
         "label": label,
         "row": row,
-        "files": [r["file"] for r in rows],
-        "macro_f1": f1,
-        "mean": statistics.mean(f1),
-        "sd": statistics.stdev(f1) if len(f1) > 1 else None,
-        "auc_mean": statistics.mean(auc),
+        "auc_mean": statistics.mean(r["auc"] for r in rows),
         "val_macro_f1_mean": statistics.mean(val) if val else None,
-        "recall_per_class": [r.get("recall_per_class") for r in rows],
         "epsilon": max(epsilon(r) for r in rows),
         "phase1_overrides": rows[0].get("phase1_overrides"),
     }
