@@ -148,12 +148,12 @@ def by_name(path: Path, fresh: list[np.ndarray], names: list[str], *, model: str
     return out, f"{path} ({len(taken)} tensors by name; fresh: {', '.join(kept) or 'none'})"
 
 
-def warm_start(source: str, fresh: list[np.ndarray], *, model: str, names: list[str] | None = None) -> list[np.ndarray]:
+def warm_start(source: str, fresh: list[np.ndarray], *, model: str, names: list[str]) -> list[np.ndarray]:
     """The weights of ``source`` in place of ``fresh`` (a new model's), checked and cast to its dtypes.
 
     ``names`` (the model's ``state_dict`` keys, in order) lets a ``.pt`` state_dict load by name."""
     path = Path(source).expanduser()
-    if path.suffix in STATE_DICT_SUFFIXES and path.is_file() and names is not None:
+    if path.suffix in STATE_DICT_SUFFIXES and path.is_file():
         loaded, note = by_name(path, fresh, names, model=model)
     else:
         loaded, note = load_init_weights(source)
