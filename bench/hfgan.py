@@ -49,8 +49,8 @@ The pooled phase 1 (``bench/results/hfgan-same-epsilon-pool.md``): ``--warm-roun
 client the same 256 images of its G_i: equal FedAvg weights, so the average approaches the pool of all G_i).
 
 The classifier with D's architecture (``bench/results/hfgan-dclf.md``; preset ``pneumonia-hfgan-synthetic``): phase 1
-alone with ``--warm-set model.name='dcgan-d' model.init_from='<gan run>/discriminator.pt'`` (D's trunk, a fresh
-head; ε_D only), against (a) / (b) + DP with the same architecture, ``--set model.name='dcgan-d' train.lr=0.125``
+alone with ``--warm-set model.name='dcgan-d' model.init_from='<gan run>/discriminator.pt'`` (D's trunk and class
+projection; ε_D only), against (a) / (b) + DP with the same architecture, ``--set model.name='dcgan-d' train.lr=0.125``
 (the step chosen on validation macro-F1) and ``--epsilon-c 10``; ``bench/hfgan_eps10.py`` tabulates the draws.
 """
 

@@ -23,7 +23,7 @@ from privmed.cli import main
         (["--set", "secagg.enabled=false"], "without SecAgg+"),
         (["--set", "gan.roundz=3"], "unknown key 'roundz' in [gan]"),
         (["--set", "gan.rounds=0"], "gan.rounds must be >= 1"),
-        (["--set", "gan.classifier_from_d=true"], "gan.classifier_from_d starts the classifier from D's trunk"),
+        (["--set", "gan.classifier_from_d=true"], "gan.classifier_from_d starts the classifier from D's weights"),
     ],
 )
 def test_bad_input_exit_2(extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -67,7 +67,7 @@ def test_gan_smoke_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_synthetic_only_classifier_from_d_spends_epsilon_d_alone(tmp_path: Path) -> None:
-    """The classifier of G_i's images, started from D's trunk: no noise of its own, a real image spends ε_D."""
+    """The classifier of G_i's images, started from D: no noise of its own, a real image spends ε_D."""
     out = tmp_path / "out"
     over = [
         "gan.rounds=2", "gan.augment_mode='synthetic-only'", "gan.class_balance=false", "gan.synthetic_per_client=64",

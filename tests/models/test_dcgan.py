@@ -84,16 +84,24 @@ def test_unknown_norm_or_head() -> None:
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 64)])
-def test_discriminator_classifier_shares_the_trunk_of_d_by_name(channels: int, size: int) -> None:
+def test_discriminator_classifier_starts_as_d_by_name(channels: int, size: int) -> None:
+    """D's state_dict loads into ``dcgan-d`` by name: its trunk, and its class projection as the head's weight."""
     from privmed.models import build_model
 
     _, d = build_gan(channels=channels, size=size, num_classes=3, d_head="flatten")
+    torch.nn.init.normal_(d.embed.weight)  # a trained D's class projection (it starts at zero)
     clf = build_model("dcgan-d", in_channels=channels, num_classes=3, size=size)
-    trunk = {k: v for k, v in d.state_dict().items() if k.startswith("features.")}
-    assert trunk and all(clf.state_dict()[k].shape == v.shape for k, v in trunk.items())
-    assert set(clf.state_dict()) - set(trunk) == {"fc.weight", "fc.bias"}
-    clf.load_state_dict(trunk, strict=False)
+    shared = {k: v for k, v in d.state_dict().items() if k in clf.state_dict()}
+    assert all(clf.state_dict()[k].shape == v.shape for k, v in shared.items())
+    assert set(clf.state_dict()) - set(shared) == {"embed.bias"}  # the one tensor D lacks
+    assert set(d.state_dict()) - set(shared) == {"linear.weight", "linear.bias"}  # D's class-blind term
+    clf.load_state_dict(shared, strict=False)
     x = torch.rand(5, channels, size, size) * 2 - 1
     assert torch.equal(clf.features(x), d.features(x))  # the same function of the image as D's trunk
+    logits = clf(x) - clf.embed.bias  # without the fresh bias: D's class term <embed(y), φ(x)>
+    with torch.no_grad():
+        scores = torch.stack([d(x, torch.full((5,), y)) for y in range(3)], dim=1)
+    # the same logit differences as D between classes: D's class-blind term cancels
+    torch.testing.assert_close(logits - logits[:, :1], scores - scores[:, :1], rtol=1e-4, atol=1e-4)
     assert clf(x).shape == (5, 3)
     check_model(clf)  # Opacus-valid (GroupNorm only): raises otherwise

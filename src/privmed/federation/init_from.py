@@ -10,7 +10,7 @@ instead of a fresh initialisation (:func:`privmed.federation.task.initial_weight
 - a torch ``state_dict`` file (``.pt``/``.pth``, e.g. HF-GAN's ``discriminator.pt``), loaded **by name**: every
   tensor whose name and shape the configured model shares is taken, the rest of the model stays fresh (as
   ``load_state_dict(strict=False)``; the log names both sets). This is how the ``dcgan-d`` classifier starts
-  from a trained discriminator's trunk (its ``features.*``) with a fresh head.
+  from a trained discriminator: its trunk (``features.*``) and its class projection (``embed.weight``).
 
 The weights are checked against the configured model before any client starts: a different architecture,
 width or number of classes is one error naming both shapes and the fix (exit code 2).

@@ -200,7 +200,7 @@ AUGMENT_MODES: dict[str, AugmentMode] = {
 
 
 def check_classifier(cfg: Config, gan: GanConfig) -> None:
-    """Refuse ``gan.classifier_from_d`` with a classifier that cannot take D's trunk (why and the fix)."""
+    """Refuse ``gan.classifier_from_d`` with a classifier that cannot take D's weights (why and the fix)."""
     if not gan.classifier_from_d:
         return
     from privmed.models.dcgan import DiscriminatorClassifier
@@ -208,7 +208,7 @@ def check_classifier(cfg: Config, gan: GanConfig) -> None:
     width = cfg.model.width or DiscriminatorClassifier.default_width
     if cfg.model.name.lower() != "dcgan-d" or width != gan.d_width or cfg.model.init_from:
         raise ConfigError(
-            f"gan.classifier_from_d starts the classifier from D's trunk, but [model] is {cfg.model.name!r} at width "
+            f"gan.classifier_from_d starts the classifier from D's weights, but [model] is {cfg.model.name!r} at width "
             f"{width}{' with its own init_from' if cfg.model.init_from else ''}; set model.name = 'dcgan-d', "
             f"model.width = {gan.d_width} (gan.d_width) and no model.init_from, or gan.classifier_from_d = false"
         )

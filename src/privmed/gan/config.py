@@ -92,9 +92,9 @@ class GanConfig:
     store: str = ""
     #: also train the federated classifier with the synthetic images (privmed gan CONFIG --classifier)
     classifier: bool = False
-    #: start that classifier from this run's D (``model.init_from = <out>/discriminator.pt``: its trunk by name, a
-    #: fresh head); needs ``model.name = "dcgan-d"`` at ``gan.d_width``. D's weights are DP outputs (ε_D), so this
-    #: adds no privacy cost (bench/results/hfgan-dclf.md)
+    #: start that classifier from this run's D (``model.init_from = <out>/discriminator.pt``: by name, D's trunk and
+    #: its class projection as the head); needs ``model.name = "dcgan-d"`` at ``gan.d_width``. D's weights are DP
+    #: outputs (ε_D), so this adds no privacy cost (bench/results/hfgan-dclf.md)
     classifier_from_d: bool = False
 
 
