@@ -220,16 +220,16 @@ class DiscriminatorClassifier(nn.Module):
     """D's trunk (:func:`discriminator_trunk`, the ``"flatten"`` head) with a linear classifier on top.
 
     A classifier with the discriminator's architecture, so that HF-GAN's D can start it: ``model.init_from`` a
-    ``discriminator.pt`` loads, by name (:mod:`privmed.federation.init_from`), the trunk (``features.*``) and the
-    head's weight, which carries D's name ``embed``: D's class projection, the ``<embed(y), φ(x)>`` of
-    ``D(x, y)``. So the classifier starts with logit differences ``D(x, y) - D(x, y')`` (its bias, the one tensor
-    D lacks, starts fresh and near zero): the log-ratio the projection discriminator models between classes
-    (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018, eq. 3), a ranking of real images learnt
-    under D's DP (AUC ~0.89 on PneumoniaMNIST's test split at ε_D = 10, ``bench/results/hfgan-dclf.md``) whose
-    threshold training on G_i's images then sets. D's weights are a DP output (ε_D), so starting from them is
-    public pretraining at that price (Tramèr & Boneh, "Differentially Private Learning Needs Better Features (or
-    Much More Data)", ICLR 2021). As a classifier of synthetic images it also beat privmed's ``cnn`` from a fresh
-    start. GroupNorm only: Opacus-valid as is.
+    ``discriminator.pt`` loads, by name (:mod:`privmed.federation.init_from`), the trunk (``features.*``) and the head's
+    weight, which carries D's name ``embed``: D's class projection, the ``<embed(y), φ(x)>`` of ``D(x, y)``. So the
+    classifier starts with logit differences ``D(x, y) - D(x, y')`` (its bias, the one tensor D lacks, starts fresh and
+    near zero): the class log-odds of real minus generated images, as the projection discriminator models them (Miyato &
+    Koyama, "cGANs with Projection Discriminator", ICLR 2018, section 3), a ranking of real images learnt under D's DP
+    (AUC 0.89 on PneumoniaMNIST's test split at ε_D = 10, ``bench/results/hfgan-d-projection.md``), whose threshold
+    training on G_i's images then sets (``bench/results/hfgan-dclf.md``). D's weights are a DP output (ε_D), so starting
+    from them is public pretraining at that price (Tramèr & Boneh, "Differentially Private Learning Needs Better
+    Features (or Much More Data)", ICLR 2021). As a classifier of synthetic images it also beat privmed's ``cnn`` from a
+    fresh start. GroupNorm only: Opacus-valid as is.
 
     Parameters
     ----------
