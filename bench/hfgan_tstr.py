@@ -111,6 +111,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fix-per-class": {**FIX, "steps": 500, "per_class": True},
     # HF-GAN's federated DP settings (batch 256, 26 fakes per client), simulated centrally (--dp), 300 D steps
     "fix-b256-300": {**FIX, "steps": 300, "batch_size": 256, "fake_batch": 26},
+    # the non-private centralised reference of the three-G-step federated runs: the same 600 D steps, D:G 1, 3 G steps
+    "fix-g3-600": {**FIX, "steps": 600, "g_steps": 3},
     # hfgan.md's settings: D:G 2, 1 G step of 32, 80 fakes per D step, widths 32, lr 2e-4
     "base": {"steps": 500, "d_steps_per_g_step": 2, "g_batch": 32},
     "d1g1": {"steps": 500, "d_steps_per_g_step": 1, "g_batch": 64},
