@@ -29,9 +29,9 @@ from hfgan_same_epsilon import draws, summary, write_results
 from privmed.results import machine
 
 
-def group_rows(row: str, files: list[str]) -> list[dict[str, Any]]:
-    """``row`` of every file's pneumoniamnist table, with the file's name (a file without it is an error)."""
-    rows = draws(files, row)
+def group_rows(row: str, files: list[str], dataset: str) -> list[dict[str, Any]]:
+    """``row`` of every file's ``dataset`` table, with the file's name (a file without it is an error)."""
+    rows = draws(files, row, dataset)
     missing = [f for f in files if f not in {r["file"] for r in rows}]
     if missing:
         raise SystemExit(f"{', '.join(missing)}: no finished row {row!r}")
@@ -91,14 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         "--versus", nargs="+", default=[], help="labels of groups compared with every group of another row"
     )
     parser.add_argument("--name", required=True, help="output bench/results/NAME.json and .md")
+    parser.add_argument("--dataset", default="pneumoniamnist", help="the table of the result files to read")
     args = parser.parse_args(argv)
     if any(len(g) < 3 for g in args.group):
         parser.error("--group needs LABEL ROW and at least one FILE")
-    groups = [summarise(g[0], g[1], group_rows(g[1], g[2:])) for g in args.group]
+    groups = [summarise(g[0], g[1], group_rows(g[1], g[2:], args.dataset)) for g in args.group]
     unknown = set(args.versus) - {g["label"] for g in groups}
     if unknown:
         parser.error(f"--versus names no group: {', '.join(sorted(unknown))}")
     payload = {
+        "dataset": args.dataset,
         "groups": groups,
         "versus": args.versus,
         "command": "bench/hfgan_eps10.py " + shlex.join(argv if argv is not None else sys.argv[1:]),

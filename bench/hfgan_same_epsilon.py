@@ -26,11 +26,11 @@ NAME = "hfgan-same-epsilon"
 WARM_DP = "(c') warm start + DP"
 
 
-def draws(files: list[str], label: str) -> list[dict[str, Any]]:
-    """``label``'s row of every file (pneumoniamnist), with the file's name."""
+def draws(files: list[str], label: str, dataset: str = "pneumoniamnist") -> list[dict[str, Any]]:
+    """``label``'s row of every file's ``dataset`` table, with the file's name."""
     out = []
     for f in files:
-        rows = json.loads((RESULTS / f"{f}.json").read_text())["datasets"]["pneumoniamnist"]["rows"]
+        rows = json.loads((RESULTS / f"{f}.json").read_text())["datasets"][dataset]["rows"]
         if label in rows and "error" not in rows[label]:
             out.append({"file": f, **rows[label]})
     return out
