@@ -67,7 +67,7 @@ def table(groups: list[dict[str, Any]], versus: list[str]) -> str:
     ]
     for g in groups:
         got = "; ".join(f"{f}: {v:.3f}" for f, v in zip(g["files"], g["macro_f1"], strict=True))
-        rec = ", ".join("/".join(f"{x:.2f}" for x in r) if r else "—" for r in g["recall_per_class"])
+        rec = ", ".join("/".join(f"{round(x, 2) + 0.0:.2f}" for x in r) if r else "—" for r in g["recall_per_class"])
         sd = f"{g['sd']:.3f}" if g["sd"] is not None else "—"
         name = f"**{g['label']}**" if g["label"] in versus else g["label"]
         val = f"{g['val_macro_f1_mean']:.3f}" if g["val_macro_f1_mean"] is not None else "—"
