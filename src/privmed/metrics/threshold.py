@@ -39,6 +39,8 @@ def youden_threshold(positive_probs: Tensor | np.ndarray, targets: Tensor | np.n
     # midpoints between consecutive distinct scores (a margin on both sides), plus 0.5 and the extremes
     values = torch.unique(p)
     mids = (values[1:] + values[:-1]) / 2
+    # two scores one subnormal step apart have their lower one as midpoint: cut at the upper one instead
+    mids = torch.where(mids > values[:-1], mids, values[1:])
     extra = torch.tensor([0.5, float(values[0]), float(values[-1]) + 1e-12], dtype=torch.float64)
     candidates = torch.unique(torch.cat([mids, extra]))
     pred = p[None, :] >= candidates[:, None]  # (thresholds, examples)
