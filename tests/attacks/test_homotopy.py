@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from privmed.attacks import load_families
-from privmed.attacks.base import get_attack
+from privmed.attacks.base import REGULARIZERS, get_attack
 from privmed.attacks.cases import make_case
 from privmed.attacks.homotopy import SmoothReLU, smooth_relus
 from privmed.errors import ConfigError
@@ -55,7 +55,8 @@ def test_relu_homotopy_reconstructs_a_batch_of_two_above_the_floor():
 def test_relu_homotopy_refuses_bad_settings_and_models_without_relu_modules():
     bad_settings = [{"betas": [], "final_steps": 0}, {"betas": [0.0, 10.0]}, {"betas": [math.inf]}, {"steps": 0},
                     {"betas": [[3.0, 10.0], [0.0]]}, {"betas": "3"}, {"betas": ["a"]}, {"init": "prior"},
-                    {"init": "zeros"}, {"path_steps": -1}, {"path_evals": 0}, {"path_beta": math.inf}]  # fmt: skip
+                    {"init": "zeros"}, {"path_steps": -1}, {"path_evals": 0}, {"path_beta": math.inf},
+                    {"tv": [-0.1]}, {"tv": [math.inf]}, {"tv": "smooth"}]  # fmt: skip
     for bad in bad_settings:
         with pytest.raises(ConfigError, match="relu-homotopy"):
             get_attack("relu-homotopy", **bad)
@@ -82,6 +83,30 @@ def test_target_path_starts_from_the_public_mean_and_moves_towards_the_observed_
     assert 3 <= moved.info["path_evaluations"] <= 3 * (10 + 25) + 1 and start.info["path_evaluations"] == 0
     assert moved.info["evaluations"] > moved.info["path_evaluations"]
     assert moved.info["matching_loss"] < 0.5 * start.info["matching_loss"], (moved.info, start.info)
+
+
+def test_tv_polish_runs_each_stage_once_per_weight_and_smooths_the_result():
+    # a falling TV schedule after the target path (the batch-4 polish of docs/attacks-batch.md): each stage
+    # runs once per weight, the path not at all; the result is smoother than the same run's without TV
+    case = make_case("convnet-small", batch_size=2, **PHANTOM)
+    settings = {"init": "prior", "prior": "phantom:val", "betas": [300.0], "steps": 20, "final_steps": 20,
+                "path_steps": 2, "path_evals": 10}  # fmt: skip
+    plain = get_attack("relu-homotopy", **settings).run(case.record, seed=0)
+    smooth = get_attack("relu-homotopy", **settings, tv=[1.0, 0.1]).run(case.record, seed=0)
+    assert smooth.info["path_evaluations"] == plain.info["path_evaluations"]  # the path never sees the TV
+    stages = smooth.info["evaluations"] - smooth.info["path_evaluations"]
+    assert stages > plain.info["evaluations"] - plain.info["path_evaluations"]
+    tv = REGULARIZERS["tv-smooth"]
+    assert float(tv(torch.as_tensor(smooth.inputs), {})) < float(tv(torch.as_tensor(plain.inputs), {}))
+    assert get_attack("relu-homotopy").tv_weights() == [0.0]  # no TV: one plain L-BFGS a stage
+
+
+def test_tv_smooth_is_total_variation_away_from_zero_differences():
+    tv, smooth = REGULARIZERS["tv"], REGULARIZERS["tv-smooth"]
+    flat = torch.zeros(1, 1, 6, 6)
+    assert float(smooth(flat, {})) == pytest.approx(2 * 0.01)  # sqrt(ε²) on each axis
+    steps = torch.arange(36.0).reshape(1, 1, 6, 6)  # differences 1 and 6, far above ε
+    assert float(smooth(steps, {})) == pytest.approx(float(tv(steps, {})), rel=1e-4)
 
 
 def test_prior_start_refuses_the_training_split() -> None:

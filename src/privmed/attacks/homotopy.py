@@ -57,6 +57,7 @@ from privmed.attacks.labels import check_batch_size, recover_labels
 from privmed.attacks.optimization import Grads, as_double, l2_distance, one_gradient
 from privmed.attacks.public import public_set
 from privmed.attacks.record import UpdateRecord
+from privmed.attacks.regularizers import smooth_total_variation
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
 from privmed.metrics.matching import align
@@ -206,6 +207,13 @@ class ReluHomotopy(Attack):
         L-BFGS evaluations per step of the target path.
     path_beta
         The softplus β of the network during the target path.
+    tv
+        Weights of the smoothed total variation (``tv-smooth``, :mod:`privmed.attacks.regularizers`), in order:
+        every stage after the target path (β stages and the ReLU stage) runs its L-BFGS once per weight on the
+        L2 distance plus that weight times the image's TV, so the stage costs ``len(tv)`` times its
+        evaluations; ``[]`` (the default): no TV. A falling list such as ``[0.3, 0.1, 0.03, 0.01, 0.003]``
+        first pulls a stalled reconstruction towards piecewise-smooth images, then hands back to the gradient
+        (``docs/attacks-batch.md``). The path itself never sees the TV (it slowed it, scratch runs).
     num_images
         Images to reconstruct (0: what the record's metadata says).
     """
@@ -223,6 +231,7 @@ class ReluHomotopy(Attack):
         "path_steps": 0,
         "path_evals": 60,
         "path_beta": 100.0,
+        "tv": [],
         "num_images": 0,
     }
 
@@ -236,6 +245,7 @@ class ReluHomotopy(Attack):
         self.inits()
         if int(s["path_steps"]) < 0 or int(s["path_evals"]) < 1 or not 0 < float(s["path_beta"]) < math.inf:
             raise ConfigError(f"attack {self.name!r}: path_steps must be >= 0, path_evals >= 1, path_beta finite > 0")
+        self.tv_weights()
         for betas in self.schedules():
             if any(not 0 < b < math.inf for b in betas):
                 raise ConfigError(f"attack {self.name!r}: betas must be finite values > 0, got {s['betas']!r}")
@@ -259,6 +269,18 @@ class ReluHomotopy(Attack):
                 f"attack {self.name!r}: combine must be one of {', '.join(COMBINE)}, got {s['combine']!r}"
             )
         return [str(names[r % len(names)]) for r in range(int(s["restarts"]))]
+
+    def tv_weights(self) -> list[float]:
+        """``tv`` as a list of weights, checked (``[0.0]`` when empty: one plain L-BFGS per stage)."""
+        tv = self.settings["tv"]
+        weights = list(tv) if isinstance(tv, Sequence) and not isinstance(tv, str) else [tv]
+        try:
+            out = [float(w) for w in weights]
+        except (TypeError, ValueError):
+            out = [math.nan]
+        if not all(0 <= w < math.inf for w in out):
+            raise ConfigError(f"attack {self.name!r}: tv must be a list of finite weights >= 0, got {tv!r}")
+        return out or [0.0]
 
     def schedules(self) -> list[list[float]]:
         """The β schedules to run: ``betas`` is one list of β, or a list of such lists."""
@@ -313,11 +335,19 @@ class ReluHomotopy(Attack):
         def distance(x: Tensor, goal: Grads) -> Tensor:
             return l2_distance(one_gradient(target, x, labels), goal) / norm
 
-        def stage(x: Tensor, beta: float, steps: int, goal: Grads = target.observed) -> tuple[Tensor, int, float]:
+        def objective(x: Tensor, goal: Grads, tv: float) -> Tensor:
+            loss = distance(x, goal)
+            return loss + tv * smooth_total_variation(x, {}) if tv else loss
+
+        def stage(
+            x: Tensor, beta: float, steps: int, goal: Grads = target.observed, tv: Sequence[float] = self.tv_weights()
+        ) -> tuple[Tensor, int, float]:
             for relu in relus:
                 relu.beta = beta
-            x, used = lbfgs_budget(x, partial(distance, goal=goal), steps)
-            x = torch.nan_to_num(x, nan=(lo + hi) / 2).clamp(lo, hi)
+            used = 0
+            for weight in tv:
+                x, spent = lbfgs_budget(x, partial(objective, goal=goal, tv=weight), steps)
+                x, used = torch.nan_to_num(x, nan=(lo + hi) / 2).clamp(lo, hi), used + spent
             return x, used, float(distance(x, target.observed).detach())
 
         def gradient_at(x: Tensor, beta: float) -> Grads:
@@ -325,7 +355,7 @@ class ReluHomotopy(Attack):
                 relu.beta = beta
             return [g.detach() for g in one_gradient(target, x, labels)]
 
-        starts, used = self.starts(target, stage, gradient_at, seed)
+        starts, used = self.starts(target, partial(stage, tv=[0.0]), gradient_at, seed)
         runs = [self._schedule(betas, stage, starts, labels) for betas in self.schedules()]
         for relu in relus:
             relu.beta = math.inf
