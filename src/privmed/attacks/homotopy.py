@@ -31,7 +31,10 @@ where the β stages alone give 15.1, against a 16.2 dB floor (``bench/results/at
 ``init = "public"`` gives each image of the batch its own public image as a start (images of one label do not
 start alike). With the mean start and three public-image starts, keeping the one with the lowest loss after
 the first stage gives 20.36 dB mean on the same records, and ``combine = "mean"`` (the four runs averaged
-image to image) 20.2 dB (``docs/attacks-batch.md``); the goal there, 25 dB, is not met.
+image to image) 20.2 dB (``docs/attacks-batch.md``). ``tv`` adds a falling schedule of smoothed total variation
+(Rudin, Osher & Fatemi 1992; Charbonnier's smooth form) to every stage after the path: the path's stalls are
+wrong ReLU patterns whose images carry too much fine detail, and a strong TV pull followed by weaker ones lets the
+gradient take over again from a smoother image (``docs/attacks-batch.md``, ``bench/results/attack_image_batch4.md``).
 By default (``combine = "best"``) restarts are screened by their matching loss after the first stage
 (Geiping et al. 2020, "Inverting Gradients", NeurIPS: the restart with the lowest matching loss is kept).
 Labels come from the last layer's gradient (:mod:`privmed.attacks.labels`). The server knows the
