@@ -24,14 +24,15 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from privmed.data.base import to_torch
+from privmed.data.base import Dataset, to_torch
 from privmed.data.medmnist import load_medmnist
 from privmed.models.dcgan import build_gan
 from privmed.results import machine, write_json_atomic
 
 
-def load_discriminator(run: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The trained D of an HF-GAN run folder (``results.json`` + ``discriminator.pt``) and that run's results."""
+def load_discriminator(run: Path) -> tuple[torch.nn.Module, dict[str, Any], Dataset]:
+    """The trained D of an HF-GAN run folder (``results.json`` + ``discriminator.pt``), that run's results and
+    its dataset."""
     results = json.loads((run / "results.json").read_text())
     data, gan = results["config"]["data"], results["gan"]
     dataset = load_medmnist(data["name"], size=data["size"])
@@ -44,7 +45,7 @@ def load_discriminator(run: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         aux_classifier=gan.get("aux_weight", 0.0) > 0,
     )
     d.load_state_dict(torch.load(run / "discriminator.pt", map_location="cpu", weights_only=True))
-    return d.eval(), results
+    return d.eval(), results, dataset
 
 
 def score(d: torch.nn.Module, x: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -54,10 +55,12 @@ def score(d: torch.nn.Module, x: torch.Tensor, num_classes: int) -> np.ndarray:
 
 
 def evaluate(run: Path, splits: list[str]) -> dict[str, Any]:
-    d, results = load_discriminator(run)
-    data = results["config"]["data"]
-    dataset = load_medmnist(data["name"], size=data["size"])
-    out: dict[str, Any] = {"run": str(run), "epsilon_d": results["epsilon_discriminator"], "dataset": data["name"]}
+    d, results, dataset = load_discriminator(run)
+    out: dict[str, Any] = {
+        "run": str(run),
+        "epsilon_d": results["epsilon_discriminator"],
+        "dataset": results["config"]["data"]["name"],
+    }
     for name in splits:
         split = dataset.split(name)
         x, _ = to_torch(split, dataset.info).tensors
