@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from sklearn.metrics import f1_score, roc_auc_score
 
 from privmed.data.base import Dataset, to_torch
@@ -67,7 +68,8 @@ def evaluate(run: Path, splits: list[str]) -> dict[str, Any]:
         y = split.labels.ravel()
         s = score(d, x, dataset.info.n_labels)
         pred = s.argmax(1)
-        ranking = s[:, 1] - s[:, 0] if s.shape[1] == 2 else s
+        # two classes: D's score difference ranks; more: sklearn's one-vs-rest AUC wants scores that sum to 1
+        ranking = s[:, 1] - s[:, 0] if s.shape[1] == 2 else softmax(s, axis=1)
         out[name] = {
             "auc": float(roc_auc_score(y, ranking, multi_class="ovr") if s.shape[1] > 2 else roc_auc_score(y, ranking)),
             "accuracy": float((pred == y).mean()),
