@@ -115,6 +115,40 @@ def test_real_gradient_is_the_mean_of_clipped_per_example_gradients() -> None:
     assert float(torch.sqrt(sum((a**2).sum() for a in got))) <= 0.05 * 12 / (0.999999 * 12) + 1e-6
 
 
+def test_diffaugment_real_gradient_stays_clipped_per_example_and_the_client_round_runs(tmp_path) -> None:
+    """DiffAugment transforms each real image before its gradient is clipped: the step's norm stays within C at
+    noise 0 and differs from the unaugmented one; a whole client round with the paper's policy uploads D's shapes."""
+    _, d = _pair()
+    x, y = torch.randn(12, 1, 28, 28), torch.randint(0, 2, (12,))
+    cfg = from_dict({"privacy": {"mode": "sample", "max_grad_norm": 0.05}})
+
+    def step(policy: str) -> list[torch.Tensor]:
+        model = copy.deepcopy(d)
+        loader = DataLoader(TensorDataset(x, y), batch_size=1, generator=torch.Generator().manual_seed(0))
+        local = task.LocalTraining(
+            model,
+            torch.optim.SGD(model.parameters(), lr=1.0),
+            loader,
+            {},
+            instructions={KEY_SAMPLE_RATE: 0.999999, KEY_NOISE_SHARE: 0.0},
+        )
+        return real_gradient(D_GRADIENT_WRAPPERS["sample"](local, cfg, 0), augment=policy)
+
+    plain, augmented = step(""), step("color,translation,cutout")
+    norm = float(torch.sqrt(sum((a**2).sum() for a in augmented)))
+    assert 0 < norm <= 0.05 / 0.999999 + 1e-6
+    assert any(not torch.allclose(a, b) for a, b in zip(plain, augmented, strict=True))
+    over = ["privacy.mode='sample'", "secagg.enabled=false", "gan.diffaugment='color,translation,cutout'"]
+    cfg, gan = load_gan_config("gan-smoke", overrides=over)
+    info, split = task.client_partition(cfg, 0, cfg.data.num_clients)
+    logic = HFGANClientLogic(cfg, gan, 0, info, split, GeneratorStore(tmp_path))
+    _, d2 = new_gan(cfg, gan, info)
+    config = {"server_round": 1, KEY_TRAIN_G: True, KEY_SAMPLE_RATE: 0.1, KEY_NOISE_SHARE: 1.0}
+    upload, metrics = logic.fit(weights_of(d2), config)
+    assert [a.shape for a in upload] == [tuple(p.shape) for p in d2.parameters()]
+    assert np.isfinite(metrics["g_loss"])
+
+
 def test_auxiliary_classifier_real_gradient_clips_both_losses_together() -> None:
     """AC-GAN D (gan.aux_weight > 0): the real term's per-example gradient is that of BCE + aux * class CE, clipped
     as one vector (so the class head's gradient is inside the DP guarantee); the fake term leaves the head alone."""
@@ -220,7 +254,12 @@ def test_gan_defaults_are_the_collapse_fix() -> None:
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("gan.g_norm='layer'", "g_norm"), ("gan.d_head='sum'", "d_head"), ("gan.fake_batch=1", "fake_batch >= 2")],
+    [
+        ("gan.g_norm='layer'", "g_norm"),
+        ("gan.d_head='sum'", "d_head"),
+        ("gan.fake_batch=1", "fake_batch >= 2"),
+        ("gan.diffaugment='color,rotate'", "diffaugment.*rotate"),
+    ],
 )
 def test_bad_architecture_names_are_refused(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -56,6 +56,11 @@ class GanConfig:
     #: image (inside the clipped, noised real-image gradient) and G also minimises D's class loss on its images,
     #: so G_i is pushed to draw its label; 0: a plain projection D (Miyato & Koyama, ICLR 2018)
     aux_weight: float = 0.0
+    #: DiffAugment policy (:mod:`privmed.gan.diffaugment`, Zhao et al., NeurIPS 2020): comma-separated names of
+    #: differentiable transformations applied to every image D sees, real and G_i's, in D's and G_i's steps
+    #: ("color,translation,cutout" is the paper's for small sets); "" is none. Per-example preprocessing of a real
+    #: image before its gradient is clipped: D's DP guarantee is unchanged
+    diffaugment: str = ""
     lr_d: float = 2e-4
     lr_g: float = 2e-4
     beta1: float = 0.5
@@ -114,9 +119,11 @@ def split_gan_table(raw: dict[str, Any], *, source: str) -> tuple[dict[str, Any]
 
 
 def check_names(gan: GanConfig, *, source: str) -> None:
-    """Refuse a ``g_norm`` / ``d_head`` / ``augment_mode`` that names no registered choice (one message naming the
-    valid ones), and a BatchNorm G asked to train on batches of one image (its batch statistics need two or more)."""
+    """Refuse a ``g_norm`` / ``d_head`` / ``augment_mode`` / ``diffaugment`` that names no registered choice (one
+    message naming the valid ones), and a BatchNorm G asked to train on batches of one image (its batch statistics
+    need two or more)."""
     from privmed.gan.augment import AUGMENT_MODES
+    from privmed.gan.diffaugment import parse_policy
     from privmed.models.dcgan import D_HEADS, G_NORMS
 
     for key, choices in (("g_norm", G_NORMS), ("d_head", D_HEADS), ("augment_mode", AUGMENT_MODES)):
@@ -126,6 +133,10 @@ def check_names(gan: GanConfig, *, source: str) -> None:
                 f"[gan] {key} = {value!r} in {source} is not known; choose one of {', '.join(sorted(choices))}"
             )
     check_augment_mode(gan, source=source)
+    try:
+        parse_policy(gan.diffaugment)
+    except ValueError as exc:
+        raise ConfigError(f"[gan] diffaugment = {gan.diffaugment!r} in {source}: {exc}") from None
     if gan.g_norm == "batch" and min(gan.g_batch, gan.fake_batch) < 2:
         raise ConfigError(
             f"[gan] g_norm = 'batch' in {source} needs g_batch and fake_batch >= 2 (got {gan.g_batch}, "

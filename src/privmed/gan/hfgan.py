@@ -77,6 +77,7 @@ from privmed.federation.dp import ServerLedgerDP
 from privmed.federation.dp_distributed import KEY_NOISE_SHARE, KEY_SAMPLE_RATE, DistributedDP, distributed_dp_wrapper
 from privmed.federation.sampling import sampled_clients
 from privmed.gan.config import GanConfig
+from privmed.gan.diffaugment import diff_augment
 from privmed.models.dcgan import Discriminator, Generator, build_gan
 from privmed.privacy import make_private
 from privmed.privacy.dpsgd import poisson_loader
@@ -303,8 +304,10 @@ def train_generator(
     batch: int,
     generator: torch.Generator,
     aux_weight: float = 0.0,
+    augment: str = "",
 ) -> float:
-    """``steps`` non-saturating G steps against a frozen D (:func:`g_loss`); returns the last loss.
+    """``steps`` non-saturating G steps against a frozen D (:func:`g_loss`); returns the last loss. ``augment``: a
+    DiffAugment policy applied to G's images before D sees them (:mod:`privmed.gan.diffaugment`).
 
     ``d`` must be a plain module whose layers carry no Opacus hooks (not a grad-sample wrapper, nor the module
     inside one: Opacus hooks the layers themselves), so G's steps run none of D's per-sample hooks; the client
@@ -318,7 +321,7 @@ def train_generator(
         for _ in range(steps):
             y = uniform_labels(batch, g.num_classes, generator)
             z = torch.randn(batch, g.latent_dim, generator=generator)
-            loss = g_loss(d, g(z, y), y, aux_weight=aux_weight)
+            loss = g_loss(d, diff_augment(g(z, y), augment, generator=generator), y, aux_weight=aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -346,28 +349,37 @@ def _step_gradient(model: nn.Module, optimizer: torch.optim.Optimizer, loss: Ten
     return grads
 
 
-def real_gradient(local: task.LocalTraining, *, aux_weight: float = 0.0) -> list[Tensor]:
+def real_gradient(local: task.LocalTraining, *, aux_weight: float = 0.0, augment: str = "") -> list[Tensor]:
     """D's loss gradient on one (Poisson) batch of real images, as the (possibly wrapped) optimizer makes it.
 
     The loss is the mean BCE of D against "real" over the batch (a sum divided by the batch size, so an empty
-    Poisson batch gives a zero gradient, plus the DP noise under a DP wrapper).
+    Poisson batch gives a zero gradient, plus the DP noise under a DP wrapper). ``augment``: a DiffAugment policy
+    applied to each real image before its gradient is taken (and clipped): per-example preprocessing.
     """
     x, y = next(iter(local.loader))
+    x = diff_augment(x, augment)
     loss = d_loss(local.model, x, y, real=True, aux_weight=aux_weight).sum() / max(1, len(x))
     return _step_gradient(local.model, local.optimizer, loss)
 
 
 def fake_gradient(
-    d: nn.Module, g: Generator, *, batch: int, generator: torch.Generator, max_norm: float | None = None
+    d: nn.Module,
+    g: Generator,
+    *,
+    batch: int,
+    generator: torch.Generator,
+    max_norm: float | None = None,
+    augment: str = "",
 ) -> list[Tensor]:
     """D's loss gradient on ``batch`` images of G_i (labelled "fake"); touches no real data.
 
     ``max_norm``: clip every fake image's gradient to this L2 norm before averaging, as the real images' are
     under DP (Bie et al. 2023 clip real and fake alike), so neither term dominates D's step by scale alone.
+    ``augment``: the DiffAugment policy of the real term, applied to G_i's images too.
     """
     y = uniform_labels(batch, g.num_classes, generator)
     with torch.no_grad():
-        x = g(torch.randn(batch, g.latent_dim, generator=generator), y)
+        x = diff_augment(g(torch.randn(batch, g.latent_dim, generator=generator), y), augment, generator=generator)
     params = {k: p.detach() for k, p in d.named_parameters()}
 
     def loss_one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
@@ -501,7 +513,9 @@ class HFGANClientLogic:
         if self.gan.snapshot_every and server_round % self.gan.snapshot_every == 0:
             self.store.snapshot(self.partition_id, g, server_round)
         clip = FAKE_CLIPPING[self.cfg.privacy.mode](self.cfg)
-        fake = fake_gradient(d, g, batch=self.gan.fake_batch, generator=latent, max_norm=clip)
+        fake = fake_gradient(
+            d, g, batch=self.gan.fake_batch, generator=latent, max_norm=clip, augment=self.gan.diffaugment
+        )
         real = self._real(d, config)
         upload = [(r + f).numpy() for r, f in zip(real, fake, strict=True)]
         metrics.update({METRIC_G_STOPPED: float(status["stopped"]), "fit_seconds": time.perf_counter() - started})
@@ -513,7 +527,14 @@ class HFGANClientLogic:
         saved_g = {k: v.clone() for k, v in g.state_dict().items()}
         saved_opt = opt.state_dict()
         loss = train_generator(
-            g, opt, d, steps=self.gan.g_steps, batch=self.gan.g_batch, generator=latent, aux_weight=self.gan.aux_weight
+            g,
+            opt,
+            d,
+            steps=self.gan.g_steps,
+            batch=self.gan.g_batch,
+            generator=latent,
+            aux_weight=self.gan.aux_weight,
+            augment=self.gan.diffaugment,
         )
         if self.force_nan:
             loss = float("nan")
@@ -541,7 +562,7 @@ class HFGANClientLogic:
         optimizer = torch.optim.SGD(private_d.parameters(), lr=1.0)
         local = task.LocalTraining(private_d, optimizer, loader, {}, instructions=dict(config))
         wrapped = D_GRADIENT_WRAPPERS[self.cfg.privacy.mode](local, self.cfg, self.partition_id)
-        return real_gradient(wrapped, aux_weight=self.gan.aux_weight)
+        return real_gradient(wrapped, aux_weight=self.gan.aux_weight, augment=self.gan.diffaugment)
 
 
 # -- the server ------------------------------------------------------------------------------------
