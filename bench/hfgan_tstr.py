@@ -45,6 +45,7 @@ from privmed.data.base import to_torch
 from privmed.federation import task
 from privmed.gan.augment import concat, generate
 from privmed.gan.config import GanConfig, load_gan_config
+from privmed.gan.diffaugment import diff_augment
 from privmed.gan.hfgan import (
     GeneratorStore,
     adam,
@@ -113,6 +114,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fix-b256-300": {**FIX, "steps": 300, "batch_size": 256, "fake_batch": 26},
     # the non-private centralised reference of the three-G-step federated runs: the same 600 D steps, D:G 1, 3 G steps
     "fix-g3-600": {**FIX, "steps": 600, "g_steps": 3},
+    # the non-private ceiling of that recipe: five times as long, and with an auxiliary classifier in D
+    "fix-g3-3000": {**FIX, "steps": 3000, "g_steps": 3},
+    "fix-g3-3000-ac": {**FIX, "steps": 3000, "g_steps": 3, "aux_weight": 1.0},
+    "fix-g3-3000-per-class": {**FIX, "steps": 3000, "g_steps": 3, "per_class": True},
+    # DiffAugment (Zhao et al. 2020) on every image D sees, the paper's policy for small sets
+    "fix-g3-600-da": {**FIX, "steps": 600, "g_steps": 3, "diffaugment": "color,translation,cutout"},
+    "fix-g3-3000-da": {**FIX, "steps": 3000, "g_steps": 3, "diffaugment": "color,translation,cutout"},
+    "fix-g3-3000-da-t": {**FIX, "steps": 3000, "g_steps": 3, "diffaugment": "translation"},
     # hfgan.md's settings: D:G 2, 1 G step of 32, 80 fakes per D step, widths 32, lr 2e-4
     "base": {"steps": 500, "d_steps_per_g_step": 2, "g_batch": 32},
     "d1g1": {"steps": 500, "d_steps_per_g_step": 1, "g_batch": 64},
@@ -207,7 +216,8 @@ def dp_sigma(recipe: dict[str, Any], gan: GanConfig, n: int, args: argparse.Name
 def per_example_clipped(
     d: Any, x: torch.Tensor, y: torch.Tensor, real: bool, clip: float, aux: float
 ) -> list[torch.Tensor]:
-    """Sum over the batch of per-example gradients of D's loss (:func:`d_loss`), each clipped to L2 norm ``clip``."""
+    """Sum over the batch of per-example gradients of D's loss (:func:`d_loss`), each clipped to L2 norm ``clip``
+    (``x`` already through the recipe's DiffAugment policy, if any: per-example preprocessing)."""
     params = {k: p.detach() for k, p in d.named_parameters()}
 
     def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
@@ -226,7 +236,8 @@ def per_example_clipped(
 def d_step_dp(
     d: Any, opt: Any, real: tuple, fake: tuple, *, sigma: float, clip: float, batch: int, noise: Any, aux: float
 ) -> None:
-    """HF-GAN's D step, centrally: (clipped real sum + N(0, (sigma C)^2)) / B + mean of clipped fake gradients."""
+    """HF-GAN's D step, centrally: (clipped real sum + N(0, (sigma C)^2)) / B + mean of clipped fake gradients.
+    ``real`` and ``fake`` come through :func:`augmented` first."""
     real_sum = per_example_clipped(d, *real, True, clip, aux)
     fake_sum = per_example_clipped(d, *fake, False, clip, aux)
     opt.zero_grad(set_to_none=True)
@@ -242,6 +253,11 @@ def d_step_plain(d: Any, opt: Any, real: tuple, fake: tuple, *, aux: float) -> N
     opt.step()
 
 
+def augmented(pair: tuple, policy: str, gen: torch.Generator) -> tuple:
+    """``(images, labels)`` with the images through the DiffAugment ``policy`` (``""``: unchanged, no draws)."""
+    return (diff_augment(pair[0], policy, generator=gen), pair[1])
+
+
 def fake_labels(n: int, num_classes: int, probs: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
     """Uniform labels (HF-GAN's), or labels from the real class prior ``probs``."""
     if probs is None:
@@ -255,7 +271,8 @@ def prior_g_steps(g: Any, opt: Any, d: Any, gan: GanConfig, probs: torch.Tensor,
         p.requires_grad_(False)
     for _ in range(gan.g_steps):
         y = fake_labels(gan.g_batch, g.num_classes, probs, gen)
-        loss = g_loss(d, g(torch.randn(gan.g_batch, gan.latent_dim, generator=gen), y), y, aux_weight=gan.aux_weight)
+        x = diff_augment(g(torch.randn(gan.g_batch, gan.latent_dim, generator=gen), y), gan.diffaugment, generator=gen)
+        loss = g_loss(d, x, y, aux_weight=gan.aux_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -314,24 +331,33 @@ def train_gan(
     gen, noise = torch.Generator().manual_seed(cfg.train.seed), fresh_generator()
     n_fake = gan.fake_batch * cfg.data.num_clients
     probs = torch.bincount(y_all, minlength=info.n_labels).double() / n if prior else None
-    ema = copy.deepcopy(g)
+    ema, policy = copy.deepcopy(g), gan.diffaugment
     for step in range(steps):
         if step % gan.d_steps_per_g_step == 0 and prior:
             prior_g_steps(g, g_opt, d, gan, probs, gen)
         elif step % gan.d_steps_per_g_step == 0:
-            train_generator(g, g_opt, d, steps=gan.g_steps, batch=gan.g_batch, generator=gen, aux_weight=gan.aux_weight)
+            train_generator(
+                g,
+                g_opt,
+                d,
+                steps=gan.g_steps,
+                batch=gan.g_batch,
+                generator=gen,
+                aux_weight=gan.aux_weight,
+                augment=gan.diffaugment,
+            )
         if step % gan.d_steps_per_g_step == 0:
             update_ema(ema, g, gan.g_ema, first=step == 0)
         y_fake = fake_labels(n_fake, info.n_labels, probs, gen)
         with torch.no_grad():
-            fake = (g(torch.randn(n_fake, gan.latent_dim, generator=gen), y_fake), y_fake)
+            fake = augmented((g(torch.randn(n_fake, gan.latent_dim, generator=gen), y_fake), y_fake), policy, gen)
         if dp:
             idx = torch.nonzero(torch.rand(n, generator=noise) < gan.batch_size / n).flatten()
-            real, aux = (x_all[idx], y_all[idx]), gan.aux_weight
+            real, aux = augmented((x_all[idx], y_all[idx]), policy, gen), gan.aux_weight
             d_step_dp(d, d_opt, real, fake, sigma=sigma, clip=1.0, batch=gan.batch_size, noise=noise, aux=aux)
         else:
             idx = torch.randint(0, n, (gan.batch_size,), generator=gen)
-            d_step_plain(d, d_opt, (x_all[idx], y_all[idx]), fake, aux=gan.aux_weight)
+            d_step_plain(d, d_opt, augmented((x_all[idx], y_all[idx]), policy, gen), fake, aux=gan.aux_weight)
     return (ema if gan.g_ema > 0 else g).eval(), sigma
 
 
@@ -349,6 +375,7 @@ RECIPE_KEYS = (
     "d_head",
     "g_ema",
     "aux_weight",
+    "diffaugment",
     "d_steps_per_g_step",
     "g_steps",
     "g_batch",
@@ -428,6 +455,7 @@ def merge(name: str, others: list[str]) -> int:
     """Rows and runs of bench/results/<other>.json for every other, into bench/results/<name>.json + .md."""
     merged: dict[str, Any] = {"rows": {}, "runs": [], "sources": others, "notes": []}
     keys = ("machine", "preset", "epochs", "trtr", "trtr_old", "majority_rate", "fid_floor", "real_label_agreement")
+    keys += ("real_spread", "real_intensity", "real_train_label_agreement")
     for other in others:
         part = json.loads((RESULTS_DIR / f"{other}.json").read_text())
         merged["rows"].update(part["rows"])
