@@ -122,6 +122,13 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
         # averaged, and the longer path from the public mean alone
         "ens4-path40-tv": {**starts4, "combine": "mean", "tv": TV_SCHEDULE, "budget": 18600},
         "prior-path80-tv": {**prior, **path, "path_steps": 80, "tv": TV_SCHEDULE, "budget": 7050},
+        # batch 8 candidates (calibration record k3 first): each path step solved longer, a softer path, a stronger
+        # first TV pull
+        "prior-path40x120-tv": {**prior, **path, "path_steps": 40, "path_evals": 120, "tv": TV_SCHEDULE,
+                                "budget": 7050},
+        "prior-path40-b30-tv": {**prior, **path, "path_steps": 40, "path_beta": 30.0, "tv": TV_SCHEDULE,
+                                "budget": 4650},
+        "prior-path40-tv1": {**prior, **path, "path_steps": 40, "tv": [1.0, *TV_SCHEDULE], "budget": 5100},
         # the 80-step path from the four starts, then the TV polish (chosen on the calibration records k3-k6 over
         # best4-path40-tv, ens4-path40-tv and prior-path80-tv: eleventh session, docs/attacks-batch.md)
         "best4-path80-tv": {**starts4, "path_steps": 80, "tv": TV_SCHEDULE, "budget": 23700},

@@ -121,7 +121,6 @@ RECIPES: dict[str, dict[str, Any]] = {
     # DiffAugment (Zhao et al. 2020) on every image D sees, the paper's policy for small sets
     "fix-g3-600-da": {**FIX, "steps": 600, "g_steps": 3, "diffaugment": "color,translation,cutout"},
     "fix-g3-3000-da": {**FIX, "steps": 3000, "g_steps": 3, "diffaugment": "color,translation,cutout"},
-    "fix-g3-3000-da-t": {**FIX, "steps": 3000, "g_steps": 3, "diffaugment": "translation"},
     # hfgan.md's settings: D:G 2, 1 G step of 32, 80 fakes per D step, widths 32, lr 2e-4
     "base": {"steps": 500, "d_steps_per_g_step": 2, "g_batch": 32},
     "d1g1": {"steps": 500, "d_steps_per_g_step": 1, "g_batch": 64},
@@ -331,7 +330,7 @@ def train_gan(
     gen, noise = torch.Generator().manual_seed(cfg.train.seed), fresh_generator()
     n_fake = gan.fake_batch * cfg.data.num_clients
     probs = torch.bincount(y_all, minlength=info.n_labels).double() / n if prior else None
-    ema, policy = copy.deepcopy(g), gan.diffaugment
+    ema, policy = copy.deepcopy(g), gan.diffaugment  # DiffAugment's policy ("": none)
     for step in range(steps):
         if step % gan.d_steps_per_g_step == 0 and prior:
             prior_g_steps(g, g_opt, d, gan, probs, gen)
@@ -344,7 +343,7 @@ def train_gan(
                 batch=gan.g_batch,
                 generator=gen,
                 aux_weight=gan.aux_weight,
-                augment=gan.diffaugment,
+                augment=policy,
             )
         if step % gan.d_steps_per_g_step == 0:
             update_ema(ema, g, gan.g_ema, first=step == 0)
