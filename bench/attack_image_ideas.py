@@ -438,7 +438,7 @@ the load shown, so they compare only with rows of similar load.
   label) gains nothing from the longer path (22.23 against 22.88). Batch 8 on calibration record k3: 17.25 against
   17.80 for `prior-path40-tv`, so the longer path was not run on the table's batch-8 records; five other batch-8
   candidates on k3 reached at most 18.95 dB (`prior-path40x240-tv`, 240 evaluations a path step; the calibration
-  report), 3 dB short of the 22 dB goal.
+  report), 3 dB short of the 22 dB goal, and that one gave 16.84 on k0 here (`prior-path40-tv` 17.41; stopped after k0).
 - **Batch 4 is off the floor on two of three records, not on the third.** With the 80-step path: k0 22.4 dB
   (floor 15.7), k1 19.9 (17.2), k2 14.6 (15.7). Mean 18.9 dB (19.1 with 40 steps) against a mean floor of
   16.2 and breaching's 11.5 on the same records. The goal (25 dB) is not met. The attack's defaults stay
