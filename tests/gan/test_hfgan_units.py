@@ -79,11 +79,9 @@ def test_client_round_trains_g_then_uploads_a_d_gradient(tmp_path) -> None:
     assert any(not np.allclose(a, b) for a, b in zip(upload, upload2, strict=True))
 
 
-def test_real_gradient_is_the_mean_of_clipped_per_example_gradients() -> None:
-    """With the noise share set to 0 the wrapped step is exactly sum(clip(g_j)) / (q n): the clipping part."""
-    _, d = _pair()
-    x, y = torch.randn(12, 1, 28, 28), torch.randint(0, 2, (12,))
-    cfg = from_dict({"privacy": {"mode": "sample", "max_grad_norm": 0.05}})
+def _clipping_only(d: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float) -> task.LocalTraining:
+    """D's real-image step under the ``"sample"`` wrapper at q ~ 1 and noise share 0: only the clipping acts."""
+    cfg = from_dict({"privacy": {"mode": "sample", "max_grad_norm": max_grad_norm}})
     loader = DataLoader(TensorDataset(x, y), batch_size=1, generator=torch.Generator().manual_seed(0))
     local = task.LocalTraining(
         d,
@@ -92,9 +90,16 @@ def test_real_gradient_is_the_mean_of_clipped_per_example_gradients() -> None:
         {},
         instructions={KEY_SAMPLE_RATE: 0.999999, KEY_NOISE_SHARE: 0.0},
     )
+    return D_GRADIENT_WRAPPERS["sample"](local, cfg, 0)
+
+
+def test_real_gradient_is_the_mean_of_clipped_per_example_gradients() -> None:
+    """With the noise share set to 0 the wrapped step is exactly sum(clip(g_j)) / (q n): the clipping part."""
+    _, d = _pair()
+    x, y = torch.randn(12, 1, 28, 28), torch.randint(0, 2, (12,))
     clone = build_gan(channels=1, size=28, num_classes=2, latent_dim=8, g_width=8, d_width=8)[1]
     clone.load_state_dict(d.state_dict())
-    wrapped = D_GRADIENT_WRAPPERS["sample"](local, cfg, 0)
+    wrapped = _clipping_only(d, x, y, 0.05)
     got = real_gradient(wrapped)
     # reference: per-example gradients of the real loss, clipped to C, summed, divided by the expected batch q n
     batch_x, batch_y = next(iter(wrapped.loader))  # not used (Poisson draw differs); recompute on all 12 examples
@@ -120,19 +125,9 @@ def test_diffaugment_real_gradient_stays_clipped_per_example_and_the_client_roun
     noise 0 and differs from the unaugmented one; a whole client round with the paper's policy uploads D's shapes."""
     _, d = _pair()
     x, y = torch.randn(12, 1, 28, 28), torch.randint(0, 2, (12,))
-    cfg = from_dict({"privacy": {"mode": "sample", "max_grad_norm": 0.05}})
 
     def step(policy: str) -> list[torch.Tensor]:
-        model = copy.deepcopy(d)
-        loader = DataLoader(TensorDataset(x, y), batch_size=1, generator=torch.Generator().manual_seed(0))
-        local = task.LocalTraining(
-            model,
-            torch.optim.SGD(model.parameters(), lr=1.0),
-            loader,
-            {},
-            instructions={KEY_SAMPLE_RATE: 0.999999, KEY_NOISE_SHARE: 0.0},
-        )
-        return real_gradient(D_GRADIENT_WRAPPERS["sample"](local, cfg, 0), augment=policy)
+        return real_gradient(_clipping_only(copy.deepcopy(d), x, y, 0.05), augment=policy)
 
     plain, augmented = step(""), step("color,translation,cutout")
     norm = float(torch.sqrt(sum((a**2).sum() for a in augmented)))
@@ -155,17 +150,8 @@ def test_auxiliary_classifier_real_gradient_clips_both_losses_together() -> None
     torch.manual_seed(0)
     g, d = build_gan(channels=1, size=28, num_classes=2, latent_dim=8, g_width=8, d_width=8, aux_classifier=True)
     x, y = torch.randn(6, 1, 28, 28), torch.tensor([0, 1, 0, 1, 1, 0])
-    cfg = from_dict({"privacy": {"mode": "sample", "max_grad_norm": 0.05}})
     clone = copy.deepcopy(d)
-    loader = DataLoader(TensorDataset(x, y), batch_size=1, generator=torch.Generator().manual_seed(0))
-    local = task.LocalTraining(
-        d,
-        torch.optim.SGD(d.parameters(), lr=1.0),
-        loader,
-        {},
-        instructions={KEY_SAMPLE_RATE: 0.999999, KEY_NOISE_SHARE: 0.0},
-    )
-    got = real_gradient(D_GRADIENT_WRAPPERS["sample"](local, cfg, 0), aux_weight=2.0)
+    got = real_gradient(_clipping_only(d, x, y, 0.05), aux_weight=2.0)
     total = [torch.zeros_like(p) for p in clone.parameters()]
     for j in range(6):
         logit, classes = clone(x[j : j + 1], y[j : j + 1], with_classes=True)
