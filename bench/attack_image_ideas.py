@@ -137,6 +137,10 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
         # the 80-step path from the four starts, then the TV polish (chosen on the calibration records k3-k6 over
         # best4-path40-tv, ens4-path40-tv and prior-path80-tv: eleventh session, docs/attacks-batch.md)
         "best4-path80-tv": {**starts4, "path_steps": 80, "tv": TV_SCHEDULE, "budget": 23700},
+        # batch 8 (twelfth session): the multiscale attack's images as the start of the path (each image its own,
+        # low frequencies matched to the gradient) instead of the public mean; multiscale's public set (val+test)
+        "ms-path40-tv": {**hom, **path, "init": "multiscale", "prior": "breastmnist:val+test", "path_steps": 40,
+                         "tv": TV_SCHEDULE, "budget": 4850},
     }  # fmt: skip
 
 

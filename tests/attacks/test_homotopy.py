@@ -11,7 +11,7 @@ from torch import nn
 from privmed.attacks import load_families
 from privmed.attacks.base import REGULARIZERS, get_attack
 from privmed.attacks.cases import make_case
-from privmed.attacks.homotopy import SmoothReLU, smooth_relus
+from privmed.attacks.smoothing import SmoothReLU, smooth_relus
 from privmed.errors import ConfigError
 from privmed.metrics.reconstruction import score
 from privmed.models.convnet import ConvNetSmall
@@ -126,11 +126,12 @@ def test_prior_start_refuses_the_training_split() -> None:
 def test_public_start_draws_a_different_public_image_for_each_image() -> None:
     """``init = "public"``: each image of the batch starts from its own public image (plus 5 % noise), so images
     of one label do not start alike as they do from the public mean."""
-    from privmed.attacks.homotopy import STARTS
+    from privmed.attacks.homotopy import STARTS, StartContext
     from privmed.attacks.public import public_set
 
     public = public_set("phantom:val", "", (1, 28, 28))[0]
-    x = STARTS["public"]((3, 1, 28, 28), -1.0, 1.0, torch.Generator().manual_seed(0), 0.5, public)
+    ctx = StartContext((3, 1, 28, 28), -1.0, 1.0, torch.Generator().manual_seed(0), 0.5, public, None, None)
+    x = STARTS["public"](ctx)
     nearest = torch.cdist(x.flatten(1), public.double().flatten(1)).argmin(1)
     assert len(set(nearest.tolist())) == 3  # three different public images
     assert float((x - public.double()[nearest]).std()) == pytest.approx(0.1, rel=0.1)  # 5 % of the range [-1, 1]
@@ -164,3 +165,33 @@ def test_an_ensemble_of_public_starts_reconstructs_above_the_floor():
     metrics = score(rec.inputs, case.inputs, input_range=(-1, 1), mean_image=case.mean_image)
     assert metrics["psnr"]["mean"] > metrics["floor_psnr"]["mean"] + 1.5, metrics
     assert len(rec.info["member_losses"]) == 2 and rec.inputs.shape == (2, 1, 28, 28)
+
+
+def test_multiscale_start_gives_each_image_its_own_start_and_counts_its_evaluations() -> None:
+    """``init = "multiscale"``: the start is the multiscale attack's images (public mean plus a few public principal
+    components matched to the gradient), different for every image, unlike the mean start; its gradient evaluations
+    count into the attack's total."""
+    from privmed.attacks.homotopy import STARTS, StartContext
+    from privmed.attacks.labels import recover_labels
+    from privmed.attacks.optimization import as_double
+    from privmed.attacks.public import public_set
+    from privmed.attacks.target import target_from_record
+
+    case = make_case("convnet-small", batch_size=4, **PHANTOM)
+    narrow = target_from_record(case.record)
+    labels = torch.as_tensor(recover_labels(narrow), dtype=torch.long)
+    target = as_double(narrow)
+    smooth_relus(target.model)
+    target.model.requires_grad_(False)
+    public = public_set("phantom:val+test", "", (1, 28, 28))[0]
+    ctx = StartContext((4, 1, 28, 28), -1.0, 1.0, torch.Generator().manual_seed(0), 0.5, public, target, labels)
+    x = STARTS["multiscale"](ctx)
+    assert x.shape == (4, 1, 28, 28) and x.dtype == torch.float64
+    off_mean = (x - public.double().mean(0)).flatten(1).norm(dim=1)
+    assert bool((off_mean > 0.1).all())  # every image moved off the public mean
+    assert float(torch.pdist(x.flatten(1)).min()) > 0.1  # and no two images start alike
+    assert ctx.spent[0] > 0
+    rec = get_attack(
+        "relu-homotopy", init="multiscale", prior="phantom:val+test", betas=[], final_steps=5
+    ).run(case.record, seed=0)
+    assert rec.info["evaluations"] > ctx.spent[0]  # the start's search is counted, then the 5 L-BFGS evaluations

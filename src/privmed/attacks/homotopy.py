@@ -47,20 +47,22 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from privmed.attacks.base import Attack, Reconstruction, register_attack
 from privmed.attacks.labels import check_batch_size, recover_labels
+from privmed.attacks.multiscale import Multiscale
 from privmed.attacks.optimization import Grads, as_double, l2_distance, one_gradient
 from privmed.attacks.public import public_set
 from privmed.attacks.record import UpdateRecord
 from privmed.attacks.regularizers import smooth_total_variation
+from privmed.attacks.smoothing import SmoothReLU, lbfgs_budget, smooth_relus
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
 from privmed.metrics.matching import align
@@ -73,99 +75,80 @@ Stage = Callable[..., tuple[Tensor, int, float]]
 GradientAt = Callable[[Tensor, float], Grads]
 
 
-def _randn_start(
-    shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator, scale: float, public: Tensor | None
-) -> Tensor:
-    """Gaussian noise of ``scale`` half-widths around the middle of the input range."""
-    return (lo + hi) / 2 + scale * (hi - lo) / 2 * torch.randn(shape, generator=gen, dtype=torch.float64)
+@dataclass(frozen=True)
+class StartContext:
+    """What a start may use: the batch's ``shape`` and input range ``[lo, hi]``, the attack's generator ``gen``,
+    ``init_scale``, the public images ``(N, C, H, W)`` of ``prior`` (or ``None``), and the float64 ``target`` with
+    its recovered ``labels`` (a start that matches the gradient itself, as ``multiscale``)."""
+
+    shape: tuple[int, ...]
+    lo: float
+    hi: float
+    gen: torch.Generator
+    scale: float
+    public: Tensor | None
+    target: AttackTarget
+    labels: Tensor
+    #: gradient evaluations a start spent (``multiscale``'s), counted into the attack's total
+    spent: list[int] = field(default_factory=lambda: [0])
+
+    def needs_public(self, name: str) -> Tensor:
+        """The public images, or a ConfigError naming the setting that ``init = name`` needs."""
+        if self.public is None:
+            raise ConfigError(f"init {name!r} needs the setting prior = '<dataset>:<split>' (public images)")
+        return self.public.double()
+
+    def noise(self) -> Tensor:
+        """Gaussian noise of 5 % of the input range (the public starts' jitter)."""
+        return 0.05 * (self.hi - self.lo) * torch.randn(self.shape, generator=self.gen, dtype=torch.float64)
 
 
-def _prior_start(
-    shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator, scale: float, public: Tensor | None
-) -> Tensor:
-    """The public mean image plus Gaussian noise of 5 % of the input range (``scale`` is not used)."""
-    if public is None:
-        raise ConfigError("init 'prior' needs the setting prior = '<dataset>:<split>' (public images)")
-    return public.mean(0).double().expand(shape) + _noise(shape, lo, hi, gen)
+def _randn_start(ctx: StartContext) -> Tensor:
+    """Gaussian noise of ``init_scale`` half-widths around the middle of the input range."""
+    lo, hi = ctx.lo, ctx.hi
+    return (lo + hi) / 2 + ctx.scale * (hi - lo) / 2 * torch.randn(ctx.shape, generator=ctx.gen, dtype=torch.float64)
 
 
-def _public_start(
-    shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator, scale: float, public: Tensor | None
-) -> Tensor:
+def _prior_start(ctx: StartContext) -> Tensor:
+    """The public mean image plus Gaussian noise of 5 % of the input range (``init_scale`` is not used)."""
+    return ctx.needs_public("prior").mean(0).expand(ctx.shape) + ctx.noise()
+
+
+def _public_start(ctx: StartContext) -> Tensor:
     """A different public image for every image of the batch (drawn by ``gen``) plus Gaussian noise of 5 % of
-    the input range: unlike the mean start, images of one label do not start alike (``scale`` is not used)."""
-    if public is None:
-        raise ConfigError("init 'public' needs the setting prior = '<dataset>:<split>' (public images)")
-    n = shape[0]
-    draw = torch.randperm(len(public), generator=gen)[:n]
+    the input range: unlike the mean start, images of one label do not start alike (``init_scale`` is not used)."""
+    public = ctx.needs_public("public")
+    n = ctx.shape[0]
+    draw = torch.randperm(len(public), generator=ctx.gen)[:n]
     if len(draw) < n:  # fewer public images than the batch: draw with replacement
-        draw = torch.randint(len(public), (n,), generator=gen)
-    return public.double()[draw] + _noise(shape, lo, hi, gen)
+        draw = torch.randint(len(public), (n,), generator=ctx.gen)
+    return public[draw] + ctx.noise()
 
 
-def _noise(shape: tuple[int, ...], lo: float, hi: float, gen: torch.Generator) -> Tensor:
-    """Gaussian noise of 5 % of the input range (the public starts' jitter)."""
-    return 0.05 * (hi - lo) * torch.randn(shape, generator=gen, dtype=torch.float64)
+def _multiscale_start(ctx: StartContext) -> Tensor:
+    """The :mod:`privmed.attacks.multiscale` attack's images (its defaults: each image the public mean plus a few
+    public principal components, found by per-image random search on the ReLU network's gradient, then shrunk
+    towards the public mean): every image starts different and with the batch's low frequencies roughly right,
+    where the mean start gives all images of one label the same start (``docs/attacks-batch.md``, batch 8)."""
+    public = ctx.needs_public("multiscale")
+    relus = [m for m in ctx.target.model.modules() if isinstance(m, SmoothReLU)]
+    seed = int(torch.randint(2**31 - 1, (1,), generator=ctx.gen))
+    attack = Multiscale()
+    x, info = attack.invert(ctx.target, relus, ctx.labels, public, seed)
+    ctx.spent[0] += int(info["evaluations"])
+    mean = public.mean(0)
+    return mean + float(attack.settings["shrink"]) * (x - mean)
 
 
-#: ``init`` name -> ``(shape, low, high, generator, init_scale, public images (N, C, H, W) or None) -> start``
-STARTS: dict[str, Callable[..., Tensor]] = {"randn": _randn_start, "prior": _prior_start, "public": _public_start}
-
-
-class SmoothReLU(nn.Module):
-    """``softplus(β z) / β`` (``ReLU`` when ``beta`` is infinite); ``beta`` is set between stages."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.beta = math.inf
-
-    def forward(self, z: Tensor) -> Tensor:
-        return F.relu(z) if math.isinf(self.beta) else F.softplus(z, beta=self.beta)
-
-
-def smooth_relus(model: nn.Module) -> list[SmoothReLU]:
-    """Replace every ``nn.ReLU`` of ``model`` (in place) by a :class:`SmoothReLU`; the replacements."""
-    swapped: list[SmoothReLU] = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.ReLU):
-            parent_name, _, child = name.rpartition(".")
-            smooth = SmoothReLU()
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, smooth)
-            swapped.append(smooth)
-    return swapped
-
-
-def _closure(
-    opt: torch.optim.LBFGS, x: Tensor, objective: Callable[[Tensor], Tensor], count: list[int]
-) -> Callable[[], Tensor]:
-    """The L-BFGS closure: one evaluation of ``objective`` and its gradient, counted in ``count[0]``."""
-
-    def closure() -> Tensor:
-        count[0] += 1
-        opt.zero_grad(set_to_none=True)
-        value = objective(x)
-        value.backward(inputs=[x])
-        return value
-
-    return closure
-
-
-def lbfgs_budget(x: Tensor, objective: Callable[[Tensor], Tensor], evaluations: int) -> tuple[Tensor, int]:
-    """Minimise ``objective`` from ``x`` with L-BFGS (strong Wolfe), restarting its memory when it stops
-    early, until about ``evaluations`` objective evaluations are spent (a line search may overrun by up to
-    25) or it stalls; ``(x, evaluations used)``."""
-    x = x.detach().clone().requires_grad_(True)
-    count = [0]
-    while count[0] < evaluations:
-        opt = torch.optim.LBFGS(
-            [x], lr=1.0, max_iter=evaluations, max_eval=evaluations - count[0], history_size=100,
-            tolerance_grad=1e-16, tolerance_change=1e-20, line_search_fn="strong_wolfe",
-        )  # fmt: skip
-        before = count[0]
-        opt.step(_closure(opt, x, objective, count))
-        if count[0] - before < 3 or not bool(torch.isfinite(x).all()):
-            break
-    return x.detach(), count[0]
+#: ``init`` name -> ``(StartContext) -> start (B, C, H, W) float64``
+STARTS: dict[str, Callable[[StartContext], Tensor]] = {
+    "randn": _randn_start,
+    "prior": _prior_start,
+    "public": _public_start,
+    "multiscale": _multiscale_start,
+}
+#: the starts that need public images (the ``prior`` setting)
+PUBLIC_STARTS = ("prior", "public", "multiscale")
 
 
 @register_attack
@@ -193,10 +176,12 @@ class ReluHomotopy(Attack):
         different places, so that their errors partly cancel (``bench/results/attack_image_batch4.md``).
     init
         The start: ``"randn"`` (Gaussian noise of ``init_scale``), ``"prior"`` (the mean of public images of
-        the same modality, ``prior``, plus noise of 5 % of the input range: the floor's knowledge) or
+        the same modality, ``prior``, plus noise of 5 % of the input range: the floor's knowledge),
         ``"public"`` (a different public image per image, plus the same noise: images of one label then do
-        not start alike). A list of names is one per start, in turn (``["prior", "public"]`` with
-        ``restarts = 4``: the mean start, then three draws of public images).
+        not start alike) or ``"multiscale"`` (the :mod:`privmed.attacks.multiscale` attack's images from the
+        ``prior`` public images: each image the public mean plus a few principal components that match the
+        gradient, different per image). A list of names is one per start, in turn (``["prior", "public"]``
+        with ``restarts = 4``: the mean start, then three draws of public images).
     prior
         ``"<dataset>:<split>"`` of the public images ``init = "prior"`` or ``"public"`` starts from (e.g.
         ``"breastmnist:val"``; the training split is refused).
@@ -260,11 +245,11 @@ class ReluHomotopy(Attack):
         s = self.settings
         init = s["init"]
         names = list(init) if isinstance(init, Sequence) and not isinstance(init, str) else [init]
-        public = any(n in ("prior", "public") for n in names)
+        public = any(n in PUBLIC_STARTS for n in names)
         if not names or any(not isinstance(n, str) or n not in STARTS for n in names) or (public and not s["prior"]):
             raise ConfigError(
-                f"attack {self.name!r}: init must be one of {', '.join(STARTS)} or a list of them, and init 'prior' "
-                f"or 'public' needs the setting prior = '<dataset>:<split>' of public images, got "
+                f"attack {self.name!r}: init must be one of {', '.join(STARTS)} or a list of them, and init "
+                f"{' / '.join(PUBLIC_STARTS)} needs the setting prior = '<dataset>:<split>' of public images, got "
                 f"init={s['init']!r}, prior={s['prior']!r}"
             )
         if s["combine"] not in COMBINE:
@@ -358,7 +343,7 @@ class ReluHomotopy(Attack):
                 relu.beta = beta
             return [g.detach() for g in one_gradient(target, x, labels)]
 
-        starts, used = self.starts(target, partial(stage, tv=[0.0]), gradient_at, seed)
+        starts, used = self.starts(target, labels, partial(stage, tv=[0.0]), gradient_at, seed)
         runs = [self._schedule(betas, stage, starts, labels) for betas in self.schedules()]
         for relu in relus:
             relu.beta = math.inf
@@ -371,7 +356,7 @@ class ReluHomotopy(Attack):
         return x, {**info, "matching_loss": finals[pick], "schedule_losses": finals, "schedule": pick}
 
     def starts(
-        self, target: AttackTarget, stage: Stage, gradient_at: GradientAt, seed: int | None
+        self, target: AttackTarget, labels: Tensor, stage: Stage, gradient_at: GradientAt, seed: int | None
     ) -> tuple[list[Tensor], int]:
         """The ``restarts`` starts (``init``), each moved along the target path when ``path_steps > 0``;
         ``(starts, evaluations spent)``."""
@@ -381,14 +366,14 @@ class ReluHomotopy(Attack):
         shape = (target.num_images, *target.input_shape)
         inits = self.inits()
         public = None
-        if s["prior"] and {"prior", "public"} & set(inits):
+        if s["prior"] and set(PUBLIC_STARTS) & set(inits):
             public = public_set(str(s["prior"]), "", target.input_shape, default_splits=("val",))[0]
-        scale = float(s["init_scale"])
-        starts = [STARTS[name](shape, lo, hi, gen, scale, public).clamp(lo, hi) for name in inits]
+        ctx = StartContext(shape, lo, hi, gen, float(s["init_scale"]), public, target, labels)
+        starts = [STARTS[name](ctx).clamp(lo, hi) for name in inits]
         if int(s["path_steps"]) == 0:
-            return starts, 0
+            return starts, ctx.spent[0]
         moved = [self.target_path(x0, target.observed, stage, gradient_at) for x0 in starts]
-        return [x for x, _ in moved], sum(u for _, u in moved)
+        return [x for x, _ in moved], ctx.spent[0] + sum(u for _, u in moved)
 
     def target_path(self, x0: Tensor, observed: Grads, stage: Stage, gradient_at: GradientAt) -> tuple[Tensor, int]:
         """Follow the goal ``(1 - t) g(x0) + t g*`` from ``t = 0`` (solved by ``x0`` itself) to ``t = 1`` (the

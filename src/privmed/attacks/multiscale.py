@@ -26,7 +26,7 @@ At 7x7 fields and batch 32 that is 1,568 unknowns against 62,018 gradient equati
 every parameter tensor's relative L2 error weighted alike):
 
 - ``lbfgs``: float64 L-BFGS (strong Wolfe) on the coefficients, through the attacker's copy of the network
-  with every ``nn.ReLU`` smoothed to ``softplus(β z)/β`` (:func:`privmed.attacks.homotopy.smooth_relus`;
+  with every ``nn.ReLU`` smoothed to ``softplus(β z)/β`` (:func:`privmed.attacks.smoothing.smooth_relus`;
   β per stage, ``inf`` = the true ReLU), with an optional L2 pull towards the public mean and a box penalty;
 - ``search``: per-image random search. The gradient of a batch-mean loss is the mean of per-image gradients,
   so changing image ``i`` changes one term: each sweep tries ``candidates`` random perturbations of every
@@ -62,11 +62,11 @@ from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
 from privmed.attacks.base import Attack, Reconstruction, register_attack
-from privmed.attacks.homotopy import SmoothReLU, lbfgs_budget, smooth_relus
 from privmed.attacks.labels import check_batch_size, recover_labels
 from privmed.attacks.optimization import OBJECTIVES, as_double, one_gradient
 from privmed.attacks.public import public_set
 from privmed.attacks.record import UpdateRecord
+from privmed.attacks.smoothing import SmoothReLU, lbfgs_budget, smooth_relus
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.errors import ConfigError
 from privmed.metrics.matching import align
