@@ -37,6 +37,9 @@ wrong ReLU patterns whose images carry too much fine detail, and a strong TV pul
 gradient take over again from a smoother image (``docs/attacks-batch.md``, ``bench/results/attack_image_batch4.md``).
 By default (``combine = "best"``) restarts are screened by their matching loss after the first stage
 (Geiping et al. 2020, "Inverting Gradients", NeurIPS: the restart with the lowest matching loss is kept).
+``init = "multiscale"`` starts the path from the :mod:`privmed.attacks.multiscale` attack's images instead (every
+image its own start, its low frequencies matched to the gradient): at batch 8 the mean start gives the several images
+of one label the same start, and the multiscale start lifts every calibration record (``docs/attacks-batch.md``).
 Labels come from the last layer's gradient (:mod:`privmed.attacks.labels`). The server knows the
 architecture, so smoothing its own copy is fair; nothing about the client changes.
 """
