@@ -191,7 +191,7 @@ def test_multiscale_start_gives_each_image_its_own_start_and_counts_its_evaluati
     assert bool((off_mean > 0.1).all())  # every image moved off the public mean
     assert float(torch.pdist(x.flatten(1)).min()) > 0.1  # and no two images start alike
     assert ctx.spent[0] > 0
-    rec = get_attack(
-        "relu-homotopy", init="multiscale", prior="phantom:val+test", betas=[], final_steps=5
-    ).run(case.record, seed=0)
+    rec = get_attack("relu-homotopy", init="multiscale", prior="phantom:val+test", betas=[], final_steps=5).run(
+        case.record, seed=0
+    )
     assert rec.info["evaluations"] > ctx.spent[0]  # the start's search is counted, then the 5 L-BFGS evaluations
