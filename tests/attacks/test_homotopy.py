@@ -195,3 +195,5 @@ def test_multiscale_start_gives_each_image_its_own_start_and_counts_its_evaluati
         case.record, seed=0
     )
     assert rec.info["evaluations"] > ctx.spent[0]  # the start's search is counted, then the 5 L-BFGS evaluations
+    with pytest.raises(ConfigError, match="prior"):  # no public images named: refused before any work
+        get_attack("relu-homotopy", init="multiscale")

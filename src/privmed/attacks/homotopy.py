@@ -186,8 +186,8 @@ class ReluHomotopy(Attack):
         gradient, different per image). A list of names is one per start, in turn (``["prior", "public"]``
         with ``restarts = 4``: the mean start, then three draws of public images).
     prior
-        ``"<dataset>:<split>"`` of the public images ``init = "prior"`` or ``"public"`` starts from (e.g.
-        ``"breastmnist:val"``; the training split is refused).
+        ``"<dataset>:<split>"`` of the public images ``init = "prior"``, ``"public"`` or ``"multiscale"`` starts
+        from (e.g. ``"breastmnist:val"`` or ``"breastmnist:val+test"``; the training split is refused).
     init_scale
         Standard deviation of the random start (centred in the input range, in units of half its width).
     path_steps
