@@ -460,7 +460,7 @@ the load shown, so they compare only with rows of similar load.
   `ens3ms-path40-tv` k0 17.38 / k1 21.66 / k2 17.90, **mean 18.98 dB**, and `ms-path40-tv` 17.58 / 21.50 / 17.02
   (18.70), against 17.73 for `prior-path40-tv`, a 16.12 dB floor and breaching's 15.51: +1.3 dB, the best batch-8
   row, 3 dB short of the 22 dB goal. k1 reaches it (21.7); k0 and k2 stay within 1.3-2.2 dB of their floors
-  whatever the start. Why the starts matter, and why the polish cannot do more than ~22-23 dB at batch 8 even from
+  whatever the start. Why the starts matter, and why the polish cannot do more than ~20-23 dB at batch 8 even from
   the truth plus noise: docs/attacks-batch.md.
 - **Batch 4 is off the floor on two of three records, not on the third.** With the 80-step path: k0 22.4 dB
   (floor 15.7), k1 19.9 (17.2), k2 14.6 (15.7). Mean 18.9 dB (19.1 with 40 steps) against a mean floor of
