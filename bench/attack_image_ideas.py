@@ -93,6 +93,8 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
     path = {"path_beta": 100.0, "path_evals": 60, "betas": [300.0, 1000.0]}
     # the 40-step path from four starts: the public mean, then three sets of public images
     starts4 = {**prior, **path, "path_steps": 40, "init": ["prior", "public"], "restarts": 4}
+    # the 40-step path and the TV polish from the multiscale attack's images (its public set, val+test)
+    ms40 = {**hom, **path, "init": "multiscale", "prior": "breastmnist:val+test", "path_steps": 40, "tv": TV_SCHEDULE}
     return {
         "default": {**hom, "budget": 2250},
         "prior": {**prior, "betas": [30.0, 100.0, 300.0, 1000.0], "budget": 750},
@@ -139,12 +141,9 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
         "best4-path80-tv": {**starts4, "path_steps": 80, "tv": TV_SCHEDULE, "budget": 23700},
         # batch 8 (twelfth session): the multiscale attack's images as the start of the path (each image its own,
         # low frequencies matched to the gradient) instead of the public mean; multiscale's public set (val+test)
-        "ms-path40-tv": {**hom, **path, "init": "multiscale", "prior": "breastmnist:val+test", "path_steps": 40,
-                         "tv": TV_SCHEDULE, "budget": 4850},
-        "ens3ms-path40-tv": {**hom, **path, "init": "multiscale", "prior": "breastmnist:val+test", "path_steps": 40,
-                             "tv": TV_SCHEDULE, "restarts": 3, "combine": "mean", "budget": 14550},
-        "ms-path80-tv": {**hom, **path, "init": "multiscale", "prior": "breastmnist:val+test", "path_steps": 80,
-                         "tv": TV_SCHEDULE, "budget": 7250},
+        "ms-path40-tv": {**ms40, "budget": 4850},
+        "ens3ms-path40-tv": {**ms40, "restarts": 3, "combine": "mean", "budget": 14550},
+        "ms-path80-tv": {**ms40, "path_steps": 80, "budget": 7250},
     }  # fmt: skip
 
 

@@ -136,11 +136,9 @@ def _multiscale_start(ctx: StartContext) -> Tensor:
     public = ctx.needs_public("multiscale")
     relus = [m for m in ctx.target.model.modules() if isinstance(m, SmoothReLU)]
     seed = int(torch.randint(2**31 - 1, (1,), generator=ctx.gen))
-    attack = Multiscale()
-    x, info = attack.invert(ctx.target, relus, ctx.labels, public, seed)
+    x, info = Multiscale().estimate(ctx.target, relus, ctx.labels, public, seed)
     ctx.spent[0] += int(info["evaluations"])
-    mean = public.mean(0)
-    return mean + float(attack.settings["shrink"]) * (x - mean)
+    return x
 
 
 #: ``init`` name -> ``(StartContext) -> start (B, C, H, W) float64``

@@ -331,10 +331,8 @@ class Multiscale(Attack):
         if not relus and any(math.isfinite(b) for b in self.betas):
             raise ConfigError(f"attack {self.name!r} smooths nn.ReLU modules and this model has none; set betas = inf")
         wide.model.requires_grad_(False)
-        x, info = self.ensemble(wide, relus, labels, public.double(), seed)
+        x, info = self.estimate(wide, relus, labels, public.double(), seed)
         lo, hi = target.input_range
-        mean = public.double().mean(0)
-        x = mean + float(self.settings["shrink"]) * (x - mean)
         return Reconstruction(
             inputs=x.clamp(lo, hi).float().numpy(),
             labels=labels.numpy().astype(np.int64),
@@ -360,6 +358,15 @@ class Multiscale(Attack):
             return loss
 
         return value
+
+    def estimate(
+        self, target: AttackTarget, relus: list[SmoothReLU], labels: Tensor, public: Tensor, seed: int | None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        """The attack's images before clamping: :meth:`ensemble`, then the deviation from the public mean shrunk by
+        ``shrink`` (float64 ``target`` whose ReLUs are ``relus``; also ``relu-homotopy``'s ``multiscale`` start)."""
+        x, info = self.ensemble(target, relus, labels, public, seed)
+        mean = public.mean(0)
+        return mean + float(self.settings["shrink"]) * (x - mean), info
 
     def ensemble(
         self, target: AttackTarget, relus: list[SmoothReLU], labels: Tensor, public: Tensor, seed: int | None
