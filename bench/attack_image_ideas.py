@@ -144,6 +144,9 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
         "ms-path40-tv": {**ms40, "budget": 4850},
         "ens3ms-path40-tv": {**ms40, "restarts": 3, "combine": "mean", "budget": 14550},
         "ms-path80-tv": {**ms40, "path_steps": 80, "budget": 7250},
+        # fourteenth session: six multiscale starts, each through the path and the TV polish, the lowest final
+        # matching loss kept (combine = "final"; attack_image_blend.md: the final loss picked the best of three runs)
+        "best6ms-path40-tv": {**ms40, "restarts": 6, "combine": "final", "budget": 29100},
     }  # fmt: skip
 
 

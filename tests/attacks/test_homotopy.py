@@ -155,6 +155,25 @@ def test_mean_combine_averages_the_runs_image_to_image_within_labels() -> None:
     assert info["member_losses"] == [1e-3, 2e-3] and info["evaluations"] == 0
 
 
+def test_final_combine_runs_every_start_and_keeps_the_lowest_final_loss() -> None:
+    """``combine = "final"`` judges the starts by the loss after the last stage, not the first: a start that screens
+    worse but ends lower is the one kept."""
+    from privmed.attacks.homotopy import COMBINE
+
+    starts = [torch.full((2, 1, 4, 4), v, dtype=torch.float64) for v in (0.1, 0.2, 0.3)]
+    ends = {0.1: 5e-3, 0.2: 1e-3, 0.3: 9e-3}  # the first screens best (1e-4 below), the second ends best
+
+    def stage(x: torch.Tensor, beta: float, steps: int) -> tuple[torch.Tensor, int, float]:
+        return x + 1.0, steps, ends[round(float(x[0, 0, 0, 0]), 1)]
+
+    screened = [(x, 3, 1e-2 + i * 1e-4) for i, x in enumerate(starts)]
+    x, info = COMBINE["final"](screened, [(math.inf, 7)], stage, torch.tensor([0, 1]))
+    assert torch.equal(x, starts[1] + 1.0)
+    assert info["member_losses"] == [5e-3, 1e-3, 9e-3] and info["evaluations"] == 3 * 7
+    best, _ = COMBINE["best"](screened, [(math.inf, 7)], stage, torch.tensor([0, 1]))
+    assert torch.equal(best, starts[0] + 1.0)  # "best" keeps the first stage's winner
+
+
 def test_an_ensemble_of_public_starts_reconstructs_above_the_floor():
     # ~300 float64 evaluations on the phantom at batch 2: 6 s on a loaded core; 24.3 dB against a 20.4 dB floor
     # (the best single start: 23.2 dB)

@@ -175,6 +175,8 @@ class ReluHomotopy(Attack):
         the lowest matching loss at the last stage (the ReLU network's when ``final_steps > 0``; within each
         label) and averaged: an ensemble whose members stall in
         different places, so that their errors partly cancel (``bench/results/attack_image_batch4.md``).
+        ``"final"``: every start runs the whole schedule and the result with the lowest matching loss at the last
+        stage is kept (``bench/results/attack_image_blend.md``).
     init
         The start: ``"randn"`` (Gaussian noise of ``init_scale``), ``"prior"`` (the mean of public images of
         the same modality, ``prior``, plus noise of 5 % of the input range: the floor's knowledge),
@@ -427,20 +429,35 @@ def _best(
     return x, {"evaluations": evaluations, "stage_loss": stage_loss}
 
 
+def _every(
+    screened: list[Screened], rest: Sequence[tuple[float, int]], stage: Stage
+) -> tuple[list[tuple[Tensor, int, list[float]]], int, dict[str, Any]]:
+    """Every start runs the later stages: ``(runs, index of the lowest final loss, info)``."""
+    runs = [_rest(x, rest, stage, loss) for x, _, loss in screened]
+    pick = int(np.argmin([r[2][-1] for r in runs]))
+    info = {"evaluations": sum(r[1] for r in runs), "stage_loss": runs[pick][2],
+            "member_losses": [r[2][-1] for r in runs]}  # fmt: skip
+    return runs, pick, info
+
+
 def _mean(
     screened: list[Screened], rest: Sequence[tuple[float, int]], stage: Stage, labels: Tensor
 ) -> tuple[Tensor, dict[str, Any]]:
     """Every start goes on; the results, matched within each label to the one with the lowest matching loss at
     the last stage, are averaged (an ensemble, as ``multiscale``'s ``ensemble``)."""
-    runs = [_rest(x, rest, stage, loss) for x, _, loss in screened]
-    ref = int(np.argmin([r[2][-1] for r in runs]))
+    runs, ref, info = _every(screened, rest, stage)
     members = [x[align(x, runs[ref][0], labels)] for x, _, _ in runs]
-    return torch.stack(members).mean(0), {
-        "evaluations": sum(r[1] for r in runs),
-        "stage_loss": runs[ref][2],
-        "member_losses": [r[2][-1] for r in runs],
-    }
+    return torch.stack(members).mean(0), info
+
+
+def _final(
+    screened: list[Screened], rest: Sequence[tuple[float, int]], stage: Stage, labels: Tensor
+) -> tuple[Tensor, dict[str, Any]]:
+    """Every start goes on; the result with the lowest matching loss at the last stage is kept (``_best`` decides
+    after the first stage, which at batch 8 ranks the starts less well than their ends do)."""
+    runs, pick, info = _every(screened, rest, stage)
+    return runs[pick][0], info
 
 
 #: ``combine`` name -> ``(screened starts, later stages, stage, labels) -> (images, info)``
-COMBINE: dict[str, Callable[..., tuple[Tensor, dict[str, Any]]]] = {"best": _best, "mean": _mean}
+COMBINE: dict[str, Callable[..., tuple[Tensor, dict[str, Any]]]] = {"best": _best, "mean": _mean, "final": _final}
