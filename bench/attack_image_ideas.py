@@ -145,7 +145,8 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
         "ens3ms-path40-tv": {**ms40, "restarts": 3, "combine": "mean", "budget": 14550},
         "ms-path80-tv": {**ms40, "path_steps": 80, "budget": 7250},
         # fourteenth session: six multiscale starts, each through the path and the TV polish, the lowest final
-        # matching loss kept (combine = "final"; attack_image_blend.md: the final loss picked the best of three runs)
+        # matching loss kept (combine = "final"; attack_image_blend.md: the final loss picked the best of three runs);
+        # calibration mean 19.16 dB against 19.90 for ens3ms-path40-tv: not chosen, not run on k0-k2
         "best6ms-path40-tv": {**ms40, "restarts": 6, "combine": "final", "budget": 29100},
     }  # fmt: skip
 
