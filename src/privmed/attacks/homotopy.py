@@ -456,7 +456,7 @@ def _final(
     screened: list[Screened], rest: Sequence[tuple[float, int]], stage: Stage, labels: Tensor
 ) -> tuple[Tensor, dict[str, Any]]:
     """Every start goes on; the result with the lowest matching loss at the last stage is kept (``_best`` decides
-    after the first stage, which at batch 8 ranks the starts less well than their ends do)."""
+    after the first stage instead)."""
     runs, pick, info = _every(screened, rest, stage)
     return runs[pick][0], info
 
