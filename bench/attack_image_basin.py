@@ -31,14 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from attack_image import MODELS
+from attack_image_conditioning import label_order
 from attack_image_ideas import TV_SCHEDULE
 
 from privmed.attacks import get_attack, load_families
 from privmed.attacks.cases import make_case
 from privmed.attacks.homotopy import STARTS, StartContext
+from privmed.attacks.labels import recover_labels
+from privmed.attacks.target import target_from_record
 from privmed.metrics.reconstruction import score
 from privmed.results import machine, write_json_atomic
 
@@ -66,7 +68,8 @@ def run_one(batch: int, index: int, sd: float, step: str) -> dict[str, Any]:
     """One local step from the oracle start on record k = ``index``."""
     name, width, epochs, _ = MODELS["i"]
     case = make_case(name, batch_size=batch, seed=0, batch_index=index, width=width, trained_epochs=epochs)
-    truth = torch.as_tensor(case.inputs[np.argsort(case.labels, kind="stable")])  # the attack's slots: by class
+    labels = torch.as_tensor(recover_labels(target_from_record(case.record)), dtype=torch.long)
+    truth = torch.as_tensor(case.inputs[label_order(case, labels)])  # the attack's slots: sorted by class
     STARTS["oracle"] = oracle_start(truth, sd)
     try:
         gen = torch.Generator().manual_seed(index)  # the attack's own first draw: the same start as the run's
