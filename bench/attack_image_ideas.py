@@ -459,12 +459,14 @@ the load shown, so they compare only with rows of similar load.
   session, this machine, load 1-3.2, 175-280 s a record for `ms-path40-tv`, 520-850 s for `ens3ms-path40-tv`).
   On the calibration records k3-k6 (`attack_image_batch4_calibration.md`) `prior-path40-tv` 17.80 / 17.11 / 17.39 /
   18.57 (mean 17.72), `ms-path40-tv` 17.97 / 18.24 / 21.59 / 18.92 (19.18), `ens3ms-path40-tv` 18.97 / 19.87 /
-  21.90 / 18.86 (**19.90**, chosen), `ms-path80-tv` 18.10 on k3 (stopped). On the table's records
+  21.90 / 18.86 (**19.90**, chosen), `ms-path80-tv` 18.10 / 18.62 / 21.76 / 18.60 (19.27: a path twice as long
+  adds 0.1 dB at batch 8, against +4.3 dB in the batch-4 table; k4-k6 fifteenth session). On the table's records
   `ens3ms-path40-tv` k0 17.38 / k1 21.66 / k2 17.90, **mean 18.98 dB**, and `ms-path40-tv` 17.58 / 21.50 / 17.02
   (18.70), against 17.73 for `prior-path40-tv`, a 16.12 dB floor and breaching's 15.51: +1.3 dB, the best batch-8
   row, 3 dB short of the 22 dB goal. k1 reaches it (21.7); k0 and k2 stay within 1.3-2.2 dB of their floors
-  whatever the start. Why the starts matter, and why the polish cannot do more than ~20-23 dB at batch 8 even from
-  the truth plus noise: docs/attacks-batch.md.
+  whatever the start. Why: the truth has a basin at batch 8 too (from the truth plus 20.5 dB noise the path reaches
+  24.3 dB, `attack_image_basin.md`), but the attack's images are blends of about three true images each, outside
+  it, and no attacker-side criterion tried tells them from the truth (`attack_image_blend.md`, docs/attacks-batch.md).
 - **Batch 4 is off the floor on two of three records, not on the third.** With the 80-step path: k0 22.4 dB
   (floor 15.7), k1 19.9 (17.2), k2 14.6 (15.7). Mean 18.9 dB (19.1 with 40 steps) against a mean floor of
   16.2 and breaching's 11.5 on the same records. The goal (25 dB) is not met. The attack's defaults stay
