@@ -24,6 +24,7 @@ builds the same records; run one worker per process (a worker's part file is rew
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -165,6 +166,16 @@ def matching_loss(case: Any, x: torch.Tensor) -> float:
 def truth_loss(case: Any) -> float:
     """The relative L2 matching loss of the true images: how close to 0 the objective's minimum is."""
     return matching_loss(case, torch.as_tensor(case.inputs, dtype=torch.float64))
+
+
+@functools.cache
+def label_split(model: str, batch: int, index: int) -> str:
+    """Record k = ``index``'s images per label, e.g. ``"1 / 7"`` (label 0 / label 1): the scorer's, read from the
+    case. At batch 8 the PSNR follows it (docs/attacks-batch.md, "The records' label split")."""
+    name, width, epochs, _ = MODELS[model]
+    case = make_case(name, batch_size=batch, seed=0, batch_index=index, width=width, trained_epochs=epochs)
+    labels = [int(v) for v in case.labels]
+    return " / ".join(str(labels.count(c)) for c in range(max(2, max(labels) + 1)))
 
 
 def run_one(batch: int, index: int, settings: dict[str, Any], model: str = "i") -> dict[str, Any]:
@@ -339,14 +350,15 @@ def write_batch_report() -> None:
         "batch index k (the main benchmark's); attack seed = k. Breaching 0.1.2 (Inverting Gradients) on the same "
         "records is not re-run: its numbers are read from `attack_image.json` (the main benchmark's cells).",
         "",
-        "| model | batch | variant | k | PSNR dB | per image | matching loss | evaluations | seconds | load (1 min) "
-        "| floor dB | breaching dB (iterations, TV) |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "| model | batch | variant | k | labels 0 / 1 | PSNR dB | per image | matching loss | evaluations | seconds "
+        "| load (1 min) | floor dB | breaching dB (iterations, TV) |",
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         b = r["breaching"]
         lines.append(
-            f"| {r['model']} | {r['batch']} | {r['variant']} | {r['index']} | {r['psnr']:.2f} | "
+            f"| {r['model']} | {r['batch']} | {r['variant']} | {r['index']} | "
+            f"{label_split(r['model'], r['batch'], r['index'])} | {r['psnr']:.2f} | "
             f"{', '.join(f'{v:.1f}' for v in r.get('psnr_per_image', []))} | {r['matching_loss']:.1e} | "
             f"{r['evaluations']} | {r['seconds']:.0f} | {r.get('load', [math.nan])[0]:.1f} | {r['floor']:.2f} | "
             + (f"{b['psnr']:.2f} ({b['iterations']}, {b['tv']}) |" if b else "- |")
@@ -398,6 +410,9 @@ def write_calibration_report() -> None:
     for (batch, variant), row in sorted(cells.items()):
         values = " | ".join(f"{row[k]:.2f}" if k in row else "-" for k in indices)
         lines.append(f"| {batch} | {variant} | {values} | {statistics.fmean(row.values()):.2f} ({len(row)}) |")
+    for batch in sorted({run["batch"] for run in runs}):
+        splits = " | ".join(label_split("i", batch, k) for k in indices)
+        lines.append(f"| {batch} | (images per label: 0 / 1) | {splits} | |")
     (RESULTS / "attack_image_batch4_calibration.md").write_text("\n".join(lines) + "\n")
 
 
