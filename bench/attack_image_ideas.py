@@ -149,6 +149,11 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
         # matching loss kept (combine = "final"; attack_image_blend.md: the final loss picked the best of three runs);
         # calibration mean 19.16 dB against 19.90 for ens3ms-path40-tv: not chosen, not run on k0-k2
         "best6ms-path40-tv": {**ms40, "restarts": 6, "combine": "final", "budget": 29100},
+        # fifteenth session: a lighter TV polish at batch 8 (the schedule was chosen at batch 4; a stronger first pull,
+        # prior-path40-tv1, lost 1.5 dB on k3, and from the truth plus noise the 0.3 stage pulls k3 to one ~21.8 dB
+        # point, attack_image_basin.md): the schedule divided by 3 and by 10, the same evaluations
+        "ms-path40-tv3rd": {**ms40, "tv": [w / 3 for w in TV_SCHEDULE], "budget": 4850},
+        "ms-path40-tv10th": {**ms40, "tv": [w / 10 for w in TV_SCHEDULE], "budget": 4850},
     }  # fmt: skip
 
 
