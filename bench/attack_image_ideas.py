@@ -154,6 +154,12 @@ def batch_variants(budget: int) -> dict[str, dict[str, Any]]:
         # point, attack_image_basin.md): the schedule divided by 3 and by 10, the same evaluations
         "ms-path40-tv3rd": {**ms40, "tv": [w / 3 for w in TV_SCHEDULE], "budget": 4850},
         "ms-path40-tv10th": {**ms40, "tv": [w / 10 for w in TV_SCHEDULE], "budget": 4850},
+        "ms-path40-tv30th": {**ms40, "tv": [w / 30 for w in TV_SCHEDULE], "budget": 4850},
+        # the three-run average (chosen at batch 8 in the twelfth session) with the lighter schedules, for the table
+        "ens3ms-path40-tv3rd": {**ms40, "tv": [w / 3 for w in TV_SCHEDULE], "restarts": 3, "combine": "mean",
+                                "budget": 14550},
+        "ens3ms-path40-tv10th": {**ms40, "tv": [w / 10 for w in TV_SCHEDULE], "restarts": 3, "combine": "mean",
+                                 "budget": 14550},
     }  # fmt: skip
 
 
