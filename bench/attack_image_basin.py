@@ -2,12 +2,16 @@
 
 Model (i) (the untrained ``convnet-small``), calibration records of ``bench/attack_image_ideas.py`` (seed 0, batch
 index k), honest-but-curious server (one FedSGD gradient, no noise). Each run starts from an **oracle** start, the
-true images plus Gaussian noise of sd ``s`` (input range [-1, 1]), and runs one of ``relu-homotopy``'s local steps:
+true images plus Gaussian noise of sd ``s`` (input range [-1, 1]), or (``--pcs K``) the true images projected on the
+``K`` leading principal components of the public images (BreastMNIST val+test, the ``multiscale`` start's public set:
+the best start a public-PCA prior could give, with smooth errors), and runs one of ``relu-homotopy``'s local steps:
 
 - ``lbfgs``: 600 evaluations of float64 L-BFGS on the L2 gradient distance, on the ReLU network;
 - ``path1000``: a 20-step target path (60 evaluations a step) on the network smoothed at β = 1000, then 300 on ReLU;
 - ``polish``: the TV polish of the batch-4 and batch-8 settings (β 300, 1000 and ReLU, 150 evaluations per TV weight
-  of ``[0.3, 0.1, 0.03, 0.01, 0.003]``), as after the target path.
+  of ``[0.3, 0.1, 0.03, 0.01, 0.003]``), as after the target path;
+- ``path40tv``: the chosen batch-8 steps after the start (``ms-path40-tv`` of ``attack_image_ideas.py``: the 40-step
+  target path at β = 100, 60 evaluations a step, then the TV polish).
 
 The oracle start is registered in ``relu-homotopy``'s start registry by this script only (it reads the truth, which
 no attack may). It puts the true images in the attack's label slots (sorted by class), the only order in which the
@@ -17,6 +21,7 @@ truth: do they return to it (the truth's matching loss is ~1e-13), or walk to a 
 Output: ``bench/results/attack_image_basin.json`` + ``.md``. Usage (one run ~1-2 min on one core)::
 
     python bench/attack_image_basin.py --worker a --batches 8 --indices 3 4 --sds 0.05 0.1 0.2
+    python bench/attack_image_basin.py --worker p --indices 3 4 --sds --pcs 4 8 16 --steps path40tv
     python bench/attack_image_basin.py --report
 """
 
@@ -40,6 +45,7 @@ from privmed.attacks import get_attack, load_families
 from privmed.attacks.cases import make_case
 from privmed.attacks.homotopy import STARTS, StartContext
 from privmed.attacks.labels import recover_labels
+from privmed.attacks.public import public_images
 from privmed.attacks.target import target_from_record
 from privmed.metrics.reconstruction import score
 from privmed.results import machine, write_json_atomic
@@ -51,6 +57,14 @@ STEPS: dict[str, dict[str, Any]] = {
     "lbfgs": {**HOM, "betas": [], "final_steps": 600},
     "path1000": {**HOM, "betas": [], "final_steps": 300, "path_steps": 20, "path_evals": 60, "path_beta": 1000.0},
     "polish": {**HOM, "betas": [300.0, 1000.0], "tv": TV_SCHEDULE},
+    "path40tv": {
+        **HOM,
+        "betas": [300.0, 1000.0],
+        "tv": TV_SCHEDULE,
+        "path_steps": 40,
+        "path_evals": 60,
+        "path_beta": 100.0,
+    },
 }
 
 
@@ -64,13 +78,27 @@ def oracle_start(truth: torch.Tensor, sd: float) -> Any:
     return start
 
 
-def run_one(batch: int, index: int, sd: float, step: str) -> dict[str, Any]:
-    """One local step from the oracle start on record k = ``index``."""
+def pca_start(truth: torch.Tensor, pcs: int) -> Any:
+    """A start of the true images projected on the ``pcs`` leading principal components of the public images."""
+    public = public_images("breastmnist", ["val", "test"])[0].double().flatten(1)
+    mean = public.mean(0)
+    basis = torch.linalg.svd(public - mean, full_matrices=False)[2][:pcs]  # orthonormal rows
+    flat = truth.double().flatten(1) - mean
+    projected = (mean + (flat @ basis.T) @ basis).reshape(truth.shape)
+
+    def start(ctx: StartContext) -> torch.Tensor:
+        return projected.clamp(ctx.lo, ctx.hi)
+
+    return start
+
+
+def run_one(batch: int, index: int, sd: float | None, step: str, pcs: int | None = None) -> dict[str, Any]:
+    """One local step from the oracle start (noise of ``sd``, or the ``pcs``-component projection) on record k."""
     name, width, epochs, _ = MODELS["i"]
     case = make_case(name, batch_size=batch, seed=0, batch_index=index, width=width, trained_epochs=epochs)
     labels = torch.as_tensor(recover_labels(target_from_record(case.record)), dtype=torch.long)
     truth = torch.as_tensor(case.inputs[label_order(case, labels)])  # the attack's slots: sorted by class
-    STARTS["oracle"] = oracle_start(truth, sd)
+    STARTS["oracle"] = pca_start(truth, pcs) if pcs else oracle_start(truth, float(sd or 0.0))
     try:
         gen = torch.Generator().manual_seed(index)  # the attack's own first draw: the same start as the run's
         start = STARTS["oracle"](StartContext(tuple(truth.shape), -1.0, 1.0, gen, 0.5, None, None, None))
@@ -81,7 +109,7 @@ def run_one(batch: int, index: int, sd: float, step: str) -> dict[str, Any]:
         del STARTS["oracle"]
     at_start = score(start.float().numpy(), case.inputs, input_range=(-1, 1), mean_image=case.mean_image)
     m = score(rec.inputs, case.inputs, input_range=(-1, 1), mean_image=case.mean_image)
-    return {"batch": batch, "index": index, "sd": sd, "step": step, "settings": STEPS[step],
+    return {"batch": batch, "index": index, "sd": sd, "pcs": pcs, "step": step, "settings": STEPS[step],
             "start_psnr": at_start["psnr"]["mean"], "psnr": m["psnr"]["mean"], "floor": m["floor_psnr"]["mean"],
             "matching_loss": rec.info["matching_loss"], "evaluations": rec.info["evaluations"], "seconds": seconds,
             "load": os.getloadavg()}  # fmt: skip
@@ -94,21 +122,30 @@ def run(args: argparse.Namespace) -> None:
     state = json.loads(part.read_text()) if part.is_file() else {"runs": {}}
     for batch in args.batches:
         for index in args.indices:
-            for sd in args.sds:
+            starts = [(f"sd{sd}", sd, None) for sd in args.sds] + [(f"pca{k}", None, k) for k in args.pcs]
+            for label, sd, pcs in starts:
                 for step in args.steps:
-                    key = f"b{batch}/k{index}/sd{sd}/{step}"
+                    key = f"b{batch}/k{index}/{label}/{step}"
                     if key in state["runs"]:
                         continue
-                    state["runs"][key] = run_one(batch, index, sd, step)
+                    state["runs"][key] = run_one(batch, index, sd, step, pcs)
                     state["machine"] = machine()
                     write_json_atomic(part, state)
                     print(key, f"{state['runs'][key]['psnr']:.2f} dB", file=sys.stderr, flush=True)
 
 
+def start_of(run: dict[str, Any]) -> tuple[int, float, str]:
+    """Sort key and label of a run's oracle start: noise of sd s, or the truth on K public PCs."""
+    if run.get("pcs"):
+        return (1, -run["pcs"], f"truth on {run['pcs']} PCs")
+    return (0, run["sd"], f"noise sd {run['sd']}")
+
+
 def report() -> None:
     states = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json"))]
     runs = sorted(
-        (r for s in states for r in s["runs"].values()), key=lambda r: (r["batch"], r["sd"], r["step"], r["index"])
+        (r for s in states for r in s["runs"].values()),
+        key=lambda r: (r["batch"], start_of(r)[:2], r["step"], r["index"]),
     )
     m = states[0].get("machine") or {}
     write_json_atomic(RESULTS / "attack_image_basin.json", {"runs": runs, "machine": m})
@@ -118,27 +155,27 @@ def report() -> None:
         f"Machine: {m.get('platform')}, {m.get('cpu_count')} cores, torch {m.get('torch')}, 1 thread (each run's load "
         "in the JSON). Generated by `bench/attack_image_basin.py` then `--report`. Records: calibration records of "
         "`attack_image_ideas.py` (seed 0, batch index k); noise seed = k. The start is an **oracle** (the truth plus "
-        "Gaussian noise of sd s on the [-1, 1] range), a diagnostic, not an attack. Steps: `lbfgs` 600 float64 "
+        "Gaussian noise of sd s on the [-1, 1] range, or the truth projected on the K leading principal components of "
+        "the public BreastMNIST val+test images), a diagnostic, not an attack. Steps: `lbfgs` 600 float64 "
         "L-BFGS evaluations on the ReLU network; `path1000` a 20-step target path at β = 1000 then 300 on ReLU; "
-        "`polish` the TV polish (β 300, 1000, ReLU x `tv = [0.3, 0.1, 0.03, 0.01, 0.003]`, 150 evaluations each).",
+        "`polish` the TV polish (β 300, 1000, ReLU x `tv = [0.3, 0.1, 0.03, 0.01, 0.003]`, 150 evaluations each); "
+        "`path40tv` the chosen batch-8 steps (40-step path at β = 100, 60 evaluations a step, then the TV polish).",
         "",
-        "| batch | sd | step | k | start dB | end dB | matching loss | floor dB | seconds |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| batch | start | step | k | start dB | end dB | matching loss | floor dB | seconds |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         lines.append(
-            f"| {r['batch']} | {r['sd']} | {r['step']} | {r['index']} | {r['start_psnr']:.2f} | {r['psnr']:.2f} | "
-            f"{r['matching_loss']:.1e} | {r['floor']:.2f} | {r['seconds']:.0f} |"
+            f"| {r['batch']} | {start_of(r)[2]} | {r['step']} | {r['index']} | {r['start_psnr']:.2f} | "
+            f"{r['psnr']:.2f} | {r['matching_loss']:.1e} | {r['floor']:.2f} | {r['seconds']:.0f} |"
         )
-    lines += ["", "| batch | sd | step | n | start dB mean | end dB mean |", "|---:|---:|---|---:|---:|---:|"]
-    groups: dict[tuple[int, float, str], list[dict[str, Any]]] = {}
+    lines += ["", "| batch | start | step | n | start dB mean | end dB mean |", "|---:|---|---|---:|---:|---:|"]
+    groups: dict[tuple[int, tuple[int, float, str], str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["batch"], r["sd"], r["step"]), []).append(r)
-    for (batch, sd, step), group in sorted(groups.items()):
-        lines.append(
-            f"| {batch} | {sd} | {step} | {len(group)} | {statistics.fmean(r['start_psnr'] for r in group):.2f} | "
-            f"{statistics.fmean(r['psnr'] for r in group):.2f} |"
-        )
+        groups.setdefault((r["batch"], start_of(r), r["step"]), []).append(r)
+    for (batch, start, step), group in sorted(groups.items()):
+        begin, end = (statistics.fmean(r[key] for r in group) for key in ("start_psnr", "psnr"))
+        lines.append(f"| {batch} | {start[2]} | {step} | {len(group)} | {begin:.2f} | {end:.2f} |")
     (RESULTS / "attack_image_basin.md").write_text("\n".join(lines) + "\n" + NOTES)
 
 
@@ -167,7 +204,8 @@ def main() -> None:
     parser.add_argument("--worker", default="a", help="this process's part file (one per process)")
     parser.add_argument("--batches", nargs="+", type=int, default=[8])
     parser.add_argument("--indices", nargs="+", type=int, default=[3, 4])
-    parser.add_argument("--sds", nargs="+", type=float, default=[0.05, 0.1, 0.2])
+    parser.add_argument("--sds", nargs="*", type=float, default=[0.05, 0.1, 0.2])
+    parser.add_argument("--pcs", nargs="*", type=int, default=[], help="starts: the truth on K public PCs")
     parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS))
     parser.add_argument("--report", action="store_true", help="write attack_image_basin.json + .md from the runs")
     args = parser.parse_args()
