@@ -196,6 +196,13 @@ NOTES = """
 - So at batch 8 a start near enough to the truth is carried up by the attack's own local steps. What keeps
   `relu-homotopy` at 19 dB there is the start: its results are not such starts (docs/attacks-batch.md, batch 8,
   thirteenth session).
+- **How good a start has to be: the truth on K public principal components** (sixteenth session, k3-k6, the chosen
+  batch-8 steps `path40tv`). Projected on 4 / 8 / 16 PCs of the public images the truth scores 20.55 / 21.79 / 23.16
+  dB on average (smooth errors, no fine detail), and the attack's own steps carry it to 22.81 / 27.51 / 28.84 dB: k4,
+  k5 and k6 climb to 22.8-35 dB, k3 stays at 20.1-21.7 (its TV polish again). A start of 4-PC quality (~20.5 dB)
+  would meet the 22 dB goal in the mean; the attack's multiscale start scores 17.2-18.0 dB on these records and
+  ends at 19 (`ms-path40-tv`). The missing ~2.5 dB are in the start's low frequencies: the attack's results
+  projected on the same 4-32 PCs keep their own 17.4-19.5 dB (scratch), their errors are wrong blends, not detail.
 """
 
 
