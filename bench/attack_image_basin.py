@@ -28,7 +28,6 @@ Output: ``bench/results/attack_image_basin.json`` + ``.md``. Usage (one run ~1-2
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,7 @@ import torch
 from attack_image import MODELS
 from attack_image_conditioning import label_order
 from attack_image_ideas import TV_SCHEDULE
+from parts import load_part, merge_parts, save_part
 
 from privmed.attacks import get_attack, load_families
 from privmed.attacks.cases import make_case
@@ -48,7 +48,6 @@ from privmed.attacks.labels import recover_labels
 from privmed.attacks.public import public_images
 from privmed.attacks.target import target_from_record
 from privmed.metrics.reconstruction import score
-from privmed.results import machine, write_json_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 PARTS = RESULTS / "attack_image_basin.parts"
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     load_families()
     part = PARTS / f"{args.worker}.json"
-    state = json.loads(part.read_text()) if part.is_file() else {"runs": {}}
+    state = load_part(part, "runs")
     for batch in args.batches:
         for index in args.indices:
             starts = [(f"sd{sd}", sd, None) for sd in args.sds] + [(f"pca{k}", None, k) for k in args.pcs]
@@ -129,8 +128,7 @@ def run(args: argparse.Namespace) -> None:
                     if key in state["runs"]:
                         continue
                     state["runs"][key] = run_one(batch, index, sd, step, pcs)
-                    state["machine"] = machine()
-                    write_json_atomic(part, state)
+                    save_part(part, state)
                     print(key, f"{state['runs'][key]['psnr']:.2f} dB", file=sys.stderr, flush=True)
 
 
@@ -142,13 +140,12 @@ def start_of(run: dict[str, Any]) -> tuple[int, float, str]:
 
 
 def report() -> None:
-    states = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json"))]
-    runs = sorted(
-        (r for s in states for r in s["runs"].values()),
-        key=lambda r: (r["batch"], start_of(r)[:2], r["step"], r["index"]),
+    runs, m = merge_parts(
+        PARTS,
+        "runs",
+        RESULTS / "attack_image_basin.json",
+        lambda r: (r["batch"], start_of(r)[:2], r["step"], r["index"]),
     )
-    m = states[0].get("machine") or {}
-    write_json_atomic(RESULTS / "attack_image_basin.json", {"runs": runs, "machine": m})
     lines = [
         "# The basin of the truth: `relu-homotopy`'s local steps from the true images plus noise (model (i))",
         "",

@@ -26,7 +26,6 @@ Output: ``bench/results/attack_image_conditioning.json`` + ``.md``. Usage (one b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from attack_image import MODELS
+from parts import load_part, merge_parts, save_part
 from torch.func import functional_call, grad, jvp, vmap
 
 from privmed.attacks.cases import make_case
@@ -46,7 +46,6 @@ from privmed.attacks.public import public_set
 from privmed.attacks.smoothing import lbfgs_budget
 from privmed.attacks.target import target_from_record
 from privmed.metrics.reconstruction import score
-from privmed.results import machine, write_json_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 PARTS = RESULTS / "attack_image_conditioning.parts"
@@ -177,7 +176,7 @@ def subspace(probe: Probe, index: int, res: int = 10, sd: float = 0.05) -> dict[
 def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     part = PARTS / f"{args.worker}.json"
-    state = json.loads(part.read_text()) if part.is_file() else {"records": {}}
+    state = load_part(part, "records")
     for batch in args.batches:
         for index in args.indices:
             key = f"b{batch}/k{index}"
@@ -191,16 +190,14 @@ def run(args: argparse.Namespace) -> None:
                       "spectra": spectra(probe)}  # fmt: skip
             record.update(seconds=time.perf_counter() - started, load=os.getloadavg())
             state["records"][key] = record
-            state["machine"] = machine()
-            write_json_atomic(part, state)
+            save_part(part, state)
             print(key, f"{record['seconds']:.0f} s", file=sys.stderr, flush=True)
 
 
 def report() -> None:
-    states = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json"))]
-    records = sorted((r for s in states for r in s["records"].values()), key=lambda r: (r["batch"], r["index"]))
-    m = states[0].get("machine") or {}
-    write_json_atomic(RESULTS / "attack_image_conditioning.json", {"records": records, "machine": m})
+    records, m = merge_parts(
+        PARTS, "records", RESULTS / "attack_image_conditioning.json", lambda r: (r["batch"], r["index"])
+    )
     lines = [
         "# What the gradient tells next to the truth: batch 2 / 4 / 8 (model (i), an oracle diagnostic)",
         "",

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from attack_image import MODELS
 from attack_image_basin import STEPS
+from parts import load_part, merge_parts, save_part
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -58,7 +59,6 @@ from privmed.attacks.labels import recover_labels
 from privmed.attacks.public import public_images
 from privmed.attacks.target import AttackTarget, target_from_record
 from privmed.metrics.reconstruction import score
-from privmed.results import machine, write_json_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 PARTS = RESULTS / "attack_image_learned.parts"
@@ -90,7 +90,7 @@ def augment(x: Tensor, gen: torch.Generator) -> Tensor:
 
 
 class Featurizer:
-    """The gradient of a batch on the sent model -> each tensor normalised -> a fixed random projection."""
+    """The gradient of a batch on the sent model -> each tensor normalised -> a fixed count sketch."""
 
     def __init__(self, target: AttackTarget) -> None:
         self.target = target
@@ -226,11 +226,11 @@ def build(
     # held-out start PSNR on plain (un-augmented) batches of the held-out images, the attacker's own check
     gen = torch.Generator().manual_seed(4)
     scores, pc_scores = [], []
+    mean_image = basis.mean.reshape(basis.shape).numpy()
     for _ in range(40):
         pick = torch.randperm(len(held_x), generator=gen)[:BATCH]
         xs, ys = canonical(held_x[pick].unsqueeze(0), held_y[pick].unsqueeze(0), basis)
         inputs = torch.cat([feat(xs, ys), ys.float().mean(1, keepdim=True)], dim=1)
-        mean_image = basis.mean.reshape(basis.shape).numpy()
         scores.append(psnr(learned(inputs)[0].float().numpy(), xs[0].numpy(), mean_image))
         pc_scores.append(psnr(basis.images(basis.coefficients(xs[0])).float().numpy(), xs[0].numpy(), mean_image))
     info = {"public": public, "pcs": pcs, "batches": batches, "epochs": epochs, "hidden": hidden,
@@ -249,8 +249,9 @@ def on_record(learned: Learned, feat: Featurizer, index: int, path: bool) -> dic
     labels = torch.as_tensor(recover_labels(target), dtype=torch.long)
     inputs = torch.cat([feat.of_record(), labels.float().mean().view(1, 1)], dim=1)
     start = learned(inputs)[0]
-    row: dict[str, Any] = {"index": index, "floor": None,
-                           "start_psnr": psnr(start.float().numpy(), case.inputs, case.mean_image)}  # fmt: skip
+    at_start = score(start.float().numpy(), case.inputs, input_range=(-1, 1), mean_image=case.mean_image)
+    row: dict[str, Any] = {"index": index, "floor": at_start["floor_psnr"]["mean"],
+                           "start_psnr": at_start["psnr"]["mean"]}  # fmt: skip
     if path:
         STARTS["learned"] = lambda ctx: start.double().clamp(ctx.lo, ctx.hi)
         try:
@@ -260,8 +261,7 @@ def on_record(learned: Learned, feat: Featurizer, index: int, path: bool) -> dic
         finally:
             del STARTS["learned"]
         m = score(rec.inputs, case.inputs, input_range=(-1, 1), mean_image=case.mean_image)
-        row.update(psnr=m["psnr"]["mean"], floor=m["floor_psnr"]["mean"], matching_loss=rec.info["matching_loss"],
-                   evaluations=rec.info["evaluations"])  # fmt: skip
+        row.update(psnr=m["psnr"]["mean"], matching_loss=rec.info["matching_loss"], evaluations=rec.info["evaluations"])
     row["load"] = os.getloadavg()
     return row
 
@@ -270,30 +270,27 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     load_families()
     part = PARTS / f"{args.worker}.json"
-    state = json.loads(part.read_text()) if part.is_file() else {"runs": {}}
+    state = load_part(part, "runs")
     for public in args.public:
         for pcs in args.pcs:
             key = f"n{public}/pc{pcs}/b{args.batches}/e{args.epochs}/h{args.hidden}"
-            if key in state["runs"] and (not args.path or "path" in state["runs"][key]):
+            done = state["runs"].get(key)
+            if done and (not args.path or all("psnr" in r for r in done["records"])):
                 continue
             learned, feat, info = build(public, pcs, args.batches, args.epochs, args.hidden)
             print(key, json.dumps(info), file=sys.stderr, flush=True)
-            info["records"] = [on_record(learned, feat, k, path=False) for k in args.indices]
-            if args.path:
-                info["path"] = []
-                for k in args.indices:
-                    info["path"].append(on_record(learned, feat, k, path=True))
-                    print(key, f"k{k}", f"{info['path'][-1]['psnr']:.2f} dB", file=sys.stderr, flush=True)
+            info["records"] = []
+            for k in args.indices:
+                info["records"].append(on_record(learned, feat, k, path=args.path))
+                print(key, f"k{k}", f"start {info['records'][-1]['start_psnr']:.2f} dB", file=sys.stderr, flush=True)
             state["runs"][key] = info
-            state["machine"] = machine()
-            write_json_atomic(part, state)
+            save_part(part, state)
 
 
 def report() -> None:
-    states = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json"))]
-    runs = sorted((r for s in states for r in s["runs"].values()), key=lambda r: (r["pcs"], r["public"], r["hidden"]))
-    m = states[0].get("machine") or {}
-    write_json_atomic(RESULTS / "attack_image_learned.json", {"runs": runs, "machine": m})
+    runs, m = merge_parts(
+        PARTS, "runs", RESULTS / "attack_image_learned.json", lambda r: (r["pcs"], r["public"], r["hidden"])
+    )
     lines = [
         "# A learned inversion as the batch-8 start (model (i), honest-but-curious server)",
         "",
@@ -314,7 +311,7 @@ def report() -> None:
     for r in runs:
         rec = statistics.fmean(x["start_psnr"] for x in r["records"])
         lines.append(
-            f"| {r['pcs']} | {r['public']} | {r['batches']} | {r.get('hidden', 512)}, {r['epochs']} | "
+            f"| {r['pcs']} | {r['public']} | {r['batches']} | {r['hidden']}, {r['epochs']} | "
             f"{r['train_error']:.1f} | {r['held_error']:.1f} | "
             f"{r['mean_error']:.1f} | {r['held_start_psnr']:.2f} | {r['held_projection_psnr']:.2f} | {rec:.2f} | "
             f"{r['data_seconds']:.0f} |"
@@ -323,12 +320,10 @@ def report() -> None:
               "| K PCs | public images | k | start dB | after path40tv dB | matching loss | floor dB | seconds |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in runs:
-        paths = {p["index"]: p for p in r.get("path", [])}
         for x in r["records"]:
-            p = paths.get(x["index"], {})
             end = "| | |"
-            if p:
-                end = f"{p['psnr']:.2f} | {p['matching_loss']:.1e} | {p['floor']:.2f} | {p['seconds']:.0f}"
+            if "psnr" in x:  # the path ran from this start
+                end = f"{x['psnr']:.2f} | {x['matching_loss']:.1e} | {x['floor']:.2f} | {x['seconds']:.0f}"
             lines.append(f"| {r['pcs']} | {r['public']} | {x['index']} | {x['start_psnr']:.2f} | {end} |")
     (RESULTS / "attack_image_learned.md").write_text("\n".join(lines) + "\n" + NOTES)
 
