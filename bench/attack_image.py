@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from parts import load_part, save_part
 from rich.console import Console
 
 from privmed.attacks import get_attack, load_families
 from privmed.attacks.cases import make_case
 from privmed.attacks.record import UpdateRecord, save_truth
 from privmed.metrics.reconstruction import score
-from privmed.results import machine, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -223,10 +223,6 @@ def _key(cell: dict[str, Any]) -> str:
     return f"{cell['section']}/{cell['model']}/b{cell['batch']}/k{cell['index']}"
 
 
-def _load(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {"cells": {}}
-
-
 def warm_up() -> None:
     """One tiny attack first: the process's one-time torch start-up (~4 s of kernel set-up on the first
     double backward, measured) is not a property of the attack, and breaching's is outside its timer too."""
@@ -239,7 +235,7 @@ def breaching_results(scale: float) -> dict[str, dict[str, Any]]:
     record is rebuilt identically from its seed and batch index, so a rerun of privmed can reuse them)."""
     found: dict[str, dict[str, Any]] = {}
     for part in sorted(PARTS.glob("*.json")):
-        for key, cell in _load(part)["cells"].items():
+        for key, cell in load_part(part, "cells")["cells"].items():
             b = cell.get("breaching") or {}
             if "psnr" in b and b["iterations"] == max(1, math.ceil(ITERATIONS[cell["batch"]] * scale)):
                 found[key.split("/v:")[0]] = b
@@ -251,7 +247,7 @@ def run_worker(args: argparse.Namespace) -> None:
     load_families()
     warm_up()
     path = PARTS / f"{args.worker}.json"
-    state = _load(path)
+    state = load_part(path, "cells")
     extra = json.loads(args.privmed_settings)  # "share": privmed's fraction of breaching's iterations (1/3)
     cached = breaching_results(args.scale) if args.reuse_breaching else {}
     jobs: list[tuple[str, Any]] = []
@@ -274,8 +270,7 @@ def run_worker(args: argparse.Namespace) -> None:
         cell["wall_seconds"] = time.perf_counter() - started
         cell["rev"], cell["variant"] = args.rev, args.variant
         state["cells"][key] = cell
-        state["machine"] = machine()
-        write_json_atomic(path, state)
+        save_part(path, state)
         console.print(f"  done in {cell['wall_seconds']:.0f} s: {_brief(cell)}")
 
 

@@ -29,7 +29,6 @@ Output: ``bench/results/attack_image_blend.json`` + ``.md`` (numbers only; no im
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -43,6 +42,7 @@ from attack_image import MODELS
 from attack_image_basin import STEPS
 from attack_image_conditioning import label_order
 from attack_image_ideas import batch_variants
+from parts import load_part, read_parts, save_part
 
 from privmed.attacks import get_attack, load_families
 from privmed.attacks.cases import make_case
@@ -52,7 +52,7 @@ from privmed.attacks.optimization import as_double, one_gradient
 from privmed.attacks.target import target_from_record
 from privmed.metrics.matching import align
 from privmed.metrics.reconstruction import score
-from privmed.results import machine, write_json_atomic
+from privmed.results import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 PARTS = RESULTS / "attack_image_blend.parts"
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     load_families()
     part = PARTS / f"{args.worker}.json"
-    state = json.loads(part.read_text()) if part.is_file() else {"records": {}}
+    state = load_part(part, "records")
     for index in args.indices:
         key = f"b8/k{index}"
         if key in state["records"]:
@@ -183,8 +183,7 @@ def run(args: argparse.Namespace) -> None:
         result = {"batch": 8, "index": index, "floor": float(floor["floor_psnr"]["mean"]), **analyse(record)}
         result.update(seconds=time.perf_counter() - started, load=os.getloadavg())
         state["records"][key] = result
-        state["machine"] = machine()
-        write_json_atomic(part, state)
+        save_part(part, state)
         print(key, f"{result['seconds']:.0f} s", file=sys.stderr, flush=True)
 
 
@@ -237,7 +236,7 @@ def layer_rows(records: list[dict[str, Any]]) -> tuple[list[str], int, int]:
 
 
 def report() -> None:
-    states = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*.json"))]
+    states = read_parts(PARTS)
     records = sorted((r for s in states for r in s["records"].values()), key=lambda r: r["index"])
     ctrl = {sd: statistics.fmean(r["controls"][str(sd)]["psnr"] for r in records) for sd in NOISE_SDS}
     rows, better, cases = layer_rows(records)

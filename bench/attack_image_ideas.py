@@ -36,13 +36,14 @@ from typing import Any
 
 import torch
 from attack_image import MODELS
+from parts import load_part, read_parts, save_part
 
 from privmed.attacks import get_attack, load_families
 from privmed.attacks.cases import make_case
 from privmed.attacks.optimization import as_double, l2_distance, one_gradient
 from privmed.attacks.target import target_from_record
 from privmed.metrics.reconstruction import score
-from privmed.results import machine, write_json_atomic
+from privmed.results import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 PARTS = RESULTS / "attack_image_ideas.parts"
@@ -209,7 +210,7 @@ def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     load_families()
     path = Path(args.parts) / f"{args.worker}.json"
-    state = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    state = load_part(path, "runs")
     for batch in args.batches:
         for index in args.indices or range(args.batch_count):
             for name, settings in FAMILIES[args.family](args.budget).items():
@@ -219,8 +220,8 @@ def run_worker(args: argparse.Namespace) -> None:
                 if key in state["runs"] or (args.variants and name not in args.variants):
                     continue
                 state["runs"][key] = {"variant": name, "budget": budget, **run_one(batch, index, settings, args.model)}
-                state["machine"], state["load"] = machine(), os.getloadavg()
-                write_json_atomic(path, state)
+                state["load"] = os.getloadavg()
+                save_part(path, state)
                 print(key, f"{state['runs'][key]['psnr']:.2f} dB", file=sys.stderr, flush=True)
 
 
@@ -233,8 +234,7 @@ def _truth(group: list[dict[str, Any]]) -> str:
 def write_report() -> None:
     runs: dict[str, Any] = {}
     loads, machines = [], []
-    for part in sorted(PARTS.glob("*.json")):
-        state = json.loads(part.read_text())
+    for state in read_parts(PARTS):
         mine = {k: r for k, r in state["runs"].items() if r.get("model", "i") == "i"}  # (ii)-(iii): batch report
         if not mine:
             continue

@@ -25,11 +25,16 @@ def save_part(path: Path, state: dict[str, Any]) -> None:
     write_json_atomic(path, state)
 
 
+def read_parts(parts: Path) -> list[dict[str, Any]]:
+    """Every part file in ``parts``, in name order (worker ``a`` first)."""
+    return [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
+
+
 def merge_parts(
     parts: Path, field: str, out: Path, key: Callable[[dict[str, Any]], Any]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every part's rows sorted by ``key``, and the first part's machine; written to ``out`` as ``{field, machine}``."""
-    states = [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
+    states = read_parts(parts)
     rows = sorted((r for s in states for r in s[field].values()), key=key)
     m = states[0].get("machine") or {}
     write_json_atomic(out, {field: rows, "machine": m})
