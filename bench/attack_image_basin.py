@@ -77,13 +77,28 @@ def oracle_start(truth: torch.Tensor, sd: float) -> Any:
     return start
 
 
+class Basis:
+    """The ``k`` leading principal components of public images (orthonormal rows about their mean)."""
+
+    def __init__(self, images: torch.Tensor, k: int) -> None:
+        flat = images.double().flatten(1)
+        self.mean = flat.mean(0)
+        self.rows = torch.linalg.svd(flat - self.mean, full_matrices=False)[2][:k]
+        self.shape = images.shape[1:]
+
+    def coefficients(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image's coordinates on the components, ``(..., C, H, W) -> (..., k)``."""
+        return (x.double().flatten(-3) - self.mean) @ self.rows.T
+
+    def images(self, coef: torch.Tensor) -> torch.Tensor:
+        """The images those coordinates stand for: the mean plus the components' combination."""
+        return (self.mean + coef.double() @ self.rows).reshape(*coef.shape[:-1], *self.shape)
+
+
 def pca_start(truth: torch.Tensor, pcs: int) -> Any:
     """A start of the true images projected on the ``pcs`` leading principal components of the public images."""
-    public = public_images("breastmnist", ["val", "test"])[0].double().flatten(1)
-    mean = public.mean(0)
-    basis = torch.linalg.svd(public - mean, full_matrices=False)[2][:pcs]  # orthonormal rows
-    flat = truth.double().flatten(1) - mean
-    projected = (mean + (flat @ basis.T) @ basis).reshape(truth.shape)
+    basis = Basis(public_images("breastmnist", ["val", "test"])[0], pcs)
+    projected = basis.images(basis.coefficients(truth))
 
     def start(ctx: StartContext) -> torch.Tensor:
         return projected.clamp(ctx.lo, ctx.hi)

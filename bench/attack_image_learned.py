@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from attack_image import MODELS
-from attack_image_basin import STEPS
+from attack_image_basin import STEPS, Basis
 from parts import load_part, merge_parts, save_part
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
@@ -65,11 +65,12 @@ PARTS = RESULTS / "attack_image_learned.parts"
 BATCH, HELD_OUT, PROJECTION, HIDDEN = 8, 34, 2048, 512
 
 
-def public_split(pool: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(train images, labels, held-out images, labels)``: 34 public images held out, ``pool`` of the rest to learn."""
+def public_split() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(pool images, labels, held-out images, labels)``: 34 public images held out, the other 200 the pool a
+    ``--public N`` run learns from the first N of."""
     x, y, _ = public_images("breastmnist", ["val", "test"])
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    held, rest = order[:HELD_OUT], order[HELD_OUT:][:pool]
+    held, rest = order[:HELD_OUT], order[HELD_OUT:]
     return x[rest], y[rest], x[held], y[held]
 
 
@@ -126,22 +127,6 @@ class Featurizer:
     def of_record(self) -> Tensor:
         """Features of the record's observed gradient."""
         return self.sketch(torch.cat([g.detach().float().flatten() for g in self.target.observed]).unsqueeze(0))
-
-
-class Basis:
-    """The ``k`` leading principal components of the learning pool, and the slot order the network emits."""
-
-    def __init__(self, images: Tensor, k: int) -> None:
-        flat = images.double().flatten(1)
-        self.mean = flat.mean(0)
-        self.rows = torch.linalg.svd(flat - self.mean, full_matrices=False)[2][:k]
-        self.shape = images.shape[1:]
-
-    def coefficients(self, x: Tensor) -> Tensor:
-        return (x.double().flatten(-3) - self.mean) @ self.rows.T
-
-    def images(self, coef: Tensor) -> Tensor:
-        return (self.mean + coef.double() @ self.rows).reshape(*coef.shape[:-1], *self.shape)
 
 
 def canonical(xs: Tensor, ys: Tensor, basis: Basis) -> tuple[Tensor, Tensor]:
@@ -210,8 +195,9 @@ def build(
     name, width, epochs_pre, _ = MODELS["i"]
     case = make_case(name, batch_size=BATCH, seed=0, batch_index=3, width=width, trained_epochs=epochs_pre)
     feat = Featurizer(target_from_record(case.record))  # every record of the table shares the sent model (seed 0)
-    pool_x, pool_y, held_x, held_y = public_split(public)
-    basis = Basis(public_split(200)[0], pcs)  # the basis from the full pool, fixed across --public settings
+    rest_x, rest_y, held_x, held_y = public_split()
+    pool_x, pool_y = rest_x[:public], rest_y[:public]
+    basis = Basis(rest_x, pcs)  # the basis from the full pool, fixed across --public settings
     started = time.perf_counter()
     x, t = make_data(feat, pool_x, pool_y, basis, batches, seed=1)
     data_seconds = time.perf_counter() - started
